@@ -1,0 +1,44 @@
+"""memlib: a reproducible study of Feldman & Zhang (2020), what neural networks memorize and why.
+
+Stages, and the modules that serve them (imports run one way, left to right):
+config -> data -> models -> training -> store -> estimation -> experiments -> plots, report.
+"""
+
+import warnings
+
+# tqdm.auto (imported by timm's hub code) warns in notebooks without ipywidgets; memlib's bars are plain text.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from .checks import check
+from .config import Config, ConfigError, load_profile
+from .data import DataError, Dataset, load_dataset
+from .estimation import Estimates, estimate, high_influence_pairs, influence, memorization, se_curve, split_half
+from .experiments import marginal_utility
+from .store import Store, StoreError, open_subset_store, train_subsets
+from .training import NearestNeighbourLearner, NeuralLearner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "Estimates",
+    "NearestNeighbourLearner",
+    "NeuralLearner",
+    "Store",
+    "StoreError",
+    "check",
+    "estimate",
+    "high_influence_pairs",
+    "influence",
+    "load_dataset",
+    "load_profile",
+    "marginal_utility",
+    "memorization",
+    "open_subset_store",
+    "se_curve",
+    "split_half",
+    "train_subsets",
+]

@@ -1,0 +1,246 @@
+"""Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
+
+The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
+every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields, which
+is exactly what `papermill -f configs/<profile>.yaml` does to a notebook's parameters cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("onecycle", "cosine", "constant")
+AUGMENTS = ("none", "flip_crop")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of the study. Field defaults are the `digits` profile."""
+
+    profile: str = "digits"
+    results_dir: str = "results"
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    # subset training (stage 1)
+    arch: str = "mem_mlp"
+    width: int = 256
+    num_models: int = 1000
+    subset_ratio: float = 0.7
+    min_out: int = 200
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    device: str = "auto"
+    workers: int = 2
+    # estimation (stage 2)
+    infl_threshold: float = 0.15
+    mem_threshold: float = 0.25
+    # filtering and retraining (stage 3)
+    utility_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
+    retrain_models: int = 8
+    # figures (stage 4)
+    show_examples: int = 24
+
+    # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Names of all fields, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the parameters") -> Config:
+        """Build and validate a Config; unknown keys are an error that suggests the closest known key."""
+        unknown = [k for k in values if k not in cls.keys()]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, cls.keys(), n=1)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> Config:
+        """Build a Config from a notebook's globals (the papermill parameters cell)."""
+        return cls.from_dict({k: namespace[k] for k in cls.keys() if k in namespace})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with some fields changed."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def out_dir(self) -> Path:
+        """Where this profile's results go: <results_dir>/<profile>, relative paths from the project root."""
+        base = Path(self.results_dir)
+        if not base.is_absolute():
+            base = project_root() / base
+        return base / self.profile
+
+    def training_fingerprint(self) -> str:
+        """Hash of the fields that decide what the subset models are; a store remembers it."""
+        return _fingerprint({k: getattr(self, k) for k in TRAINING_KEYS})
+
+    def validate(self) -> None:
+        """Check types and ranges of every field; raise ConfigError naming the field and the fix."""
+        _check_types(self)
+        if not self.profile or "/" in self.profile:
+            raise ConfigError(f"profile must be a plain name, got {self.profile!r}")
+        if not 0.0 < self.subset_ratio < 1.0:
+            raise ConfigError(
+                f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
+            )
+        for name in ("num_models", "epochs", "batch_size", "workers", "retrain_models", "min_out"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.retrain_models < 2:
+            raise ConfigError(
+                f"retrain_models must be at least 2 so that confidence intervals exist, got {self.retrain_models}"
+            )
+        if self.width < 1:
+            raise ConfigError(f"width must be at least 1, got {self.width}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        for name in ("infl_threshold", "mem_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1] (the paper uses 0.15 and 0.25), got {value}")
+        if not self.utility_thresholds:
+            raise ConfigError("utility_thresholds must list at least one memorization threshold")
+        bad = [t for t in self.utility_thresholds if not 0.0 < t <= 1.0]
+        if bad:
+            raise ConfigError(f"utility_thresholds must each lie in (0, 1]; out of range: {bad}")
+        if len(set(self.utility_thresholds)) != len(self.utility_thresholds):
+            raise ConfigError(f"utility_thresholds has repeats: {self.utility_thresholds}")
+        expected_out = self.num_models * (1 - self.subset_ratio)
+        if expected_out < self.min_out:
+            need = math.ceil(self.min_out / (1 - self.subset_ratio))
+            raise ConfigError(
+                f"num_models={self.num_models} at subset_ratio={self.subset_ratio} leaves each example out of "
+                f"only about {expected_out:.0f} models, fewer than min_out={self.min_out}. Raise num_models to "
+                f"well above {need} (random subsets scatter around the mean), or lower min_out."
+            )
+
+
+# Fields that decide the subset models (and so the contents of the stage-1 store).
+TRAINING_KEYS = (
+    "dataset",
+    "arch",
+    "width",
+    "num_models",
+    "subset_ratio",
+    "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "label_smoothing",
+    "augment",
+)
+
+
+def _fingerprint(values: dict[str, Any]) -> str:
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_types(cfg: Config) -> None:
+    hints = {f.name: f.type for f in dataclasses.fields(cfg)}
+    for name, hint in hints.items():
+        value = getattr(cfg, name)
+        hint = str(hint)
+        ok = True
+        if hint == "str":
+            ok = isinstance(value, str)
+        elif hint == "str | None":
+            ok = value is None or isinstance(value, str)
+        elif hint == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif hint == "list[float]":
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            )
+        if not ok:
+            raise ConfigError(f"{name} must be of type {hint}, got {value!r} ({type(value).__name__})")
+
+
+def project_root() -> Path:
+    """The checkout that holds configs/ and notebooks/ (searched upwards from the working directory)."""
+    here = Path.cwd().resolve()
+    package_parent = Path(__file__).resolve().parent.parent  # an editable install sits in the checkout
+    for candidate in (here, *here.parents, package_parent):
+        if (candidate / "configs").is_dir() and (candidate / "notebooks").is_dir():
+            return candidate
+    return here
+
+
+def profile_path(profile: str) -> Path:
+    """Path of configs/<profile>.yaml, or a ConfigError that lists the profiles there are."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    configs = project_root() / "configs"
+    path = configs / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in configs.glob("*.yaml"))
+        raise ConfigError(f"no profile '{profile}': {path} does not exist. Known profiles: {', '.join(known)}")
+    return path
+
+
+def load_profile(profile: str) -> Config:
+    """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
+    path = profile_path(profile)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must be a mapping of parameter names to values")
+    if values.get("profile", path.stem) != path.stem:
+        raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
+    values["profile"] = path.stem
+    return Config.from_dict(values, source=str(path))

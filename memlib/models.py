@@ -1,0 +1,85 @@
+"""Small-input architectures, registered in timm's registry so that `timm.create_model(name)` builds them.
+
+Every model in the study is made by `timm.create_model`; besides the ones below, any timm architecture
+name works (it gets `num_classes` and `in_chans`).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch.nn as nn
+from timm.models import register_model
+
+from .config import Config, ConfigError
+
+__all__ = ["MEMLIB_ARCHS", "build_model", "check_arch"]
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+@register_model
+def mem_mlp(
+    pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, img_size: int = 8, width: int = 256, **_
+) -> nn.Module:
+    """Two hidden ReLU layers of `width` units on flattened pixels (the authors' MNIST demo uses 512-256)."""
+    d_in = in_chans * img_size * img_size
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d_in, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, num_classes),
+    )
+
+
+@register_model
+def mem_mlp_mnist(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, img_size: int = 28, **_):
+    """The released MNIST demo's MLP: 784-512-256-10."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_chans * img_size * img_size, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, num_classes),
+    )
+
+
+@register_model
+def mem_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, width: int = 32, **_) -> nn.Module:
+    """Three 3x3 conv-BN-ReLU blocks, downsampling by stride (about 5x faster on CPU than max-pooling)."""
+    w = width
+    return nn.Sequential(
+        _conv_bn(in_chans, w),
+        _conv_bn(w, 2 * w, stride=2),
+        _conv_bn(2 * w, 4 * w, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, num_classes),
+    )
+
+
+MEMLIB_ARCHS = ("mem_mlp", "mem_mlp_mnist", "mem_cnn")
+
+
+def check_arch(name: str) -> None:
+    """Raise ConfigError unless timm can build `name`."""
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"unknown architecture {name!r}: timm has no such model. memlib registers {', '.join(MEMLIB_ARCHS)}; "
+            "any other `timm.list_models()` name also works."
+        )
+
+
+def build_model(cfg: Config, in_chans: int, img_size: int, num_classes: int) -> nn.Module:
+    """`timm.create_model(cfg.arch, ...)`, passing width and image size to memlib's own architectures."""
+    check_arch(cfg.arch)
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans)
+    if cfg.arch in MEMLIB_ARCHS:
+        kwargs.update(img_size=img_size, width=cfg.width)
+    return timm.create_model(cfg.arch, pretrained=False, **kwargs)
