@@ -1,0 +1,41 @@
+"""Preflight: everything that can be wrong with a config is found here, before any long work starts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Config
+from .data import load_dataset
+from .models import build_model, check_arch
+from .store import check_compatible, check_out_counts, subset_store_path, subset_store_spec
+
+
+def check(cfg: Config) -> dict:
+    """Validate a config against its data, architecture and any existing store; write nothing.
+
+    Raises ConfigError, DataError or StoreError with a message that says what to do.
+    """
+    import torch
+
+    cfg.validate()
+    check_arch(cfg.arch)
+    data = load_dataset(cfg)
+    c, h, _ = data.image_shape
+    model = build_model(cfg, in_chans=c, img_size=h, num_classes=data.num_classes)
+    with torch.no_grad():
+        logits = model.eval()(torch.as_tensor(data.x_train[:2]))
+    if tuple(logits.shape) != (2, data.num_classes):
+        raise ValueError(f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes})")
+    out = check_out_counts(cfg, data.n_train)
+    path = subset_store_path(cfg)
+    if (path / "spec.json").exists():
+        spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+        check_compatible(path, spec, meta)
+    return {
+        **data.describe(),
+        "architecture": cfg.arch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "models": cfg.num_models,
+        "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
+        "results": str(cfg.out_dir),
+    }
