@@ -1,0 +1,217 @@
+"""The estimators against cases whose answer is known exactly, and against the definition computed directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_dataset
+
+import memlib
+from memlib.estimation import estimate_from_arrays, high_influence_pairs, influence, memorization
+from memlib.store import Store, run_jobs, subset_mask
+from memlib.training import NearestNeighbourLearner
+
+
+def random_masks(t: int, n: int, seed: int = 0) -> np.ndarray:
+    return np.stack([subset_mask(seed, i, n, 0.7) for i in range(t)])
+
+
+def direct(masks: np.ndarray, outcomes: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """The definition, one pair at a time: mean over runs with i in, minus over runs with i out; and its SE."""
+    inside = [outcomes[t, j] for t in range(len(masks)) if masks[t, i]]
+    outside = [outcomes[t, j] for t in range(len(masks)) if not masks[t, i]]
+    diff = np.mean(inside) - np.mean(outside)
+    se = np.sqrt(np.var(inside, ddof=1) / len(inside) + np.var(outside, ddof=1) / len(outside))
+    return float(diff), float(se)
+
+
+def test_always_right_when_in_wrong_when_out_gives_mem_one():
+    masks = random_masks(50, 30)
+    d = memorization(masks, masks.copy())
+    np.testing.assert_array_equal(d.value, 1.0)
+    np.testing.assert_array_equal(d.se, 0.0)
+
+
+def test_outcome_independent_of_mask_gives_mem_zero():
+    masks = random_masks(50, 30)
+    always = np.ones_like(masks)
+    np.testing.assert_array_equal(memorization(masks, always).value, 0.0)
+    never = np.zeros_like(masks)
+    np.testing.assert_array_equal(memorization(masks, never).value, 0.0)
+
+
+def test_hand_computed_example():
+    # example 0 is in runs 0 and 1; right in run 0 only -> 1/2 - 0/2 = 0.5; se = sqrt(0.5/2 + 0/2) = 0.5
+    # example 1 is in runs 1, 2, 3; right in runs 0, 1, 2 -> 2/3 - 1/1 = -1/3; se = sqrt((1/3)/3 + nan) -> nan
+    masks = np.array([[1, 0], [1, 1], [0, 1], [0, 1]], dtype=bool)
+    right = np.array([[1, 1], [0, 1], [0, 1], [0, 0]], dtype=bool)
+    d = memorization(masks, right)
+    assert d.value[0] == pytest.approx(0.5)
+    assert d.se[0] == pytest.approx(0.5)
+    assert d.value[1] == pytest.approx(-1 / 3)
+    assert np.isnan(d.se[1])  # one run out: no sample variance, so no standard error
+    np.testing.assert_array_equal(d.n_in, [2, 3])
+    np.testing.assert_array_equal(d.n_out, [2, 1])
+
+
+@pytest.mark.parametrize("kind", ["binary", "probability"])
+def test_memorization_and_influence_equal_the_definition(kind):
+    rng = np.random.default_rng(1)
+    t, n, m = 60, 12, 9
+    masks = random_masks(t, n, seed=3)
+    if kind == "binary":
+        train_out = rng.random((t, n)) < 0.3 + 0.5 * masks
+        test_out = rng.random((t, m)) < 0.6
+    else:
+        train_out = np.clip(rng.random((t, n)) * 0.5 + 0.4 * masks, 0, 1)
+        test_out = rng.random((t, m))
+    mem = memorization(masks, train_out)
+    infl = influence(masks, test_out)
+    for i in range(n):
+        v, se = direct(masks, train_out, i, i)
+        assert mem.value[i] == pytest.approx(v, abs=1e-12)
+        assert mem.se[i] == pytest.approx(se, abs=1e-9)
+        for j in range(m):
+            v, se = direct(masks, test_out, i, j)
+            assert infl.value[i, j] == pytest.approx(v, abs=1e-6)
+            assert infl.se[i, j] == pytest.approx(se, abs=1e-6)
+    part = influence(masks, test_out, rows=np.array([3, 7]))
+    np.testing.assert_allclose(part.value, infl.value[[3, 7]])
+
+
+def test_pairs_equal_a_brute_force_filter_whatever_the_chunk():
+    rng = np.random.default_rng(2)
+    t, n, m = 80, 25, 20
+    masks = random_masks(t, n)
+    train_out = rng.random((t, n)) < 0.2 + 0.6 * masks
+    test_out = rng.random((t, m)) < 0.5
+    tr_labels, tt_labels = rng.integers(0, 2, n), rng.integers(0, 2, m)
+    mem = memorization(masks, train_out).value
+    infl = influence(masks, test_out).value
+    want = {
+        (i, j)
+        for i in range(n)
+        for j in range(m)
+        if infl[i, j] >= 0.1 and mem[i] >= 0.2 and tr_labels[i] == tt_labels[j]
+    }
+    assert want, "the case should have some pairs"
+    for chunk in (1, 4, 1000):
+        got = high_influence_pairs(masks, test_out, mem, tr_labels, tt_labels, 0.1, 0.2, chunk=chunk)
+        assert got.keys() == want
+        np.testing.assert_allclose(got.infl, [infl[i, j] for i, j in zip(got.tr_pos, got.tt_pos)], atol=1e-6)
+        np.testing.assert_allclose(got.mem, mem[got.tr_pos])
+
+
+class PlantedLearner:
+    """Train i right iff trained on; test j right iff trained on its planted source train example."""
+
+    def __init__(self, n_train: int, sources: np.ndarray):
+        self.n_train, self.sources = n_train, sources
+
+    def fit_eval(self, train_idx, seed):
+        inside = np.zeros(self.n_train, dtype=bool)
+        inside[train_idx] = True
+        test = inside[self.sources]
+        return memlib.training.Outcome(inside, inside.astype(np.float32), test, test.astype(np.float32))
+
+
+def test_planted_influence_through_the_store(tmp_path):
+    data = tiny_dataset(n_train=30, n_test=10)
+    data.y_test = data.y_train[np.arange(10) * 3]  # test j shares the label of its source 3j
+    sources = np.arange(10) * 3
+    cfg = memlib.load_profile("smoke").replace(num_models=200, min_out=20, results_dir=str(tmp_path))
+    store = _fill(tmp_path, cfg, data, PlantedLearner(data.n_train, sources))
+    est = memlib.estimate(cfg, store, data)
+    np.testing.assert_array_equal(est.mem.value, 1.0)
+    infl = influence(np.asarray(store["masks"]), np.asarray(store["test_correct"])).value
+    np.testing.assert_array_equal(infl[sources, np.arange(10)], 1.0)
+    assert {(s, j) for j, s in enumerate(sources)} <= est.pairs.keys()
+
+
+def _fill(tmp_path, cfg, data, learner) -> Store:
+    spec, meta = memlib.store.subset_store_spec(cfg, data.n_train, data.n_test)
+    store = Store.open(tmp_path / "store", spec, meta)
+    jobs = memlib.store.subset_jobs(cfg, data.n_train, range(cfg.num_models))
+    run_jobs(store, jobs, cfg, learner=learner)
+    return store
+
+
+def nearest_neighbour_direct(data, subset: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """1-NN labels for rows of x from the training examples in `subset`, written independently of memlib:
+    for every query, the smallest squared distance, ties to the lowest index."""
+    out = []
+    flat_train = data.x_train.reshape(data.n_train, -1).astype(np.float64)
+    for q in x.reshape(len(x), -1).astype(np.float64):
+        best, best_i = None, None
+        for i in sorted(subset):
+            d = float(((flat_train[i] - q) ** 2).sum())
+            if best is None or d < best:
+                best, best_i = d, i
+        out.append(data.y_train[best_i])
+    return np.array(out)
+
+
+def test_nearest_neighbour_runs_through_store_equal_the_definition(tmp_path):
+    data = tiny_dataset(n_train=40, n_test=15)
+    cfg = memlib.load_profile("smoke").replace(num_models=30, min_out=3, results_dir=str(tmp_path))
+    store = _fill(tmp_path, cfg, data, NearestNeighbourLearner(data))
+    est = estimate_from_arrays(
+        np.asarray(store["masks"]), np.asarray(store["train_correct"]), np.asarray(store["test_correct"]),
+        data, infl_threshold=0.15, mem_threshold=0.25,
+    )  # fmt: skip
+    # The definition, directly over the same subsets (each run's mask is the one its seed gives).
+    runs = [np.flatnonzero(subset_mask(cfg.seed, t, data.n_train, cfg.subset_ratio)) for t in range(cfg.num_models)]
+    right_train = np.array([nearest_neighbour_direct(data, s, data.x_train) == data.y_train for s in runs])
+    right_test = np.array([nearest_neighbour_direct(data, s, data.x_test) == data.y_test for s in runs])
+    for i in range(data.n_train):
+        inside = [right_train[t, i] for t, s in enumerate(runs) if i in s]
+        outside = [right_train[t, i] for t, s in enumerate(runs) if i not in s]
+        assert est.mem.value[i] == pytest.approx(np.mean(inside) - np.mean(outside), abs=1e-12)
+    want = set()
+    for i in range(data.n_train):
+        for j in range(data.n_test):
+            inside = [right_test[t, j] for t, s in enumerate(runs) if i in s]
+            outside = [right_test[t, j] for t, s in enumerate(runs) if i not in s]
+            infl = np.mean(inside) - np.mean(outside)
+            if infl >= 0.15 and est.mem.value[i] >= 0.25 and data.y_train[i] == data.y_test[j]:
+                want.add((i, j))
+    assert est.pairs.keys() == want
+    assert (est.mem.value > 0).any()
+
+
+def test_estimates_round_trip_with_published_keys(tmp_path, digits):
+    rng = np.random.default_rng(0)
+    masks = random_masks(40, digits.n_train)
+    train_out = rng.random(masks.shape) < 0.5 + 0.4 * masks
+    test_out = rng.random((40, digits.n_test)) < 0.8
+    est = estimate_from_arrays(masks, train_out, test_out, digits, 0.15, 0.25)
+    path = est.save(tmp_path / "estimates.npz")
+    with np.load(path) as f:
+        for key in ("tr_mem", "tr_mem_se", "tr_labels", "tt_labels", "tr_idx", "tt_idx", "infl", "mem"):
+            assert key in f.files
+        # pair indices are original dataset indices
+        np.testing.assert_array_equal(f["tr_idx"], digits.train_index[est.pairs.tr_pos])
+        np.testing.assert_array_equal(f["tt_idx"], digits.test_index[est.pairs.tt_pos])
+    back = memlib.Estimates.load(path)
+    np.testing.assert_array_equal(back.mem.value, est.mem.value)
+    np.testing.assert_array_equal(back.pairs.tr_pos, est.pairs.tr_pos)
+    np.testing.assert_array_equal(back.pairs.tt_pos, est.pairs.tt_pos)
+    assert back.num_models == 40
+
+
+def test_split_half_and_se_curve_on_planted_signal(tmp_path):
+    data = tiny_dataset(n_train=30, n_test=10)
+    sources = np.arange(10) * 3
+    data.y_test = data.y_train[sources]
+    cfg = memlib.load_profile("smoke").replace(num_models=200, min_out=20, results_dir=str(tmp_path))
+    store = _fill(tmp_path, cfg, data, PlantedLearner(data.n_train, sources))
+    sh = memlib.split_half(cfg, store, data)
+    assert sh["models_per_half"] == [100, 100]
+    np.testing.assert_array_equal(sh["mem_a"], 1.0)
+    assert sh["pairs_jaccard"] > 0
+    curve = memlib.se_curve(np.asarray(store["masks"]), np.asarray(store["train_correct"]))
+    np.testing.assert_array_equal(curve["mean_se"], 0.0)  # no noise in a planted learner
+    np.testing.assert_array_equal(curve["rms_change_vs_all"], 0.0)
+    noisy = np.random.default_rng(0).random(np.asarray(store["masks"]).shape) < 0.5
+    curve = memlib.se_curve(np.asarray(store["masks"]), noisy)
+    assert curve["mean_se"][0] > 2 * curve["mean_se"][-1]  # 20 -> 200 models: ~sqrt(10) smaller

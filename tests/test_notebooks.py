@@ -1,0 +1,56 @@
+"""The notebooks: clean in the repo, parameters in step with the digits profile, and all four run by papermill."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+import memlib
+from memlib.config import Config
+from memlib.report import STAGES, render_report
+
+NOTEBOOKS = [Path("notebooks") / f"{s}.ipynb" for s in STAGES]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_repo_notebook_is_clean_and_parameters_are_the_digits_profile(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "repo notebooks carry no outputs"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    values = {}
+    for node in ast.parse(tagged[0].source).body:
+        assert isinstance(node, ast.Assign), "the parameters cell holds only literal assignments"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    assert values == Config().to_dict()
+
+
+@pytest.mark.slow
+def test_papermill_runs_all_four_notebooks_on_smoke(tmp_path):
+    import papermill as pm
+
+    results = tmp_path / "results"
+    out = results / "smoke"
+    out.mkdir(parents=True)
+    params = {**memlib.load_profile("smoke").to_dict(), "results_dir": str(results)}
+    for nb in NOTEBOOKS:
+        pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
+    with np.load(out / "estimates.npz") as f:
+        assert {"tr_mem", "tr_mem_se", "tr_labels", "tt_labels", "tr_idx", "tt_idx", "infl", "mem"} <= set(f.files)
+        assert len(f["tr_mem"]) == 1297 and len(f["tt_labels"]) == 500
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_models"] == 40
+    assert summary["high_influence_pairs"] == len(np.load(out / "estimates.npz")["infl"])
+    assert 0 <= summary["frac_mem_ge_0.25"] <= 1
+    for fig in ("memorized", "mem_hist", "pairs", "utility", "se_vs_models", "split_half"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    report = render_report(out).read_text()
+    assert report.count("<img") >= 8, "figures are inline"
+    assert "Stage 4: figures and headline numbers" in report
+    assert "Traceback" not in report and "memlib.Config.from_namespace" not in report, "code is hidden"
