@@ -7,7 +7,7 @@ import numpy as np
 from .config import Config
 from .data import load_dataset
 from .models import build_model, check_arch
-from .store import check_compatible, check_out_counts, subset_store_path, subset_store_spec
+from .store import check_compatible, check_out_counts, open_subset_store, subset_store_path, subset_store_spec
 
 
 def check(cfg: Config) -> dict:
@@ -28,14 +28,17 @@ def check(cfg: Config) -> dict:
         raise ValueError(f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes})")
     out = check_out_counts(cfg, data.n_train)
     path = subset_store_path(cfg)
-    if (path / "spec.json").exists():
+    done = 0
+    if (path / "spec.json").exists():  # an existing store must match this config and be readable
         spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
         check_compatible(path, spec, meta)
+        done = open_subset_store(cfg, data, create=False).done()
     return {
         **data.describe(),
         "architecture": cfg.arch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "models": cfg.num_models,
         "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
+        "models already finished": done,
         "results": str(cfg.out_dir),
     }

@@ -259,21 +259,29 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
 
 
 def se_curve(masks: np.ndarray, outcomes: np.ndarray, counts: list[int] | None = None) -> dict[str, np.ndarray]:
-    """Memorization's standard error against the number of runs used (the first k runs, for each k)."""
+    """Memorization's error against the number of runs k: the mean standard error from the first k runs, and
+    the error seen between the first k and the last k runs (two disjoint estimates; rms difference / sqrt 2).
+
+    Both are averaged over the examples whose outcome varies across all runs (the rest have zero error).
+    If the standard errors are calibrated, the two curves agree.
+    """
     total = len(masks)
     if counts is None:
         counts = sorted({int(c) for c in np.geomspace(min(20, total), total, 12)})
-    full = memorization(masks, outcomes).value
-    mean_se, median_se, rms_dev = [], [], []
+    varies = np.asarray(outcomes).min(0) != np.asarray(outcomes).max(0)
+    mean_se, seen = [], []
     for k in counts:
-        d = memorization(masks[:k], outcomes[:k])
-        ok = np.isfinite(d.se)
-        mean_se.append(float(np.mean(d.se[ok])))
-        median_se.append(float(np.median(d.se[ok])))
-        rms_dev.append(float(np.sqrt(np.nanmean((d.value - full) ** 2))))
+        first = memorization(masks[:k], outcomes[:k])
+        mean_se.append(float(np.nanmean(first.se[varies])) if varies.any() else 0.0)
+        if 2 * k <= total:
+            last = memorization(masks[-k:], outcomes[-k:])
+            diff = (first.value - last.value)[varies]
+            seen.append(float(np.sqrt(np.nanmean(diff**2) / 2)) if varies.any() else 0.0)
+        else:
+            seen.append(np.nan)
     return {
         "models": np.array(counts),
         "mean_se": np.array(mean_se),
-        "median_se": np.array(median_se),
-        "rms_change_vs_all": np.array(rms_dev),
+        "observed_error": np.array(seen),
+        "examples": int(varies.sum()),
     }

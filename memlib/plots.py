@@ -38,7 +38,7 @@ def memorized_grid(data: Dataset, est: Estimates, k: int = 24, cols: int = 8, pa
     """The k most memorized training examples, with their label and mem ± se."""
     top = est.top_memorized(k)
     rows = int(np.ceil(len(top) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.1 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, top):
@@ -141,19 +141,19 @@ def pairs_removal(table: pd.DataFrame, path=None) -> plt.Figure:
 
 
 def se_curve(curve: dict, path=None) -> plt.Figure:
-    """Standard error of the memorization estimate against the number of models."""
+    """Error of the memorization estimate against the number of models: predicted (se) and observed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     m = curve["models"]
-    ax.plot(m, curve["mean_se"], "o-", label="mean standard error")
-    ax.plot(m, curve["rms_change_vs_all"], "s--", label="RMS change vs estimate from all models")
-    ref = curve["mean_se"][-1] * np.sqrt(m[-1] / m)
-    ax.plot(m, ref, ":", color="gray", label="∝ 1/√T")
+    ax.plot(m, curve["mean_se"], "o-", label="mean standard error (formula)")
+    ok = np.isfinite(curve["observed_error"])
+    ax.plot(m[ok], curve["observed_error"][ok], "s--", label="observed: first k vs last k models, rms/√2")
+    ax.plot(m, curve["mean_se"][-1] * np.sqrt(m[-1] / m), ":", color="gray", label="∝ 1/√T")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of models T")
-    ax.set_ylabel("memorization estimate error")
-    ax.set_title("How precise the estimates are, by number of models")
-    ax.legend()
+    ax.set_ylabel("error of a memorization estimate")
+    ax.set_title(f"Precision by number of models ({curve['examples']:,} examples whose outcome varies)", fontsize=10)
+    ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

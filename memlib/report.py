@@ -94,6 +94,56 @@ def summarize(
     )
 
 
+def headline(s: dict) -> list[tuple[str, str]]:
+    """Readable (label, value) rows of a summary.json, for the report's first table."""
+    th = s["thresholds"]
+    rows = [
+        ("data", f"{s['dataset']}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
+        ("models", f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets"),
+        (
+            "test accuracy",
+            f"{s['test_acc_full_data']:.4f} trained on all data; {s['test_acc_subset_models']:.4f} on subsets",
+        ),
+        (
+            "memorization",
+            f"{s['frac_mem_ge_0.25']:.1%} of training examples have mem ≥ 0.25 "
+            f"(each left out of at least {s['min_models_out']} models)",
+        ),
+        (
+            "high-influence pairs",
+            f"{s['high_influence_pairs']} pairs: {s['pairs_distinct_train']} train and {s['pairs_distinct_test']} "
+            f"test examples (infl ≥ {th['infl']}, mem ≥ {th['mem']})",
+        ),
+    ]
+    for u in s.get("utility", []):
+        mem_change, rnd_change = -100 * u["drop_mem"], -100 * u["drop_random"]
+        rows.append(
+            (
+                f"remove mem ≥ {u['threshold']:g}",
+                f"{u['n_removed']} examples: test accuracy {mem_change:+.2f} points; as many random: {rnd_change:+.2f}",
+            )
+        )
+    p = s.get("pairs_removal") or {}
+    if p:
+        full, gone, rnd = p["pair_test_acc_full"], p["pair_test_acc_sources_removed"], p["pair_test_acc_random_removed"]
+        rows.append(
+            (
+                "remove the pairs' train side",
+                f"accuracy on their test side {full:.3f} → {gone:.3f} (as many random removed: {rnd:.3f})",
+            )
+        )
+    sh = s.get("split_half", {})
+    if sh:
+        rows.append(
+            (
+                "split-half stability",
+                f"Spearman of mem {sh['mem_spearman']:.3f}; pairs Jaccard {sh['pairs_jaccard']:.2f} "
+                f"({sh['models_per_half'][0]} models per half)",
+            )
+        )
+    return rows
+
+
 def write_json(obj: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +214,8 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
     )
     header.append("| stage | wall time | status |\n|---|---|---|\n" + rows)
     if summary_file.exists():
-        header.append("Headline figures (`summary.json`):\n\n```json\n" + summary_file.read_text() + "```")
+        rows = "\n".join(f"| {k} | {v} |" for k, v in headline(json.loads(summary_file.read_text())))
+        header.append("## Headline figures\n\n| | |\n|---|---|\n" + rows + "\n\nAll of them, in `summary.json`.")
     report = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("\n\n".join(header)), *cells])
     report.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

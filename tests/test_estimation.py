@@ -211,7 +211,16 @@ def test_split_half_and_se_curve_on_planted_signal(tmp_path):
     assert sh["pairs_jaccard"] > 0
     curve = memlib.se_curve(np.asarray(store["masks"]), np.asarray(store["train_correct"]))
     np.testing.assert_array_equal(curve["mean_se"], 0.0)  # no noise in a planted learner
-    np.testing.assert_array_equal(curve["rms_change_vs_all"], 0.0)
-    noisy = np.random.default_rng(0).random(np.asarray(store["masks"]).shape) < 0.5
-    curve = memlib.se_curve(np.asarray(store["masks"]), noisy)
-    assert curve["mean_se"][0] > 2 * curve["mean_se"][-1]  # 20 -> 200 models: ~sqrt(10) smaller
+    np.testing.assert_array_equal(curve["observed_error"][curve["models"] <= 100], 0.0)
+
+
+def test_standard_errors_are_calibrated():
+    """Outcomes right with probability 0.3 + 0.4 * in: the formula's se matches the error seen between halves."""
+    rng = np.random.default_rng(0)
+    masks = random_masks(400, 300)
+    noisy = rng.random(masks.shape) < 0.3 + 0.4 * masks
+    curve = memlib.se_curve(masks, noisy, counts=[25, 50, 100, 200, 400])
+    assert curve["mean_se"][0] > 3.5 * curve["mean_se"][-1]  # 25 -> 400 models: sqrt(16) = 4 times smaller
+    ratio = curve["observed_error"][:4] / curve["mean_se"][:4]
+    np.testing.assert_allclose(ratio, 1.0, atol=0.15)
+    assert np.isnan(curve["observed_error"][-1])  # no disjoint halves of 400 runs of 400
