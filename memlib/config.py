@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTS = ("none", "flip_crop")
+MASK_DESIGNS = ("random", "balanced")
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,14 @@ class Config:
     # data
     dataset: str = "digits"
     data_dir: str | None = None
+    train_size: int | None = None
+    download: bool = False
     # subset training (stage 1)
     arch: str = "mem_mlp"
     width: int = 256
     num_models: int = 1000
     subset_ratio: float = 0.7
+    mask_design: str = "random"
     min_out: int = 200
     seed: int = 0
     epochs: int = 20
@@ -58,6 +62,8 @@ class Config:
     # estimation (stage 2)
     infl_threshold: float = 0.15
     mem_threshold: float = 0.25
+    published_pairs: str | None = None
+    published_cscores: str | None = None
     # filtering and retraining (stage 3)
     utility_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
     retrain_models: int = 8
@@ -100,10 +106,7 @@ class Config:
     @property
     def out_dir(self) -> Path:
         """Where this profile's results go: <results_dir>/<profile>, relative paths from the project root."""
-        base = Path(self.results_dir)
-        if not base.is_absolute():
-            base = project_root() / base
-        return base / self.profile
+        return resolve(self.results_dir) / self.profile
 
     def training_fingerprint(self) -> str:
         """Hash of the fields that decide what the subset models are; a store remembers it."""
@@ -125,6 +128,8 @@ class Config:
             raise ConfigError(
                 f"retrain_models must be at least 2 so that confidence intervals exist, got {self.retrain_models}"
             )
+        if self.train_size is not None and self.train_size < 10:
+            raise ConfigError(f"train_size must be null (the whole training set) or at least 10, got {self.train_size}")
         if self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
         if self.lr <= 0:
@@ -135,7 +140,13 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS)):
+        choices = (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("augment", AUGMENTS),
+            ("mask_design", MASK_DESIGNS),
+        )
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -164,6 +175,8 @@ class Config:
 # Fields that decide the subset models (and so the contents of the stage-1 store).
 TRAINING_KEYS = (
     "dataset",
+    "train_size",
+    "mask_design",
     "arch",
     "width",
     "num_models",
@@ -196,6 +209,10 @@ def _check_types(cfg: Config) -> None:
             ok = isinstance(value, str)
         elif hint == "str | None":
             ok = value is None or isinstance(value, str)
+        elif hint == "int | None":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        elif hint == "bool":
+            ok = isinstance(value, bool)
         elif hint == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif hint == "float":
@@ -216,6 +233,12 @@ def project_root() -> Path:
         if (candidate / "configs").is_dir() and (candidate / "notebooks").is_dir():
             return candidate
     return here
+
+
+def resolve(path: str | Path) -> Path:
+    """A user path: `~` expanded, relative paths taken from the project root (notebooks run in notebooks/)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
 
 
 def profile_path(profile: str) -> Path:

@@ -8,6 +8,7 @@ redoes it; a completed row is never trained again and never written twice.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -175,16 +176,38 @@ def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any
 
 
 def subset_mask(seed: int, index: int, n: int, ratio: float) -> np.ndarray:
-    """The training subset of run `index`: exactly round(ratio * n) examples, drawn from the run's seed."""
+    """Random design: the subset of run `index` is exactly round(ratio * n) examples, drawn from the run's seed."""
     rng = np.random.default_rng(derive_seed(seed, 0, index))
     mask = np.zeros(n, dtype=bool)
     mask[rng.choice(n, size=round(ratio * n), replace=False)] = True
     return mask
 
 
+def balanced_masks(seed: int, runs: int, n: int, ratio: float, chunk: int = 4096) -> np.ndarray:
+    """Balanced design: every example is in exactly round(ratio * runs) of the runs (which ones: seeded)."""
+    k = round(ratio * runs)
+    masks = np.zeros((runs, n), dtype=bool)
+    for c, start in enumerate(range(0, n, chunk)):
+        cols = np.arange(start, min(start + chunk, n))
+        rng = np.random.default_rng(derive_seed(seed, 4, c))
+        chosen = np.argsort(rng.random((runs, len(cols)), dtype=np.float32), axis=0)[:k]
+        masks[chosen, cols[None, :]] = True
+    return masks
+
+
+@functools.lru_cache(maxsize=4)
+def _design(seed: int, runs: int, n: int, ratio: float, design: str) -> np.ndarray:
+    if design == "balanced":
+        masks = balanced_masks(seed, runs, n, ratio)
+    else:
+        masks = np.stack([subset_mask(seed, t, n, ratio) for t in range(runs)])
+    masks.flags.writeable = False
+    return masks
+
+
 def subset_masks(cfg: Config, n: int) -> np.ndarray:
-    """All runs' masks (num_models x n); cheap, so configs can be checked before any training."""
-    return np.stack([subset_mask(cfg.seed, t, n, cfg.subset_ratio) for t in range(cfg.num_models)])
+    """All runs' masks (num_models x n, read-only); cheap, so configs can be checked before any training."""
+    return _design(cfg.seed, cfg.num_models, n, cfg.subset_ratio, cfg.mask_design)
 
 
 def subset_store_spec(cfg: Config, n_train: int, n_test: int) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
@@ -225,8 +248,9 @@ def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
     spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
     store = Store.open(subset_store_path(cfg), spec, meta, create=create)
     done = np.flatnonzero(store.completed)
+    design = subset_masks(cfg, data.n_train)
     for t in done[: min(len(done), 64)]:  # spot-check: a finished run's stored mask is the one its seed gives
-        if not np.array_equal(store["masks"][t], subset_mask(cfg.seed, int(t), data.n_train, cfg.subset_ratio)):
+        if not np.array_equal(store["masks"][t], design[t]):
             raise StoreError(
                 f"run {t} in {store.path} has a mask its seed does not give: the store is corrupt or was made by "
                 f"other code. Delete {store.path} and rerun."
@@ -249,7 +273,9 @@ class Job:
 
 
 def subset_jobs(cfg: Config, n_train: int, rows: Iterable[int]) -> list[Job]:
-    return [Job(t, subset_mask(cfg.seed, t, n_train, cfg.subset_ratio), derive_seed(cfg.seed, 1, t)) for t in rows]
+    """Stage-1 jobs: run t trains on its design mask with the seed that t gives."""
+    masks = subset_masks(cfg, n_train)
+    return [Job(t, masks[t], derive_seed(cfg.seed, 1, t)) for t in rows]
 
 
 def _row_values(job: Job, out: Outcome, seconds: float, columns: Sequence[str]) -> dict[str, np.ndarray]:

@@ -103,3 +103,13 @@ def test_train_subsets_fills_every_row_and_fits_subsets(smoke, digits):
     right = np.asarray(store["train_correct"])
     assert probs[right].mean() > probs[~right].mean()
     assert np.asarray(store["test_correct"]).mean() > 0.5
+
+
+def test_balanced_design_puts_every_example_in_the_same_number_of_runs(smoke, digits):
+    cfg = smoke.replace(mask_design="balanced", num_models=20, min_out=6)
+    masks = subset_masks(cfg, digits.n_train)
+    np.testing.assert_array_equal(masks.sum(0), 14)  # round(0.7 * 20) runs per example
+    assert abs(masks.sum(1).mean() - 0.7 * digits.n_train) < 1
+    store = memlib.train_subsets(cfg, digits)  # the runs train on the design's masks
+    np.testing.assert_array_equal(np.asarray(store["masks"]), masks)
+    assert not np.array_equal(masks, subset_masks(cfg.replace(mask_design="random"), digits.n_train))
