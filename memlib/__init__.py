@@ -12,7 +12,16 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from .checks import check
 from .config import Config, ConfigError, load_profile
 from .data import DataError, Dataset, load_dataset
-from .estimation import Estimates, estimate, high_influence_pairs, influence, memorization, se_curve, split_half
+from .estimation import (
+    Estimates,
+    compare_published,
+    estimate,
+    high_influence_pairs,
+    influence,
+    memorization,
+    se_curve,
+    split_half,
+)
 from .experiments import marginal_utility
 from .store import Store, StoreError, open_subset_store, train_subsets
 from .training import NearestNeighbourLearner, NeuralLearner
@@ -30,6 +39,7 @@ __all__ = [
     "Store",
     "StoreError",
     "check",
+    "compare_published",
     "estimate",
     "high_influence_pairs",
     "influence",

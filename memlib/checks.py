@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import Config
+from .config import Config, ConfigError, resolve
 from .data import load_dataset
 from .models import build_model, check_arch
 from .store import check_compatible, check_out_counts, open_subset_store, subset_store_path, subset_store_spec
@@ -27,6 +27,19 @@ def check(cfg: Config) -> dict:
     if tuple(logits.shape) != (2, data.num_classes):
         raise ValueError(f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes})")
     out = check_out_counts(cfg, data.n_train)
+    for name in ("published_pairs", "published_cscores"):
+        path = getattr(cfg, name)
+        if path is None:
+            continue
+        if cfg.dataset not in ("cifar10", "cifar100"):
+            raise ConfigError(
+                f"{name} is set, but published estimates exist only for CIFAR-10/100 (dataset: {cfg.dataset})"
+            )
+        if not resolve(path).is_file():
+            raise ConfigError(
+                f"{name}: {resolve(path)} does not exist. The authors publish these files in "
+                "pluskid/influence-memorization (docs/data/) and pluskid/structural-regularity (docs/cscores/)."
+            )
     path = subset_store_path(cfg)
     done = 0
     if (path / "spec.json").exists():  # an existing store must match this config and be readable
