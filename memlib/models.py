@@ -64,7 +64,39 @@ def mem_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, 
     )
 
 
-MEMLIB_ARCHS = ("mem_mlp", "mem_mlp_mnist", "mem_cnn")
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.skip = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.skip = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return (self.body(x) + self.skip(x)).relu_()
+
+
+@register_model
+def mem_resnet18(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, width: int = 64, **_):
+    """ResNet-18 for 32x32 inputs: a 3x3 stem without max-pooling, four stages of two basic blocks."""
+    w = width
+    layers: list[nn.Module] = [_conv_bn(in_chans, w)]
+    c_in = w
+    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w)):
+        for block in range(2):
+            layers.append(_BasicBlock(c_in, c_out, stride=2 if stage > 0 and block == 0 else 1))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+MEMLIB_ARCHS = ("mem_mlp", "mem_mlp_mnist", "mem_cnn", "mem_resnet18")
 
 
 def check_arch(name: str) -> None:
