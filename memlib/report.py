@@ -73,6 +73,7 @@ def summarize(
             "arch": cfg.arch,
             "num_models": est.num_models,
             "subset_ratio": cfg.subset_ratio,
+            "mask_design": cfg.mask_design,
             "n_train": len(mem),
             "n_test": len(est.tt_labels),
             "test_acc_subset_models": float(np.mean(subset_test_acc)),
@@ -99,7 +100,11 @@ def headline(s: dict) -> list[tuple[str, str]]:
     th = s["thresholds"]
     rows = [
         ("data", f"{s['dataset']}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
-        ("models", f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets"),
+        (
+            "models",
+            f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets ({s.get('mask_design', 'random')} "
+            "mask design)",
+        ),
         (
             "test accuracy",
             f"{s['test_acc_full_data']:.4f} trained on all data; {s['test_acc_subset_models']:.4f} on subsets",
