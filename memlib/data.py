@@ -324,6 +324,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("copy_reg", "_reconstructor"),
         ("copyreg", "_reconstructor"),
+        ("_codecs", "encode"),  # bytes, as Python 3 pickles them at protocol 2
     }
 
     def find_class(self, module: str, name: str):

@@ -240,8 +240,10 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
     union = a | b
     with warnings.catch_warnings():  # constant halves (a noiseless learner) have no rank correlation: nan
         warnings.simplefilter("ignore")
-        spearman = float(stats.spearmanr(est[0].mem.value, est[1].mem.value).statistic)
-        pearson = float(np.corrcoef(est[0].mem.value, est[1].mem.value)[0, 1])
+        a_mem, b_mem = est[0].mem.value, est[1].mem.value
+        ok = np.isfinite(a_mem) & np.isfinite(b_mem)  # an example left out of no model of a half has no estimate
+        spearman = float(stats.spearmanr(a_mem[ok], b_mem[ok]).statistic)
+        pearson = float(np.corrcoef(a_mem[ok], b_mem[ok])[0, 1])
     high_a = set(np.flatnonzero(est[0].mem.value >= cfg.mem_threshold).tolist())
     high_b = set(np.flatnonzero(est[1].mem.value >= cfg.mem_threshold).tolist())
     return {
@@ -250,6 +252,7 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
         "models_per_half": [int(len(masks[h])) for h in halves],
         "mem_spearman": spearman,
         "mem_pearson": pearson,
+        "examples_compared": int(ok.sum()),
         "high_mem_jaccard": len(high_a & high_b) / max(len(high_a | high_b), 1),
         "pairs_a": len(a),
         "pairs_b": len(b),

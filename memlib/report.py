@@ -95,6 +95,10 @@ def summarize(
     )
 
 
+def _num(x, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def headline(s: dict) -> list[tuple[str, str]]:
     """Readable (label, value) rows of a summary.json, for the report's first table."""
     th = s["thresholds"]
@@ -142,7 +146,7 @@ def headline(s: dict) -> list[tuple[str, str]]:
         rows.append(
             (
                 "split-half stability",
-                f"Spearman of mem {sh['mem_spearman']:.3f}; pairs Jaccard {sh['pairs_jaccard']:.2f} "
+                f"Spearman of mem {_num(sh['mem_spearman'], '.3f')}; pairs Jaccard {_num(sh['pairs_jaccard'], '.2f')} "
                 f"({sh['models_per_half'][0]} models per half)",
             )
         )

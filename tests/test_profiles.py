@@ -38,7 +38,7 @@ def test_gpu_profile_trains_its_first_models_on_cpu(tmp_path, monkeypatch, name)
         data_dir=str(tmp_path / "data"),
         results_dir=str(tmp_path / "results"),
         train_size=None,
-        num_models=16,
+        num_models=24,
         min_out=1,
         epochs=1,
         batch_size=8,
