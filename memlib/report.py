@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -171,21 +170,6 @@ def git_commit() -> str:
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         return "unknown"
-
-
-def environment() -> dict[str, str]:
-    """Versions and hardware, for the record."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": __import__("timm").__version__,
-        "cpu cores": str(__import__("os").cpu_count()),
-        "gpu": gpu,
-        "machine": platform.platform(),
-    }
 
 
 def render_report(out_dir: Path, title: str | None = None) -> Path:

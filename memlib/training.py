@@ -28,10 +28,6 @@ class Outcome:
     test_correct: np.ndarray
     test_prob: np.ndarray
 
-    @property
-    def test_accuracy(self) -> float:
-        return float(self.test_correct.mean())
-
 
 def derive_seed(base: int, *stream: int) -> int:
     """A 63-bit seed from (base, stream...), independent across streams: the run index gives the seed."""
