@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from .config import Config, project_root
 from .estimation import Estimates
 
 STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures")
+ENVIRONMENT_FILE = "environment.json"
 STAGE_TITLES = {
     "01_train_subsets": "Stage 1: training models on random subsets",
     "02_estimate": "Stage 2: memorization and influence estimates",
@@ -172,6 +176,35 @@ def git_commit() -> str:
         return "unknown"
 
 
+def environment(device: str = "auto") -> dict[str, Any]:
+    """What the run was made with: commit, library versions, processor and the device that trains."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from .training import resolve_device
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "papermill"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    dev = resolve_device(device)
+    accelerator = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
+    return {
+        "commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "training_device": str(dev),
+        "accelerator": accelerator,
+        "cuda": torch.version.cuda if dev.type == "cuda" else None,
+        "versions": versions,
+    }
+
+
 def render_report(out_dir: Path, title: str | None = None) -> Path:
     """Concatenate the executed stage notebooks in `out_dir` into one HTML page, code hidden, figures inline."""
     import nbformat
@@ -209,6 +242,17 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
     if summary_file.exists():
         rows = "\n".join(f"| {k} | {v} |" for k, v in headline(json.loads(summary_file.read_text())))
         header.append("## Headline figures\n\n| | |\n|---|---|\n" + rows + "\n\nAll of them, in `summary.json`.")
+    env_file = out_dir / ENVIRONMENT_FILE
+    if env_file.exists():
+        env = json.loads(env_file.read_text())
+        made = [
+            ("commit", f"`{env['commit']}`"),
+            ("training device", f"{env['training_device']} · accelerator: {env['accelerator']}"),
+            ("processor", f"{env['cpu_cores']} cores · {env['platform']} · Python {env['python']}"),
+            ("libraries", " · ".join(f"{k} {v}" for k, v in env["versions"].items())),
+        ]
+        rows = "\n".join(f"| {k} | {v} |" for k, v in made)
+        header.append(f"## Made with\n\n| | |\n|---|---|\n{rows}\n\nAs recorded by stage 1, in `{ENVIRONMENT_FILE}`.")
     report = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("\n\n".join(header)), *cells])
     report.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

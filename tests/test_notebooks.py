@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
@@ -50,7 +51,11 @@ def test_papermill_runs_all_four_notebooks_on_smoke(tmp_path):
     assert 0 <= summary["frac_mem_ge_0.25"] <= 1
     for fig in ("memorized", "mem_hist", "pairs", "utility", "se_vs_models", "split_half"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    env = json.loads((out / "environment.json").read_text())
+    assert env["versions"]["torch"] == version("torch") and env["versions"]["timm"] == version("timm")
+    assert env["training_device"] == "cpu" and env["cpu_cores"] >= 1
     report = render_report(out).read_text()
+    assert "Made with" in report and f"torch {version('torch')}" in report, "the report says what made it"
     assert report.count("<img") >= 8, "figures are inline"
     assert "Stage 4: figures and headline numbers" in report
     assert "Traceback" not in report and "memlib.Config.from_namespace" not in report, "code is hidden"
