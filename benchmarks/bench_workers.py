@@ -21,20 +21,15 @@ import torch
 
 import memlib
 from memlib.store import open_subset_store, run_jobs, subset_jobs
-from memlib.training import NeuralLearner, evaluate, train_model
+from memlib.training import NeuralLearner
 
 
 def scheme_a(cfg, data, jobs, eval_batch=4096) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
-    learner = NeuralLearner(cfg, data, device="cpu")
+    learner = NeuralLearner(cfg, data, device="cpu", eval_batch=eval_batch)
     start = time.perf_counter()
     for job in jobs:
-        torch.manual_seed(job.seed)
-        g = torch.Generator().manual_seed(job.seed)
-        idx = torch.as_tensor(np.flatnonzero(job.mask))
-        model = train_model(learner.make_model(), learner.x_train[idx], learner.y_train[idx], cfg, g)
-        evaluate(model, learner.x_train, learner.y_train, batch=eval_batch)
-        evaluate(model, learner.x_test, learner.y_test, batch=eval_batch)
+        learner.fit_eval(np.flatnonzero(job.mask), job.seed)
     return len(jobs) / (time.perf_counter() - start)
 
 
@@ -44,7 +39,7 @@ def scheme_b(cfg, data, jobs) -> tuple[float, float]:
         cfg = cfg.replace(results_dir=tmp, workers=os.cpu_count() or 1)
         store = open_subset_store(cfg, data)
         start = time.perf_counter()
-        run_jobs(store, jobs, cfg, workers=cfg.workers, desc="(b) workers")
+        run_jobs(store, jobs, cfg, data=data, workers=cfg.workers, desc="(b) workers")
         end_to_end = len(jobs) / (time.perf_counter() - start)
         steady = cfg.workers / float(np.asarray(store["seconds"])[: len(jobs)].mean())
         return end_to_end, steady

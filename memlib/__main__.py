@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
             from .data import load_dataset
             from .store import train_subsets
 
-            check(cfg)
+            data = load_dataset(cfg)
+            check(cfg, data)
             rows = None
             if args.rows:
                 start, stop = (int(x) if x else None for x in args.rows.split(":"))
                 rows = range(cfg.num_models)[slice(start, stop)]
-            store = train_subsets(cfg, load_dataset(cfg), rows=rows)
+            store = train_subsets(cfg, data, rows=rows)
             print(f"{store.done()} of {store.rows} models finished in {store.path}")
         elif args.command == "report":
             from .report import render_report

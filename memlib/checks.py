@@ -5,21 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Config, ConfigError, resolve
-from .data import load_dataset
+from .data import Dataset, load_dataset
+from .estimation import PUBLISHED_SOURCES
 from .models import build_model, check_arch
-from .store import check_out_counts, open_subset_store, subset_store_path
+from .store import SPEC_FILE, check_out_counts, open_subset_store, subset_store_path
 
 
-def check(cfg: Config) -> dict:
-    """Validate a config against its data, architecture and any existing store; write nothing.
+def check(cfg: Config, data: Dataset | None = None) -> dict:
+    """Validate a config against its data (loaded here if not given), architecture and any existing store.
 
-    Raises ConfigError, DataError or StoreError with a message that says what to do.
+    Writes nothing. Raises ConfigError, DataError or StoreError with a message that says what to do.
     """
     import torch
 
     cfg.validate()
     check_arch(cfg.arch)
-    data = load_dataset(cfg)
+    if data is None:
+        data = load_dataset(cfg)
     c, h, _ = data.image_shape
     model = build_model(cfg, in_chans=c, img_size=h, num_classes=data.num_classes)
     with torch.no_grad():
@@ -36,13 +38,10 @@ def check(cfg: Config) -> dict:
                 f"{name} is set, but published estimates exist only for CIFAR-10/100 (dataset: {cfg.dataset})"
             )
         if not resolve(path).is_file():
-            raise ConfigError(
-                f"{name}: {resolve(path)} does not exist. The authors publish these files in "
-                "pluskid/influence-memorization (docs/data/) and pluskid/structural-regularity (docs/cscores/)."
-            )
+            raise ConfigError(f"{name}: {resolve(path)} does not exist. {PUBLISHED_SOURCES}")
     path = subset_store_path(cfg)
     done = 0
-    if (path / "spec.json").exists():  # an existing store must match this config and be readable
+    if (path / SPEC_FILE).exists():  # an existing store must match this config and be readable
         done = open_subset_store(cfg, data, create=False).done()
     return {
         **data.describe(),

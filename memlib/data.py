@@ -123,11 +123,10 @@ POOL_SEED = 20201206  # draws the training pool when train_size < the full train
 @dataclass(frozen=True)
 class IdxSource:
     name: str
-    folder: str  # torchvision's folder name under its root
+    folder: str  # torchvision's dataset class, and its folder name under its root
     debian_dir: str | None
     debian_package: str | None
     classes: tuple[str, ...]
-    torchvision_class: str
 
 
 IDX_SOURCES = {
@@ -137,9 +136,8 @@ IDX_SOURCES = {
         "/usr/share/datasets/fashion-mnist",
         "dataset-fashion-mnist",
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        "FashionMNIST",
     ),
-    "mnist": IdxSource("MNIST", "MNIST", None, None, tuple(str(c) for c in range(10)), "MNIST"),
+    "mnist": IdxSource("MNIST", "MNIST", None, None, tuple(str(c) for c in range(10))),
 }
 
 
@@ -213,7 +211,7 @@ def find_idx_dir(key: str, cfg: Config | None) -> Path:
             return d
     if cfg is not None and cfg.download:
         root = _download_root(cfg)
-        _torchvision_download(src.torchvision_class, root)
+        _torchvision_download(src.folder, root)
         return root / src.folder / "raw"
     ways = []
     if src.debian_package:

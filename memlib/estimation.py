@@ -295,14 +295,17 @@ def se_curve(masks: np.ndarray, outcomes: np.ndarray, counts: list[int] | None =
 # ---------------------------------------------------------------------------------------------------
 
 
+PUBLISHED_SOURCES = (
+    "The authors publish CIFAR-100/ImageNet pairs in pluskid/influence-memorization (docs/data/) and C-scores in "
+    "pluskid/structural-regularity (docs/cscores/); set published_pairs / published_cscores to where you saved "
+    "them, or null."
+)
+
+
 def _published(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     path = resolve(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"published file {path} not found. The authors publish CIFAR-100/ImageNet pairs in "
-            "pluskid/influence-memorization (docs/data/) and C-scores in pluskid/structural-regularity "
-            "(docs/cscores/); set published_pairs / published_cscores to where you saved them, or null."
-        )
+        raise FileNotFoundError(f"published file {path} not found. {PUBLISHED_SOURCES}")
     with np.load(path, allow_pickle=False) as f:
         missing = [k for k in keys if k not in f.files]
         if missing:

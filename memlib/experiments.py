@@ -12,7 +12,7 @@ from scipy import stats
 from .config import Config
 from .data import Dataset
 from .estimation import Estimates
-from .store import Job, Store, run_jobs, worker_count
+from .store import Job, Store, run_jobs
 from .training import derive_seed
 
 
@@ -104,7 +104,7 @@ def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -
     conds = conditions(cfg, est)
     jobs, runs = retrain_jobs(cfg, conds, data.n_train)
     store = open_retrain_store(cfg, data, jobs)
-    run_jobs(store, jobs, cfg, learner=learner, workers=worker_count(cfg, learner), desc="retraining")
+    run_jobs(store, jobs, cfg, data=data, learner=learner, desc="retraining")
     store.require_complete()
     correct = np.asarray(store["test_correct"])
     pair_tests = np.unique(est.pairs.tt_pos)

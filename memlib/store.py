@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .config import Config, ConfigError
 from .data import Dataset, load_dataset
-from .training import NeuralLearner, Outcome, derive_seed
+from .training import NeuralLearner, Outcome, derive_seed, resolve_device
 
 SPEC_FILE = "spec.json"
 COMPLETED = "completed"
@@ -330,23 +330,26 @@ def run_jobs(
     store: Store,
     jobs: list[Job],
     cfg: Config,
+    data: Dataset | None = None,
     learner=None,
-    workers: int = 1,
+    workers: int | None = None,
     desc: str = "training",
 ) -> None:
     """Run the jobs whose rows are not completed, with a progress bar.
 
-    With workers > 1 (CPU only), jobs run in that many spawned processes, each with its share of the cores
-    and its own copy of the data and learner; results land in the shared memory-mapped store. With a
-    `learner` given (a GPU learner, or a test's exact learner), jobs run in this process.
+    With workers > 1 (CPU only; default: `worker_count`), jobs run in that many spawned processes, each with
+    its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
+    store. With a `learner` given (a test's exact learner), or on a GPU, jobs run in this process, on `data`
+    (loaded here if not given).
     """
+    workers = worker_count(cfg, learner) if workers is None else workers
     todo = [j for j in jobs if not store.completed[j.row]]
     bar = tqdm(total=store.rows, initial=store.done(), desc=desc, unit="model", file=sys.stderr, mininterval=2)
     try:
         if not todo:
             return
         if learner is not None or workers <= 1:
-            learner = learner or NeuralLearner(cfg, load_dataset(cfg))
+            learner = learner or NeuralLearner(cfg, data if data is not None else load_dataset(cfg))
             for job in todo:
                 run_job(store, learner, job)
                 bar.update(1)
@@ -373,13 +376,10 @@ def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] 
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
-    run_jobs(store, jobs, cfg, learner=learner, workers=worker_count(cfg, learner), desc="subset models")
+    run_jobs(store, jobs, cfg, data=data, learner=learner, desc="subset models")
     return store
 
 
 def worker_count(cfg: Config, learner=None) -> int:
     """CPU training uses cfg.workers processes; a GPU, or a learner passed in, runs in this process."""
-    import torch
-
-    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    return 1 if (learner is not None or on_gpu) else cfg.workers
+    return 1 if (learner is not None or resolve_device(cfg.device).type == "cuda") else cfg.workers

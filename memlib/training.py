@@ -135,8 +135,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 class NeuralLearner:
     """Trains `timm.create_model(cfg.arch)` on a subset, with the whole dataset resident on the device."""
 
-    def __init__(self, cfg: Config, data: Dataset, device: str | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, data: Dataset, device: str | None = None, eval_batch: int = 4096):
+        self.cfg, self.eval_batch = cfg, eval_batch
         self.device = resolve_device(device or cfg.device)
         x_train, x_test = data.normalized()
         self.x_train = torch.as_tensor(x_train, device=self.device)
@@ -159,8 +159,8 @@ class NeuralLearner:
         generator = torch.Generator().manual_seed(seed)
         idx = torch.as_tensor(train_idx, device=self.device)
         model = train_model(self.make_model(), self.x_train[idx], self.y_train[idx], self.cfg, generator)
-        train_correct, train_prob = evaluate(model, self.x_train, self.y_train)
-        test_correct, test_prob = evaluate(model, self.x_test, self.y_test)
+        train_correct, train_prob = evaluate(model, self.x_train, self.y_train, self.eval_batch)
+        test_correct, test_prob = evaluate(model, self.x_test, self.y_test, self.eval_batch)
         return Outcome(train_correct, train_prob, test_correct, test_prob)
 
 
