@@ -52,6 +52,7 @@ class Config:
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True  # Nesterov momentum (SGD with momentum > 0 only)
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     schedule: str = "onecycle"
@@ -186,6 +187,7 @@ TRAINING_KEYS = (
     "batch_size",
     "lr",
     "momentum",
+    "nesterov",
     "weight_decay",
     "optimizer",
     "schedule",

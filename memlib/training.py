@@ -67,7 +67,7 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
         model.parameters(),
         lr=cfg.lr,
         momentum=cfg.momentum,
-        nesterov=cfg.momentum > 0,
+        nesterov=cfg.nesterov and cfg.momentum > 0,  # torch refuses Nesterov without momentum
         weight_decay=cfg.weight_decay,
     )
 
