@@ -6,6 +6,7 @@ architecture, on tiny files written in the exact format of its dataset.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,15 @@ def test_gpu_profile_trains_its_first_models_on_cpu(tmp_path, monkeypatch, name)
 def test_gpu_profile_without_data_stops_before_work_with_the_ways_to_get_it(tmp_path, capsys, monkeypatch, name):
     monkeypatch.delenv("MEMLIB_DATA_DIR", raising=False)
     cfg = memlib.load_profile(name)
-    if cfg.dataset == "fashion-mnist" and FASHION_MNIST.exists():
-        pytest.skip("Fashion-MNIST is installed here")
+    for key, src in memlib.data.IDX_SOURCES.items():  # as on a machine without the Debian package
+        if src.debian_dir:
+            absent = dataclasses.replace(src, debian_dir=str(tmp_path / "not-installed"))
+            monkeypatch.setitem(memlib.data.IDX_SOURCES, key, absent)
     assert main(["check", name]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "download: true" in err and "MEMLIB_DATA_DIR" in err
+    if cfg.dataset == "fashion-mnist":
+        assert "apt-get install dataset-fashion-mnist" in err
 
 
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Debian's dataset-fashion-mnist is not installed")
