@@ -39,7 +39,7 @@ def scheme_b(cfg, data, jobs) -> tuple[float, float]:
         cfg = cfg.replace(results_dir=tmp, workers=os.cpu_count() or 1)
         store = open_subset_store(cfg, data)
         start = time.perf_counter()
-        run_jobs(store, jobs, cfg, data=data, workers=cfg.workers, desc="(b) workers")
+        run_jobs(store, jobs, cfg, data, workers=cfg.workers, desc="(b) workers")
         end_to_end = len(jobs) / (time.perf_counter() - start)
         steady = cfg.workers / float(np.asarray(store["seconds"])[: len(jobs)].mean())
         return end_to_end, steady

@@ -104,7 +104,7 @@ def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -
     conds = conditions(cfg, est)
     jobs, runs = retrain_jobs(cfg, conds, data.n_train)
     store = open_retrain_store(cfg, data, jobs)
-    run_jobs(store, jobs, cfg, data=data, learner=learner, desc="retraining")
+    run_jobs(store, jobs, cfg, data, learner=learner, desc="retraining")
     store.require_complete()
     correct = np.asarray(store["test_correct"])
     pair_tests = np.unique(est.pairs.tt_pos)

@@ -330,7 +330,7 @@ def run_jobs(
     store: Store,
     jobs: list[Job],
     cfg: Config,
-    data: Dataset | None = None,
+    data: Dataset,
     learner=None,
     workers: int | None = None,
     desc: str = "training",
@@ -339,8 +339,7 @@ def run_jobs(
 
     With workers > 1 (CPU only; default: `worker_count`), jobs run in that many spawned processes, each with
     its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
-    store. With a `learner` given (a test's exact learner), or on a GPU, jobs run in this process, on `data`
-    (loaded here if not given).
+    store. With a `learner` given (a test's exact learner), or on a GPU, jobs run in this process, on `data`.
     """
     workers = worker_count(cfg, learner) if workers is None else workers
     todo = [j for j in jobs if not store.completed[j.row]]
@@ -349,7 +348,7 @@ def run_jobs(
         if not todo:
             return
         if learner is not None or workers <= 1:
-            learner = learner or NeuralLearner(cfg, data if data is not None else load_dataset(cfg))
+            learner = learner or NeuralLearner(cfg, data)
             for job in todo:
                 run_job(store, learner, job)
                 bar.update(1)
@@ -376,7 +375,7 @@ def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] 
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
-    run_jobs(store, jobs, cfg, data=data, learner=learner, desc="subset models")
+    run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models")
     return store
 
 

@@ -132,7 +132,7 @@ def _fill(tmp_path, cfg, data, learner) -> Store:
     spec, meta = memlib.store.subset_store_spec(cfg, data.n_train, data.n_test)
     store = Store.open(tmp_path / "store", spec, meta)
     jobs = memlib.store.subset_jobs(cfg, data.n_train, range(cfg.num_models))
-    run_jobs(store, jobs, cfg, learner=learner)
+    run_jobs(store, jobs, cfg, data, learner=learner)
     return store
 
 
