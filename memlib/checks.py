@@ -9,6 +9,7 @@ from .data import Dataset, load_dataset
 from .estimation import PUBLISHED_SOURCES
 from .models import build_model, check_arch
 from .store import SPEC_FILE, check_out_counts, open_subset_store, subset_store_path
+from .training import resolve_device
 
 
 def check(cfg: Config, data: Dataset | None = None) -> dict:
@@ -19,6 +20,7 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
     import torch
 
     cfg.validate()
+    resolve_device(cfg.device)  # a GPU named where there is none
     check_arch(cfg.arch)
     if data is None:
         data = load_dataset(cfg)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import Dataset
 from .models import build_model
 
@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but torch sees no GPU here; use device: auto or cpu")
+        raise ConfigError(f"device={name!r} but torch sees no GPU here; use device: auto or cpu")
     return torch.device(name)
 
 

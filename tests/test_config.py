@@ -98,3 +98,13 @@ def test_check_reports_what_it_found(smoke):
     assert info["models"] == smoke.num_models
     assert not smoke.out_dir.exists()  # check writes nothing
     assert np.isfinite(info["parameters"])
+
+
+def test_check_refuses_a_gpu_where_there_is_none(smoke, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        memlib.check(smoke.replace(device="cuda"))
+    assert memlib.check(smoke.replace(device="auto"))["models"] == smoke.num_models
+    assert not smoke.out_dir.exists()
