@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
+from memlib.training import NeuralLearner
 
 import memlib
 from memlib.store import open_subset_store, run_jobs, subset_jobs
-from memlib.training import NeuralLearner
 
 
 def scheme_a(cfg, data, jobs, eval_batch=4096) -> float:

@@ -1,7 +1,7 @@
 """memlib: a reproducible study of Feldman & Zhang (2020), what neural networks memorize and why.
 
 Stages, and the modules that serve them (imports run one way, left to right):
-config -> data -> models -> training -> store -> estimation -> experiments -> plots, report.
+config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
 """
 
 import warnings
@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from .checks import check
 from .config import Config, ConfigError, load_profile
 from .data import DataError, Dataset, load_dataset
+from .engine import NearestNeighbourLearner, NeuralLearner
 from .estimation import (
     Estimates,
     compare_published,
@@ -23,8 +24,8 @@ from .estimation import (
     split_half,
 )
 from .experiments import marginal_utility
-from .store import Store, StoreError, open_subset_store, train_subsets
-from .training import NearestNeighbourLearner, NeuralLearner
+from .runner import open_subset_store, train_subsets
+from .store import Store, StoreError
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             from .checks import check
             from .data import load_dataset
-            from .store import train_subsets
+            from .runner import train_subsets
 
             data = load_dataset(cfg)
             check(cfg, data)

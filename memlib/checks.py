@@ -6,10 +6,12 @@ import numpy as np
 
 from .config import Config, ConfigError, resolve
 from .data import Dataset, load_dataset
+from .design import check_out_counts
+from .engine import resolve_device
 from .estimation import PUBLISHED_SOURCES
 from .models import build_model, check_arch
-from .store import SPEC_FILE, check_out_counts, open_subset_store, subset_store_path
-from .training import resolve_device
+from .runner import open_subset_store, subset_store_path
+from .store import SPEC_FILE
 
 
 def check(cfg: Config, data: Dataset | None = None) -> dict:

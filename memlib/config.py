@@ -27,6 +27,8 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTS = ("none", "flip_crop")
 MASK_DESIGNS = ("random", "balanced")
+ENGINES = ("auto", "stacked", "vmap", "single")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Config:
     label_smoothing: float = 0.0
     augment: str = "none"
     device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the device runs it fast (AVX-512 bf16 / AMX CPUs, GPUs)
+    engine: str = "auto"  # how a group of models trains: stacked (MLPs), vmap, single (one at a time)
+    group_size: int = 8  # models trained in lockstep per group (rows [g K, (g + 1) K) form group g)
     workers: int = 2
     # estimation (stage 2)
     infl_threshold: float = 0.15
@@ -122,7 +127,7 @@ class Config:
             raise ConfigError(
                 f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
             )
-        for name in ("num_models", "epochs", "batch_size", "workers", "retrain_models", "min_out"):
+        for name in ("num_models", "epochs", "batch_size", "workers", "retrain_models", "min_out", "group_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.retrain_models < 2:
@@ -146,6 +151,8 @@ class Config:
             ("schedule", SCHEDULES),
             ("augment", AUGMENTS),
             ("mask_design", MASK_DESIGNS),
+            ("engine", ENGINES),
+            ("precision", PRECISIONS),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -193,6 +200,9 @@ TRAINING_KEYS = (
     "schedule",
     "label_smoothing",
     "augment",
+    "precision",
+    "engine",
+    "group_size",
 )
 
 

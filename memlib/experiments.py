@@ -11,9 +11,10 @@ from scipy import stats
 
 from .config import Config
 from .data import Dataset
+from .design import Job, derive_seed
 from .estimation import Estimates
-from .store import Job, Store, run_jobs
-from .training import derive_seed
+from .runner import run_jobs
+from .store import Store
 
 
 @dataclass(frozen=True)

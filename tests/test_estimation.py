@@ -7,9 +7,11 @@ import pytest
 from conftest import tiny_dataset
 
 import memlib
+from memlib.design import subset_jobs, subset_mask
+from memlib.engine import NearestNeighbourLearner, Outcome
 from memlib.estimation import estimate_from_arrays, high_influence_pairs, influence, memorization
-from memlib.store import Store, run_jobs, subset_mask
-from memlib.training import NearestNeighbourLearner
+from memlib.runner import run_jobs, subset_store_spec
+from memlib.store import Store
 
 
 def random_masks(t: int, n: int, seed: int = 0) -> np.ndarray:
@@ -112,7 +114,7 @@ class PlantedLearner:
         inside = np.zeros(self.n_train, dtype=bool)
         inside[train_idx] = True
         test = inside[self.sources]
-        return memlib.training.Outcome(inside, inside.astype(np.float32), test, test.astype(np.float32))
+        return Outcome(inside, inside.astype(np.float32), test, test.astype(np.float32))
 
 
 def test_planted_influence_through_the_store(tmp_path):
@@ -129,9 +131,9 @@ def test_planted_influence_through_the_store(tmp_path):
 
 
 def _fill(tmp_path, cfg, data, learner) -> Store:
-    spec, meta = memlib.store.subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
     store = Store.open(tmp_path / "store", spec, meta)
-    jobs = memlib.store.subset_jobs(cfg, data.n_train, range(cfg.num_models))
+    jobs = subset_jobs(cfg, data.n_train, range(cfg.num_models))
     run_jobs(store, jobs, cfg, data, learner=learner)
     return store
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import memlib
-from memlib.store import Store, StoreError, open_subset_store, subset_mask, subset_masks
+from memlib.design import subset_mask, subset_masks
+from memlib.runner import open_subset_store
+from memlib.store import Store, StoreError
 
 
 def make(tmp_path, fingerprint="a"):

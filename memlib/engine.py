@@ -1,0 +1,601 @@
+"""The engine: training a group of K models in lockstep on one device, and evaluating them on every example.
+
+A learner is anything with `fit_eval(train_idx, seed) -> Outcome`; the neural learner also has
+`fit_eval_group(runs) -> list[Outcome]`, which trains K runs at once. Each run keeps its own seed (initial
+weights, shuffles, augmentation draws) and its own subset, so a run's outcome does not depend on which group
+it trains in beyond floating-point rounding.
+
+Three paths, chosen per architecture and device by `choose_path` (the measurements that chose it are there):
+- stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all K models;
+- vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
+  statistics kept per model;
+- single: one model after another, the same loop as memlib has always had.
+All three share one optimizer, written over stacked parameters, and one LR/momentum schedule taken from
+torch's own schedulers, so the stacked paths take the same steps as `torch.optim` does for each model alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config, ConfigError
+from .data import Dataset
+from .models import build_model
+
+PATHS = ("auto", "stacked", "vmap", "single")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Outcome:
+    """What one trained model gets right, and the probability it gives the true label, per example."""
+
+    train_correct: np.ndarray
+    train_prob: np.ndarray
+    test_correct: np.ndarray
+    test_prob: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device and precision
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but torch sees no GPU here; use device: auto or cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 bf16 or AMX), so bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto': bf16 autocast (fp32 master weights) where the device runs it fast, else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision: bf16, but this GPU has no bf16 support; use precision: auto or fp32")
+    return name
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data resident on the device
+# ---------------------------------------------------------------------------------------------------
+
+
+class DeviceData:
+    """A split's images and labels on the device, standardized with the training statistics.
+
+    With `compact`, images that are whole multiples of 1/255 (every image dataset memlib loads) stay on the
+    device as uint8 (a quarter of the memory) and are converted on the fly, batch by batch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, device, compact: bool):
+        self.device = torch.device(device)
+        self.y = torch.as_tensor(y, device=self.device)
+        self.mean = torch.as_tensor(mean, device=self.device)
+        self.std = torch.as_tensor(std, device=self.device)
+        as_bytes = np.rint(x * 255.0)
+        self.compact = bool(compact and np.array_equal(as_bytes / 255.0, x.astype(np.float64)))
+        if self.compact:
+            self.x = torch.as_tensor(as_bytes.astype(np.uint8), device=self.device)
+        else:
+            self.x = torch.as_tensor((x - mean) / std, dtype=torch.float32, device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def images(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Standardized float32 images at `idx` (any index shape; image axes last)."""
+        x = self.x[idx]
+        if self.compact:
+            x = (x.float() / 255.0 - self.mean) / self.std
+        return x
+
+
+def device_data(data: Dataset, device: torch.device, compact: bool | None = None) -> tuple[DeviceData, DeviceData]:
+    """Train and test splits on `device` (uint8 on a GPU)."""
+    compact = device.type == "cuda" if compact is None else compact
+    mean = data.x_train.mean(axis=(0, 2, 3), keepdims=True)[0]
+    std = data.x_train.std(axis=(0, 2, 3), keepdims=True)[0] + 1e-6
+    return (
+        DeviceData(data.x_train, data.y_train, mean, std, device, compact),
+        DeviceData(data.x_test, data.y_test, mean, std, device, compact),
+    )
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard augmentation on the device: random horizontal flip and random crop after `pad`-pixel padding."""
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, generator=generator).to(dev) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer and schedule, for one model (torch.optim) and for K stacked models (the same update rule)
+# ---------------------------------------------------------------------------------------------------
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of an epoch over n examples; a last batch of one is folded into the previous
+    (a batch of one breaks BatchNorm)."""
+    bs = min(batch_size, n)
+    starts = list(range(0, n, bs))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,  # torch refuses Nesterov without momentum
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def _schedule(cfg: Config, opt: torch.optim.Optimizer, total_steps: int):
+    if cfg.schedule == "onecycle" and total_steps >= 3:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.lr,
+            total_steps=total_steps,
+            pct_start=max(0.25, 2 / total_steps),  # at least two warm-up steps, or the schedule divides by zero
+            cycle_momentum=cfg.optimizer == "sgd",
+        )
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule_table_cached(recipe: tuple, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    cfg = Config(**dict(recipe))
+    param = torch.zeros(1, requires_grad=True)
+    opt = _optimizer(cfg, [param])
+    sched = _schedule(cfg, opt, total_steps)
+    lrs, moms = np.empty(total_steps), np.empty(total_steps)
+    key = "momentum" if cfg.optimizer == "sgd" else None
+    for step in range(total_steps):
+        group = opt.param_groups[0]
+        lrs[step] = group["lr"]
+        moms[step] = group[key] if key else 0.0
+        opt.step()  # no gradient: a no-op that keeps the scheduler's bookkeeping honest
+        if sched is not None:
+            sched.step()
+    return lrs, moms
+
+
+def schedule_table(cfg: Config, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The learning rate and SGD momentum at every step, exactly as torch's optimizer and scheduler set them."""
+    keys = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule")
+    return _schedule_table_cached(tuple((k, getattr(cfg, k)) for k in keys), total_steps)
+
+
+class StackedOptimizer:
+    """torch.optim's SGD (momentum, Nesterov, weight decay) or Adam, applied to K models stacked on axis 0.
+
+    Each model has its own learning rate and momentum at each step (`lr`, `momentum`: K-vectors) and may sit
+    a step out (`active`), so runs with different numbers of steps per epoch train side by side.
+    """
+
+    def __init__(self, cfg: Config, params: list[torch.Tensor]):
+        self.cfg, self.params = cfg, params
+        self.state = [dict() for _ in params]
+        self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
+
+    @torch.no_grad()
+    def step(self, grads, lr: torch.Tensor, momentum: torch.Tensor, active: torch.Tensor | None) -> None:
+        """One step for every active model; `lr` and `momentum` are each model's values at its own step."""
+        cfg = self.cfg
+        self.steps += 1 if active is None else active
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        for p, g, st in zip(self.params, grads, self.state):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            keep = None if active is None else active.view(shape)
+            d_p = g.add(p, alpha=cfg.weight_decay) if cfg.weight_decay else g
+            if cfg.optimizer == "adam":
+                beta1, beta2, eps = 0.9, 0.999, 1e-8
+                m, v = st.setdefault("m", torch.zeros_like(p)), st.setdefault("v", torch.zeros_like(p))
+                m_new = m.lerp(d_p, 1 - beta1)
+                v_new = v * beta2 + (1 - beta2) * d_p * d_p
+                steps = torch.clamp(self.steps, min=1).view(shape)
+                bc1, bc2 = (1 - beta1**steps).to(p.dtype), (1 - beta2**steps).to(p.dtype)
+                update = (lr.view(shape) / bc1) * (m_new / (v_new.sqrt() / bc2.sqrt() + eps))
+                _assign(m, m_new, keep)
+                _assign(v, v_new, keep)
+            else:
+                # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
+                buf = st.setdefault("buf", torch.zeros_like(p))
+                mom = momentum.view(shape)
+                buf_new = buf * mom + d_p
+                _assign(buf, buf_new, keep)
+                update = lr.view(shape) * (d_p + mom * buf_new if nesterov else buf_new)
+            p.sub_(update if keep is None else update * keep)
+
+
+def _assign(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
+    if keep is None:
+        dst.copy_(src)
+    else:
+        dst.copy_(torch.where(keep, src, dst))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stacked forward passes
+# ---------------------------------------------------------------------------------------------------
+
+
+def mlp_layers(model: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of a Flatten/Linear/ReLU stack (memlib's MLPs), or None for any other architecture."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    kinds = [type(m) for m in model]
+    if not kinds or kinds[0] is not nn.Flatten or any(k not in (nn.Flatten, nn.Linear, nn.ReLU) for k in kinds):
+        return None
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    pattern = [k for k in kinds[1:]]
+    expected = [nn.Linear, nn.ReLU] * (len(linears) - 1) + [nn.Linear]
+    return linears if pattern == expected and all(m.bias is not None for m in linears) else None
+
+
+class StackedMLP:
+    """K MLPs as batched matrices: weights (K, out, in), one baddbmm per layer for all models."""
+
+    def __init__(self, models: list[nn.Module]):
+        layers = [mlp_layers(m) for m in models]
+        self.weights = [torch.stack([ls[i].weight.detach() for ls in layers]).clone() for i in range(len(layers[0]))]
+        self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).clone() for i in range(len(layers[0]))]
+        self.params = [t.requires_grad_() for pair in zip(self.weights, self.biases) for t in pair]
+
+    def train(self) -> None:
+        pass
+
+    def eval(self) -> None:
+        pass
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (K, B, ...) -> logits (K, B, classes)."""
+        h = x.reshape(x.shape[0], x.shape[1], -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Each model's weights under nn.Sequential's names (for tests and for saving)."""
+        out = []
+        for k in range(self.weights[0].shape[0]):
+            sd, pos = {}, 1
+            for w, b in zip(self.weights, self.biases):
+                sd[f"{pos}.weight"], sd[f"{pos}.bias"] = w[k].detach(), b[k].detach()
+                pos += 2
+            out.append(sd)
+        return out
+
+
+class VmapModels:
+    """K copies of any nn.Module through torch.func: parameters and buffers stacked, forward vmapped."""
+
+    def __init__(self, models: list[nn.Module]):
+        from torch.func import stack_module_state
+
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n].detach().clone().requires_grad_() for n in self.names]
+        self.buffers = {n: b.clone() for n, b in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    def train(self) -> None:
+        self.base.train()
+
+    def eval(self) -> None:
+        self.base.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        def one(params, buffers, xb):
+            return functional_call(self.base, (dict(zip(self.names, params)), buffers), (xb,))
+
+        return vmap(one, in_dims=(0, 0, 0), randomness="error")(self.params, self.buffers, x)
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        k_models = self.params[0].shape[0]
+        return [
+            {
+                **{n: p[k].detach() for n, p in zip(self.names, self.params)},
+                **{n: b[k] for n, b in self.buffers.items()},
+            }
+            for k in range(k_models)
+        ]
+
+
+def choose_path(cfg: Config, model: nn.Module, device: torch.device) -> str:
+    """Which path trains a group of this architecture on this device (`engine: auto`).
+
+    Measured on a 2-core AMD EPYC (Zen 4, AVX-512 bf16), 1 thread per process, by
+    benchmarks/train_throughput.py (figures in benchmarks/README.md):
+    - MLPs: stacked matrices beat one model at a time (bf16: x2.0 against x1.65 for autocast alone), so MLPs
+      are stacked on every device; on a GPU one small MLP at a time is bound by kernel launches, not arithmetic.
+    - CNNs on the CPU: vmap (and grouped convolutions) were not faster than one model at a time, so other
+      architectures train one at a time. No GPU has measured vmap against one at a time yet: set
+      `engine: vmap` to try it.
+    """
+    if cfg.engine != "auto":
+        if cfg.engine == "stacked" and mlp_layers(model) is None:
+            raise ConfigError(
+                f"engine: stacked needs an MLP (Flatten/Linear/ReLU); {cfg.arch} is not one. Use auto, vmap or single."
+            )
+        return cfg.engine
+    return "stacked" if mlp_layers(model) is not None else "single"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Config,
+    generator: torch.Generator,
+    precision: str = "fp32",
+    steps: int | None = None,
+) -> nn.Module:
+    """Train one `model` on (x, y), already on the device, with torch.optim (memlib's single-model path).
+
+    Shuffling and augmentation draw from `generator`; `steps` stops early (for tests).
+    """
+    n = len(x)
+    bounds = batch_bounds(n, cfg.batch_size)
+    opt = _optimizer(cfg, model.parameters())
+    sched = _schedule(cfg, opt, cfg.epochs * len(bounds))
+    model.train()
+    done = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=generator).to(x.device)
+        for s, e in bounds:
+            if steps is not None and done >= steps:
+                return model
+            idx = perm[s:e]
+            xb, yb = x[idx], y[idx]
+            if cfg.augment == "flip_crop":
+                xb = random_crop_flip(xb, generator)
+            with _autocast(x.device, precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            done += 1
+    return model
+
+
+def train_group(
+    models,
+    train: DeviceData,
+    subsets: list[torch.Tensor],
+    generators: list[torch.Generator],
+    cfg: Config,
+    precision: str,
+    steps: int | None = None,
+) -> None:
+    """Train K stacked models (StackedMLP or VmapModels) in lockstep, model k on train examples subsets[k].
+
+    Every model draws its shuffles and augmentation from its own generator in the order the single-model loop
+    does, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
+    steps of that epoch; a short last batch is padded and weighted out of the loss.
+    """
+    dev = train.device
+    k_models = len(subsets)
+    sizes = [len(s) for s in subsets]
+    bounds = [batch_bounds(n, cfg.batch_size) for n in sizes]
+    n_batches = [len(b) for b in bounds]
+    width = max(e - s for b in bounds for s, e in b)
+    tables = [schedule_table(cfg, cfg.epochs * nb) for nb in n_batches]
+    opt = StackedOptimizer(cfg, models.params)
+    models.train()
+    done = 0
+    for epoch in range(cfg.epochs):
+        perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
+        for s in range(max(n_batches)):
+            if steps is not None and done >= steps:
+                return
+            active = [s < nb for nb in n_batches]
+            idx = torch.zeros(k_models, width, dtype=torch.long, device=dev)
+            weight = torch.zeros(k_models, width, device=dev)
+            lr, mom = np.zeros(k_models), np.zeros(k_models)
+            for k in range(k_models):
+                if not active[k]:
+                    continue
+                b0, b1 = bounds[k][s]
+                idx[k, : b1 - b0] = perms[k][b0:b1]
+                weight[k, : b1 - b0] = 1.0 / (b1 - b0)
+                step = epoch * n_batches[k] + s
+                lr[k], mom[k] = tables[k][0][step], tables[k][1][step]
+            xb = train.images(idx)  # (K, width, C, H, W)
+            if cfg.augment == "flip_crop":
+                xb = torch.stack(
+                    [random_crop_flip(xb[k], generators[k]) if active[k] else xb[k] for k in range(k_models)]
+                )
+            with _autocast(dev, precision):
+                logits = models(xb)
+            losses = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                train.y[idx].flatten(),
+                reduction="none",
+                label_smoothing=cfg.label_smoothing,
+            )
+            loss = (losses.view(k_models, width) * weight).sum()
+            grads = torch.autograd.grad(loss, models.params)
+            act = None if all(active) else torch.tensor(active, device=dev)
+            opt.step(
+                grads,
+                torch.as_tensor(lr, dtype=torch.float32, device=dev),
+                torch.as_tensor(mom, dtype=torch.float32, device=dev),
+                act,
+            )
+            done += 1
+
+
+@torch.inference_mode()
+def evaluate(model, split: DeviceData, precision: str, k_models: int | None = None, rows: int = 65536):
+    """Per-example correctness (bool) and true-label probability (float32), in large batches.
+
+    `model` is one nn.Module (k_models None: arrays of shape (n,)) or K stacked models (arrays (K, n)).
+    """
+    model.eval()
+    stacked = k_models is not None
+    batch = max(256, rows // (k_models or 1))
+    correct, prob = [], []
+    for s in range(0, len(split), batch):
+        x = split.images(slice(s, s + batch))
+        y = split.y[s : s + batch]
+        if stacked:
+            x = x.unsqueeze(0).expand(k_models, *x.shape)
+        with _autocast(split.device, precision):
+            logits = model(x).float()
+        yy = y.expand(k_models, -1) if stacked else y
+        correct.append((logits.argmax(-1) == yy).cpu())
+        prob.append(logits.softmax(-1).gather(-1, yy.unsqueeze(-1)).squeeze(-1).cpu())
+    return torch.cat(correct, -1).numpy(), torch.cat(prob, -1).numpy()
+
+
+class NeuralLearner:
+    """Trains `timm.create_model(cfg.arch)` on subsets, K at a time, with the data resident on the device."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: Dataset,
+        device: str | None = None,
+        precision: str | None = None,
+        path: str | None = None,
+        eval_rows: int = 65536,
+    ):
+        self.cfg, self.eval_rows = cfg, eval_rows
+        self.device = resolve_device(device or cfg.device)
+        self.precision = resolve_precision(precision or cfg.precision, self.device)
+        self.train, self.test = device_data(data, self.device)
+        self.shape, self.num_classes = data.image_shape, data.num_classes
+        self.path = path or choose_path(cfg, self.make_model(0), self.device)
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A fresh model with the initial weights that `seed` gives."""
+        torch.manual_seed(seed)
+        c, h, _ = self.shape
+        model = build_model(self.cfg, in_chans=c, img_size=h, num_classes=self.num_classes).to(self.device)
+        if self.device.type == "cuda" and self.path == "single":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def fit_eval(self, train_idx: np.ndarray, seed: int) -> Outcome:
+        """Train one fresh model on the training examples `train_idx` (seeded by `seed`) and evaluate it."""
+        return self.fit_eval_group([(train_idx, seed)])[0]
+
+    def fit_eval_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None) -> list[Outcome]:
+        """Train one model per (train_idx, seed) in lockstep on this learner's path, and evaluate them all."""
+        models = self.fit_group(runs, steps)
+        if self.path == "single":
+            outs = []
+            for model in models:
+                tr = evaluate(model, self.train, self.precision, rows=self.eval_rows)
+                te = evaluate(model, self.test, self.precision, rows=self.eval_rows)
+                outs.append(Outcome(tr[0], tr[1], te[0], te[1]))
+            return outs
+        k = len(runs)
+        tr_c, tr_p = evaluate(models, self.train, self.precision, k, self.eval_rows)
+        te_c, te_p = evaluate(models, self.test, self.precision, k, self.eval_rows)
+        return [Outcome(tr_c[i], tr_p[i], te_c[i], te_p[i]) for i in range(k)]
+
+    def fit_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None):
+        """The trained models: a list of nn.Module (single path) or one stacked object (stacked, vmap)."""
+        generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]
+        if self.path == "single":
+            out = []
+            for (_, seed), sub, g in zip(runs, subsets, generators):
+                model = self.make_model(seed)
+                x = self.train.images(sub)
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(train_model(model, x, self.train.y[sub], self.cfg, g, self.precision, steps))
+            return out
+        models = [self.make_model(seed) for _, seed in runs]
+        stacked = StackedMLP(models) if self.path == "stacked" else VmapModels(models)
+        train_group(stacked, self.train, subsets, generators, self.cfg, self.precision, steps)
+        return stacked
+
+
+class NearestNeighbourLearner:
+    """1-nearest-neighbour on raw pixels: exact and deterministic for any subset (ties go to the lowest index)."""
+
+    def __init__(self, data: Dataset):
+        x_train = data.x_train.reshape(data.n_train, -1).astype(np.float64)
+        x_test = data.x_test.reshape(data.n_test, -1).astype(np.float64)
+        self.d_train = _sq_distances(x_train, x_train)
+        self.d_test = _sq_distances(x_test, x_train)
+        self.y_train, self.y_test = data.y_train, data.y_test
+
+    def predict(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted labels of all train and all test examples from the training examples `train_idx`."""
+        train_idx = np.sort(train_idx)
+        nn_train = train_idx[np.argmin(self.d_train[:, train_idx], axis=1)]
+        nn_test = train_idx[np.argmin(self.d_test[:, train_idx], axis=1)]
+        return self.y_train[nn_train], self.y_train[nn_test]
+
+    def fit_eval(self, train_idx: np.ndarray, seed: int) -> Outcome:
+        pred_train, pred_test = self.predict(train_idx)
+        train_correct, test_correct = pred_train == self.y_train, pred_test == self.y_test
+        return Outcome(train_correct, train_correct.astype(np.float32), test_correct, test_correct.astype(np.float32))
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)

@@ -1,0 +1,189 @@
+"""The runner: which rows go to which worker or device, in groups, with a progress bar.
+
+A run's journey: row -> mask and seed (design) -> group of models (engine) -> device -> stored row (store).
+Groups are the design's (rows [g K, (g + 1) K) for K = group_size), so a resumed run trains exactly the same
+groups; a group's rows are written, flushed and marked complete together, after all its models finish. On a
+CPU, `workers` processes (one thread each) train groups side by side; on a GPU, one process trains them in
+turn. This module is where a cluster backend plugs in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import Config
+from .data import Dataset, load_dataset
+from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
+from .engine import NeuralLearner, Outcome, resolve_device, resolve_precision
+from .store import ArraySpec, Store, StoreError
+
+
+def subset_store_spec(cfg: Config, n_train: int, n_test: int) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
+    """Spec and meta of the stage-1 store: per run its mask, per-example correctness and true-label prob."""
+    spec = Store.spec_of(
+        cfg.num_models,
+        {
+            "masks": ((n_train,), "bool"),
+            "train_correct": ((n_train,), "bool"),
+            "test_correct": ((n_test,), "bool"),
+            "train_prob": ((n_train,), "float16"),
+            "test_prob": ((n_test,), "float16"),
+            "seconds": ((), "float32"),
+        },
+    )
+    meta = {"kind": "subsets", "fingerprint": cfg.training_fingerprint(), "config": cfg.to_dict()}
+    return spec, meta
+
+
+def subset_store_path(cfg: Config) -> Path:
+    return cfg.out_dir / "store"
+
+
+def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
+    """Open (or create) the stage-1 store, checking it matches the config and its masks are the seeded ones."""
+    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+    store = Store.open(subset_store_path(cfg), spec, meta, create=create)
+    done = np.flatnonzero(store.completed)
+    design = subset_masks(cfg, data.n_train)
+    for t in done[: min(len(done), 64)]:  # spot-check: a finished run's stored mask is the one its seed gives
+        if not np.array_equal(store["masks"][t], design[t]):
+            raise StoreError(
+                f"run {t} in {store.path} has a mask its seed does not give: the store is corrupt or was made by "
+                f"other code. Delete {store.path} and rerun."
+            )
+    return store
+
+
+def _row_values(job: Job, out: Outcome, seconds: float, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    values = {
+        "masks": job.mask,
+        "train_correct": out.train_correct,
+        "test_correct": out.test_correct,
+        "train_prob": out.train_prob.astype(np.float16),
+        "test_prob": out.test_prob.astype(np.float16),
+        "seconds": np.float32(seconds),
+    }
+    return {k: v for k, v in values.items() if k in columns}
+
+
+def run_group(store: Store, learner, jobs: list[Job]) -> int:
+    """Train and evaluate the group's unfinished jobs together and write their rows; returns how many."""
+    todo = [j for j in jobs if not store.completed[j.row]]
+    if not todo:
+        return 0
+    start = time.perf_counter()
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in todo]
+    if hasattr(learner, "fit_eval_group"):
+        outs = learner.fit_eval_group(runs)
+    else:
+        outs = [learner.fit_eval(idx, seed) for idx, seed in runs]
+    seconds = (time.perf_counter() - start) / len(todo)  # per model, in this worker
+    store.write_rows({j.row: _row_values(j, out, seconds, store.arrays) for j, out in zip(todo, outs)})
+    return len(todo)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the parent dies
+        except OSError:
+            pass
+
+
+def _worker_init(cfg_dict: dict, store_path: str, spec, meta, threads: int) -> None:
+    _die_with_parent()
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = Config.from_dict(cfg_dict)
+    data = load_dataset(cfg)
+    _WORKER["store"] = Store.open(Path(store_path), spec, meta, create=False)
+    _WORKER["learner"] = NeuralLearner(cfg, data)
+
+
+def _worker_run(jobs: list[Job]) -> int:
+    return run_group(_WORKER["store"], _WORKER["learner"], jobs)
+
+
+def job_groups(jobs: list[Job], group_size: int) -> list[list[Job]]:
+    """The jobs in the design's groups (row r in group r // group_size)."""
+    by_row = {j.row: j for j in jobs}
+    return [[by_row[r] for r in rows] for rows in group_rows(by_row, group_size)]
+
+
+def run_jobs(
+    store: Store,
+    jobs: list[Job],
+    cfg: Config,
+    data: Dataset,
+    learner=None,
+    workers: int | None = None,
+    desc: str = "training",
+) -> None:
+    """Run the jobs whose rows are not completed, group by group, with a progress bar over models.
+
+    With workers > 1 (CPU only; default: `worker_count`), groups run in that many spawned processes, each with
+    its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
+    store. With a `learner` given (a test's exact learner), or on a GPU, groups run in this process, on `data`.
+    """
+    workers = worker_count(cfg, learner) if workers is None else workers
+    todo = [j for j in jobs if not store.completed[j.row]]
+    groups = job_groups(todo, cfg.group_size)
+    bar = tqdm(total=store.rows, initial=store.done(), desc=desc, unit="model", file=sys.stderr, mininterval=2)
+    try:
+        if not groups:
+            return
+        if learner is not None or workers <= 1:
+            learner = learner or NeuralLearner(cfg, data)
+            for group in groups:
+                bar.update(run_group(store, learner, group))
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        spec = {k: ArraySpec(tuple(v.shape), v.dtype.name) for k, v in store.arrays.items()}
+        ctx = mp.get_context("spawn")
+        init_args = (cfg.to_dict(), str(store.path), spec, store.meta, threads)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init_args) as pool:
+            pending = {pool.submit(_worker_run, group) for group in groups}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    bar.update(fut.result())  # re-raises a worker's exception here
+    finally:
+        bar.close()
+    store.reload()
+
+
+def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
+    """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained)."""
+    check_out_counts(cfg, data.n_train)
+    store = open_subset_store(cfg, data)
+    rows = range(cfg.num_models) if rows is None else rows
+    jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
+    run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models")
+    return store
+
+
+def worker_count(cfg: Config, learner=None) -> int:
+    """CPU training uses cfg.workers processes; a GPU, or a learner passed in, runs in this process."""
+    return 1 if (learner is not None or resolve_device(cfg.device).type == "cuda") else cfg.workers
+
+
+def training_setup(cfg: Config) -> dict[str, str]:
+    """Device and precision the config trains with here (for the report and environment.json)."""
+    device = resolve_device(cfg.device)
+    return {"device": str(device), "precision": resolve_precision(cfg.precision, device)}
