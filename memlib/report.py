@@ -176,13 +176,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment(device: str = "auto") -> dict[str, Any]:
-    """What the run was made with: commit, library versions, processor and the device that trains."""
+def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """What the run was made with: commit, library versions, processor, and the device and precision that train."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    from .training import resolve_device
+    from .engine import resolve_device, resolve_precision
 
     versions = {}
     for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "papermill"):
@@ -199,6 +199,8 @@ def environment(device: str = "auto") -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "training_device": str(dev),
+        "training_precision": resolve_precision(precision, dev)
+        + (" (bf16 autocast, fp32 master weights)" if resolve_precision(precision, dev) == "bf16" else ""),
         "accelerator": accelerator,
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "versions": versions,
