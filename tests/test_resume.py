@@ -26,6 +26,7 @@ def write_profile(tmp_path: Path, results: Path) -> Path:
         "epochs": 12,
         "width": 64,
         "workers": 2,
+        "group_size": 4,  # 12 groups of 4 models trained in lockstep, two groups at a time
     }
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -60,6 +61,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     done_at_kill = completed(store)
     assert 6 <= done_at_kill < 48, f"the kill should land mid-run (finished: {done_at_kill})"
     finished_before = np.load(store / "completed.npy").copy()
+    groups = finished_before.reshape(12, 4)
+    assert (groups.all(1) | ~groups.any(1)).all(), "a group's rows are marked complete together"
 
     rerun = train(profile)
     out = rerun.communicate(timeout=300)[0].decode()

@@ -1,0 +1,156 @@
+"""The engine: a stacked group trains each model as it would train alone, with its own mask and seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import memlib
+from memlib.design import derive_seed, group_rows, subset_jobs, subset_masks
+from memlib.engine import (
+    DeviceData,
+    NeuralLearner,
+    StackedOptimizer,
+    batch_bounds,
+    choose_path,
+    device_data,
+    mlp_layers,
+    resolve_precision,
+    schedule_table,
+)
+from memlib.runner import job_groups
+
+
+def _runs(cfg, data, rows):
+    return [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, rows)]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture
+def fp32(smoke):
+    # balanced masks give the runs of a group different subset sizes, hence different numbers of batches
+    return smoke.replace(device="cpu", precision="fp32", mask_design="balanced", num_models=20, min_out=5)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 1e-3)])
+@pytest.mark.parametrize("path", ["stacked", "vmap"])
+def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, optimizer, lr, path):
+    cfg = fp32.replace(optimizer=optimizer, lr=lr, epochs=2)
+    runs = _runs(cfg, digits, range(4))
+    sizes = {len(batch_bounds(len(idx), cfg.batch_size)) for idx, _ in runs}
+    assert len(sizes) > 1, "the test needs runs with different numbers of batches per epoch"
+    torch.set_num_threads(1)
+    for steps in (3, None):  # a few steps, and two whole epochs (the short runs sit out steps)
+        group = NeuralLearner(cfg, digits, path=path).fit_group(runs, steps)
+        alone = NeuralLearner(cfg, digits, path="single").fit_group(runs, steps)
+        for k, model in enumerate(alone):
+            assert _max_diff(group.state_dicts()[k], model.state_dict()) < 1e-5, (steps, k)
+        moved = _max_diff(group.state_dicts()[0], NeuralLearner(cfg, digits).make_model(runs[0][1]).state_dict())
+        assert moved > 1e-4, "training changed the weights"
+
+
+def test_vmap_group_keeps_batchnorm_statistics_per_model(smoke, digits):
+    cfg = smoke.replace(device="cpu", precision="fp32", arch="mem_cnn", width=4, epochs=1, augment="flip_crop")
+    runs = _runs(cfg, digits, range(3))
+    group = NeuralLearner(cfg, digits, path="vmap").fit_group(runs, steps=3)
+    alone = NeuralLearner(cfg, digits, path="single").fit_group(runs, steps=3)
+    for k, model in enumerate(alone):
+        sd = group.state_dicts()[k]
+        assert _max_diff(sd, model.state_dict()) < 1e-5
+    assert not torch.equal(group.state_dicts()[0]["0.1.running_mean"], group.state_dicts()[1]["0.1.running_mean"])
+
+
+def test_group_gives_each_run_the_mask_and_seed_of_its_index(smoke, digits, tmp_path):
+    cfg = smoke.replace(results_dir=str(tmp_path), group_size=4, num_models=12, min_out=2)
+    jobs = subset_jobs(cfg, digits.n_train, range(12))
+    masks = subset_masks(cfg, digits.n_train)
+    for t, job in enumerate(jobs):
+        np.testing.assert_array_equal(job.mask, masks[t])
+        assert job.seed == derive_seed(cfg.seed, 1, t)
+    # groups are rows [gK, (g+1)K), whatever subset of rows is pending
+    assert [[j.row for j in g] for g in job_groups(jobs, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert group_rows([9, 2, 3, 11], 4) == [[2, 3], [9, 11]]
+    # a run's outcome is the same whether it trains in its group or alone (fp32, same thread count)
+    torch.set_num_threads(1)
+    fp = cfg.replace(device="cpu", precision="fp32", epochs=2)
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in jobs[4:8]]
+    together = NeuralLearner(fp, digits).fit_eval_group(runs)
+    alone = NeuralLearner(fp, digits).fit_eval_group([runs[2]])[0]
+    np.testing.assert_allclose(together[2].test_prob, alone.test_prob, atol=1e-4)
+
+
+def test_stage_one_store_is_identical_for_any_worker_layout(smoke, digits, tmp_path):
+    cfg = smoke.replace(device="cpu", num_models=12, min_out=2, group_size=4, epochs=2, mask_design="balanced")
+    a = memlib.train_subsets(cfg.replace(results_dir=str(tmp_path / "a")), digits)
+    # the same rows, trained group by group in two separate calls (as two machines would)
+    b_cfg = cfg.replace(results_dir=str(tmp_path / "b"))
+    memlib.train_subsets(b_cfg, digits, rows=range(8, 12))
+    b = memlib.train_subsets(b_cfg, digits, rows=range(0, 8))
+    for name in ("masks", "train_correct", "test_correct", "train_prob", "test_prob", "completed"):
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), name)
+
+
+def test_uint8_resident_images_convert_to_the_standardized_floats(digits):
+    import dataclasses
+
+    as_bytes = dataclasses.replace(digits, x_train=np.rint(digits.x_train * 255).astype(np.float32) / 255)
+    train, _ = device_data(as_bytes, torch.device("cpu"), compact=True)
+    plain, _ = device_data(as_bytes, torch.device("cpu"), compact=False)
+    assert train.compact and train.x.dtype == torch.uint8 and not plain.compact
+    idx = torch.tensor([[0, 5, 7], [3, 3, 1]])
+    torch.testing.assert_close(train.images(idx), plain.images(idx), rtol=0, atol=1e-5)
+    noisy = DeviceData(digits.x_train + 1e-3, digits.y_train, 0.0, 1.0, "cpu", compact=True)
+    assert not noisy.compact, "values that are not whole multiples of 1/255 stay float"
+
+
+def test_schedule_table_is_torchs_own_schedule(fp32):
+    cfg = fp32.replace(schedule="onecycle")
+    lrs, moms = schedule_table(cfg, 50)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=50, pct_start=0.25)
+    for step in range(50):
+        assert lrs[step] == opt.param_groups[0]["lr"] and moms[step] == opt.param_groups[0]["momentum"]
+        opt.step()
+        sched.step()
+    assert lrs.max() == pytest.approx(cfg.lr, rel=1e-3) and moms.min() == pytest.approx(0.85, rel=1e-3)
+
+
+def test_a_model_that_sits_out_a_step_keeps_its_weights_and_momentum(fp32):
+    p = torch.ones(3, 2, requires_grad=True)
+    opt = StackedOptimizer(fp32.replace(weight_decay=0.1), [p])
+    lr, mom = torch.full((3,), 0.5), torch.full((3,), 0.9)
+    opt.step([torch.ones(3, 2)], lr, mom, None)
+    before, buf = p.detach().clone(), opt.state[0]["buf"].clone()
+    opt.step([torch.ones(3, 2)], lr, mom, torch.tensor([True, False, True]))
+    assert torch.equal(p[1], before[1]) and torch.equal(opt.state[0]["buf"][1], buf[1])
+    assert not torch.equal(p[0], before[0])
+
+
+def test_paths_and_precision_are_chosen_per_architecture_and_device(smoke, digits):
+    from memlib.models import build_model
+
+    mlp = build_model(smoke, 1, 8, 10)
+    cnn = build_model(smoke.replace(arch="mem_cnn"), 1, 8, 10)
+    cpu = torch.device("cpu")
+    assert mlp_layers(mlp) is not None and mlp_layers(cnn) is None
+    assert choose_path(smoke, mlp, cpu) == "stacked" and choose_path(smoke, cnn, cpu) == "single"
+    assert choose_path(smoke.replace(engine="vmap"), mlp, cpu) == "vmap"
+    with pytest.raises(memlib.ConfigError, match="needs an MLP"):
+        choose_path(smoke.replace(engine="stacked", arch="mem_cnn"), cnn, cpu)
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+
+
+def test_bf16_engine_learns_as_well_as_fp32(smoke, digits):
+    cfg = smoke.replace(device="cpu", epochs=6, width=64)
+    runs = _runs(cfg, digits, range(4))
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        outs = NeuralLearner(cfg.replace(precision=precision), digits).fit_eval_group(runs)
+        acc[precision] = np.mean([o.test_correct.mean() for o in outs])
+    assert acc["fp32"] > 0.85 and abs(acc["bf16"] - acc["fp32"]) < 0.03, acc
