@@ -60,8 +60,9 @@ test: $(STAMP) lint ## lint, then the test suite (CPU only, a few minutes)
 lab: $(STAMP) ## open JupyterLab on the notebooks with the venv's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP) ## benchmark scripts: speed ratios measured side by side
-	$(PY) benchmarks/bench_workers.py
+bench: $(STAMP) ## benchmark scripts: speed ratios measured side by side (a few minutes)
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/estimate_scale.py
 
 clean-results: ## delete results/PROFILE (its store too: finished models are lost)
 	rm -rf $(OUT)

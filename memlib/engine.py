@@ -232,7 +232,7 @@ class StackedOptimizer:
         for p, g, st in zip(self.params, grads, self.state):
             shape = (-1,) + (1,) * (p.dim() - 1)
             keep = None if active is None else active.view(shape)
-            d_p = g.add(p, alpha=cfg.weight_decay) if cfg.weight_decay else g
+            d_p = g.add_(p, alpha=cfg.weight_decay) if cfg.weight_decay else g  # g is ours: updated in place
             if cfg.optimizer == "adam":
                 beta1, beta2, eps = 0.9, 0.999, 1e-8
                 m, v = st.setdefault("m", torch.zeros_like(p)), st.setdefault("v", torch.zeros_like(p))
@@ -243,14 +243,20 @@ class StackedOptimizer:
                 update = (lr.view(shape) / bc1) * (m_new / (v_new.sqrt() / bc2.sqrt() + eps))
                 _assign(m, m_new, keep)
                 _assign(v, v_new, keep)
+                p.sub_(update if keep is None else update * keep)
+                continue
+            # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
+            buf = st.setdefault("buf", torch.zeros_like(p))
+            mom, rate = momentum.view(shape), lr.view(shape)
+            if keep is None:  # the common step: every model active, all in place
+                buf.mul_(mom).add_(d_p)
+                update = d_p.addcmul_(buf, mom) if nesterov else buf
+                p.addcmul_(update, rate, value=-1)
             else:
-                # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
-                buf = st.setdefault("buf", torch.zeros_like(p))
-                mom = momentum.view(shape)
                 buf_new = buf * mom + d_p
                 _assign(buf, buf_new, keep)
-                update = lr.view(shape) * (d_p + mom * buf_new if nesterov else buf_new)
-            p.sub_(update if keep is None else update * keep)
+                update = d_p + mom * buf_new if nesterov else buf_new
+                p.sub_(rate * update * keep)
 
 
 def _assign(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
@@ -279,12 +285,17 @@ def mlp_layers(model: nn.Module) -> list[nn.Linear] | None:
 
 
 class StackedMLP:
-    """K MLPs as batched matrices: weights (K, out, in), one baddbmm per layer for all models."""
+    """K MLPs as batched matrices: weights kept as (K, in, out), one baddbmm per layer for all models.
+
+    (K, in, out) rather than nn.Linear's (K, out, in): the gradient then comes out contiguous, which made
+    the optimizer's elementwise update 8x faster on the CPU.
+    """
 
     def __init__(self, models: list[nn.Module]):
         layers = [mlp_layers(m) for m in models]
-        self.weights = [torch.stack([ls[i].weight.detach() for ls in layers]).clone() for i in range(len(layers[0]))]
-        self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).clone() for i in range(len(layers[0]))]
+        depth = len(layers[0])
+        self.weights = [torch.stack([ls[i].weight.detach().t() for ls in layers]).contiguous() for i in range(depth)]
+        self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(depth)]
         self.params = [t.requires_grad_() for pair in zip(self.weights, self.biases) for t in pair]
 
     def train(self) -> None:
@@ -298,7 +309,7 @@ class StackedMLP:
         h = x.reshape(x.shape[0], x.shape[1], -1)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = torch.baddbmm(b, h, w)
             if i < last:
                 h = torch.relu(h)
         return h
@@ -309,7 +320,7 @@ class StackedMLP:
         for k in range(self.weights[0].shape[0]):
             sd, pos = {}, 1
             for w, b in zip(self.weights, self.biases):
-                sd[f"{pos}.weight"], sd[f"{pos}.bias"] = w[k].detach(), b[k].detach()
+                sd[f"{pos}.weight"], sd[f"{pos}.bias"] = w[k].detach().t(), b[k, 0].detach()
                 pos += 2
             out.append(sd)
         return out
@@ -417,6 +428,31 @@ def train_model(
     return model
 
 
+def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_batches: list[int]):
+    """Every model's batches of one epoch as padded (steps, K, width) indices, loss weights and batch sizes.
+
+    Built at once for the epoch (no per-step work that grows with K): element i of model k's shuffled subset
+    goes to batch min(i // B, last) at offset i - B * batch, which is `batch_bounds` with its folded last batch.
+    """
+    dev = perms[0].device
+    k_models, steps = len(perms), max(n_batches)
+    lengths = torch.tensor([len(p) for p in perms], device=dev)
+    model = torch.repeat_interleave(torch.arange(k_models, device=dev), lengths)
+    pos = torch.arange(int(lengths.sum()), device=dev) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    last = torch.tensor(n_batches, device=dev)[model] - 1
+    batch = torch.minimum(pos // batch_size, last)
+    offset = pos - batch * batch_size
+    index = torch.zeros(steps, k_models, width, dtype=torch.long, device=dev)
+    index[batch, model, offset] = torch.cat(perms)
+    sizes = torch.zeros(steps, k_models, dtype=torch.long, device=dev)
+    sizes.index_put_((batch, model), torch.ones_like(batch), accumulate=True)
+    valid = torch.arange(width, device=dev)[None, None, :] < sizes[:, :, None]
+    weight = valid / sizes.clamp(min=1)[:, :, None]
+    return index, weight.float(), sizes
+
+
 def train_group(
     models,
     train: DeviceData,
@@ -434,36 +470,35 @@ def train_group(
     """
     dev = train.device
     k_models = len(subsets)
-    sizes = [len(s) for s in subsets]
-    bounds = [batch_bounds(n, cfg.batch_size) for n in sizes]
+    bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
-    tables = [schedule_table(cfg, cfg.epochs * nb) for nb in n_batches]
+    # each model's learning rate and momentum at each (epoch, step), as torch's scheduler sets them
+    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
+    mom_all = np.zeros_like(lr_all)
+    for k, nb in enumerate(n_batches):
+        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
+        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
+    lr_all, mom_all = torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev)
+    active_all = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
+    everyone = min(n_batches)  # steps before which every model is active
     opt = StackedOptimizer(cfg, models.params)
     models.train()
     done = 0
     for epoch in range(cfg.epochs):
         perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
+        index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
+        host_sizes = sizes.cpu().tolist() if cfg.augment == "flip_crop" else None
         for s in range(max(n_batches)):
             if steps is not None and done >= steps:
                 return
-            active = [s < nb for nb in n_batches]
-            idx = torch.zeros(k_models, width, dtype=torch.long, device=dev)
-            weight = torch.zeros(k_models, width, device=dev)
-            lr, mom = np.zeros(k_models), np.zeros(k_models)
-            for k in range(k_models):
-                if not active[k]:
-                    continue
-                b0, b1 = bounds[k][s]
-                idx[k, : b1 - b0] = perms[k][b0:b1]
-                weight[k, : b1 - b0] = 1.0 / (b1 - b0)
-                step = epoch * n_batches[k] + s
-                lr[k], mom[k] = tables[k][0][step], tables[k][1][step]
+            idx = index[s]
             xb = train.images(idx)  # (K, width, C, H, W)
-            if cfg.augment == "flip_crop":
-                xb = torch.stack(
-                    [random_crop_flip(xb[k], generators[k]) if active[k] else xb[k] for k in range(k_models)]
-                )
+            if cfg.augment == "flip_crop":  # each model's own draws, over its real batch only
+                xb = xb.clone()
+                for k, b in enumerate(host_sizes[s]):
+                    if b:
+                        xb[k, :b] = random_crop_flip(xb[k, :b], generators[k])
             with _autocast(dev, precision):
                 logits = models(xb)
             losses = F.cross_entropy(
@@ -472,15 +507,9 @@ def train_group(
                 reduction="none",
                 label_smoothing=cfg.label_smoothing,
             )
-            loss = (losses.view(k_models, width) * weight).sum()
+            loss = (losses.view(k_models, width) * weight[s]).sum()
             grads = torch.autograd.grad(loss, models.params)
-            act = None if all(active) else torch.tensor(active, device=dev)
-            opt.step(
-                grads,
-                torch.as_tensor(lr, dtype=torch.float32, device=dev),
-                torch.as_tensor(mom, dtype=torch.float32, device=dev),
-                act,
-            )
+            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
             done += 1
 
 
@@ -524,6 +553,7 @@ class NeuralLearner:
         self.precision = resolve_precision(precision or cfg.precision, self.device)
         self.train, self.test = device_data(data, self.device)
         self.shape, self.num_classes = data.image_shape, data.num_classes
+        self.path = "choosing"
         self.path = path or choose_path(cfg, self.make_model(0), self.device)
 
     def make_model(self, seed: int) -> nn.Module:

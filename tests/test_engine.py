@@ -37,10 +37,12 @@ def fp32(smoke):
     return smoke.replace(device="cpu", precision="fp32", mask_design="balanced", num_models=20, min_out=5)
 
 
-@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 1e-3)])
+@pytest.mark.parametrize(
+    "optimizer,lr,augment", [("sgd", 0.1, "none"), ("sgd", 0.1, "flip_crop"), ("adam", 1e-3, "none")]
+)
 @pytest.mark.parametrize("path", ["stacked", "vmap"])
-def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, optimizer, lr, path):
-    cfg = fp32.replace(optimizer=optimizer, lr=lr, epochs=2)
+def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, optimizer, lr, augment, path):
+    cfg = fp32.replace(optimizer=optimizer, lr=lr, augment=augment, epochs=2)
     runs = _runs(cfg, digits, range(4))
     sizes = {len(batch_bounds(len(idx), cfg.batch_size)) for idx, _ in runs}
     assert len(sizes) > 1, "the test needs runs with different numbers of batches per epoch"

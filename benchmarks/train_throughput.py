@@ -1,0 +1,255 @@
+"""Models per hour: a plain PyTorch loop, memlib's previous single-model path and the engine, side by side.
+
+    python benchmarks/train_throughput.py                  # the released demo's MLP on Fashion-MNIST
+    python benchmarks/train_throughput.py --arch mem_cnn   # the profiles' CNN
+    python benchmarks/train_throughput.py --synthetic-cifar --models 2 --steps 20   # CIFAR-shaped, random data
+
+The recipe (google-research/heldout-influence-estimation's MNIST demo): MLP 784-512-256-10, SGD with
+momentum 0.9, lr 0.1, batch 128, 10 epochs, on 70% of a 10,000-example Fashion-MNIST pool (digits when
+Fashion-MNIST is absent), then evaluation of every model on the 10,000 pool and 10,000 test images.
+
+Every path runs the same runs (masks and seeds) in the same layout: on a CPU, `--procs` processes with one
+thread each, each training its share of the models; on a GPU, one process. The script also measures the
+machine's fp32 and bf16 matmul peak in that layout, so each path is a fraction of the peak:
+
+    (a) loop      `DataLoader(TensorDataset(...), batch_size=128, shuffle=True)`, one model at a time, fp32
+    (b) previous  memlib's single-model path (torch.optim per model, data resident), fp32: what memlib did
+    (c) engine    `NeuralLearner` as the profiles use it: K models per step, precision auto
+
+Machines are noisy: compare ratios within one run. The last line is the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import memlib  # noqa: E402
+from memlib.data import Dataset  # noqa: E402
+from memlib.design import subset_jobs  # noqa: E402
+from memlib.engine import NeuralLearner, resolve_device  # noqa: E402
+
+PATHS = ("loop", "previous", "engine")
+
+
+def recipe(args) -> tuple[memlib.Config, Dataset]:
+    """The benchmark's config and data."""
+    base = dict(
+        profile="bench",
+        num_models=max(args.models, 10),
+        min_out=1,
+        epochs=args.epochs,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        optimizer="sgd",
+        schedule="constant",
+        device=args.device,
+        group_size=args.group_size,
+        precision=args.precision,
+    )
+    if args.synthetic_cifar:
+        cfg = memlib.load_profile("cifar10").replace(**{**base, "batch_size": 512, "lr": 0.2, "schedule": "onecycle"})
+        cfg = cfg.replace(num_models=max(args.models, 10), epochs=args.epochs, nesterov=True, weight_decay=5e-4)
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, size=(50_000 + 10_000, 3, 32, 32), dtype=np.uint8).astype(np.float32) / 255
+        y = rng.integers(0, 10, size=60_000).astype(np.int64)
+        data = Dataset("synthetic-cifar", x[:50_000], y[:50_000], x[50_000:], y[50_000:],
+                       np.arange(50_000), np.arange(10_000), [str(c) for c in range(10)])  # fmt: skip
+        return cfg, data
+    arch = args.arch or "mem_mlp_mnist"
+    try:
+        cfg = memlib.load_profile("fashion-mnist").replace(**base, arch=arch, train_size=10_000, mask_design="random")
+        data = memlib.load_dataset(cfg)
+    except memlib.DataError:
+        print("Fashion-MNIST not found: using digits (8x8) instead", file=sys.stderr)
+        arch = args.arch or "mem_mlp"
+        cfg = memlib.load_profile("digits").replace(**base, arch=arch)
+        data = memlib.load_dataset(cfg)
+    return cfg, data
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, windows: int = 5, seconds: float = 0.6) -> float:
+    """FLOP/s of a large square matmul in `dtype`: the best of several short windows (the achievable peak of
+    this device and thread layout; the best window is the one least disturbed by other work on the machine)."""
+    size = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    (a @ b).sum().item()
+    best = 0.0
+    for _ in range(windows):
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            c = a @ b
+            reps += 1
+        c.sum().item()
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def loop_path(cfg: memlib.Config, data: Dataset, runs, device) -> list[float]:
+    """(a) what a user would write: a DataLoader over the subset, one model at a time, fp32."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x_train, x_test = data.normalized()
+    xt = torch.as_tensor(x_train)
+    evals = [(xt, torch.as_tensor(data.y_train)), (torch.as_tensor(x_test), torch.as_tensor(data.y_test))]
+    c, h, _ = data.image_shape
+    accs = []
+    for idx, seed in runs:
+        torch.manual_seed(seed)
+        model = memlib.models.build_model(cfg, c, h, data.num_classes).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        loader = DataLoader(TensorDataset(xt[idx], torch.as_tensor(data.y_train[idx])), batch_size=128, shuffle=True)
+        model.train()
+        for _ in range(cfg.epochs):
+            for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            for k, (x, y) in enumerate(evals):
+                right = torch.cat([model(x[s : s + 1000].to(device)).argmax(1).cpu() == y[s : s + 1000]
+                                   for s in range(0, len(x), 1000)])  # fmt: skip
+                if k == 1:
+                    accs.append(float(right.float().mean()))
+    return accs
+
+
+def run_path(path: str, cfg: memlib.Config, data: Dataset, runs, steps: int | None) -> list[float]:
+    """Train and evaluate `runs` on one path; returns each model's test accuracy."""
+    device = resolve_device(cfg.device)
+    if path == "loop":
+        return loop_path(cfg, data, runs, device)
+    if path == "previous":
+        learner = NeuralLearner(cfg, data, precision="fp32", path="single")
+        return [learner.fit_eval(idx, seed).test_correct.mean() for idx, seed in runs]
+    learner = NeuralLearner(cfg, data, path=None if path == "engine" else path.split(":")[1])
+    accs = []
+    for s in range(0, len(runs), cfg.group_size):
+        group = runs[s : s + cfg.group_size]
+        if steps is None:
+            accs += [o.test_correct.mean() for o in learner.fit_eval_group(group)]
+        else:
+            learner.fit_group(group, steps)
+    return accs
+
+
+def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> None:
+    torch.set_num_threads(threads)
+    cfg, data = recipe(args)
+    jobs = subset_jobs(cfg, data.n_train, share)
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in jobs]
+    if path == "peak":
+        barrier.wait()
+        dev = resolve_device(cfg.device)
+        queue.put({"fp32": matmul_rate(torch.float32, dev), "bf16": matmul_rate(torch.bfloat16, dev)})
+        return
+    NeuralLearner(cfg, data)  # warm caches (data on the device, timm registry) outside the timing
+    barrier.wait()
+    start = time.perf_counter()
+    accs = run_path(path, cfg, data, runs, args.steps)
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    queue.put({"seconds": time.perf_counter() - start, "accs": accs})
+
+
+def measure(args, path: str, procs: int) -> dict:
+    """Run `path` in `procs` processes started together; wall time from the common start to the last finish."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(procs + 1), ctx.Queue()
+    shares = [list(range(args.models))[p::procs] for p in range(procs)]
+    threads = max(1, (os.cpu_count() or 1) // procs) if args.threads is None else args.threads
+    workers = [ctx.Process(target=_worker, args=(args, path, shares[p], threads, barrier, queue)) for p in range(procs)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    results = [queue.get() for _ in workers]
+    wall = time.perf_counter() - start
+    for w in workers:
+        w.join()
+    if path == "peak":
+        return {k: sum(r[k] for r in results) for k in ("fp32", "bf16")}
+    return {"wall": wall, "accs": [a for r in results for a in r["accs"]]}
+
+
+def flops_per_model(cfg: memlib.Config, data: Dataset, steps: int | None) -> float:
+    """Matmul FLOPs of training (3 x forward) and evaluating one model, counted with torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c, h, w = data.image_shape
+    model = memlib.models.build_model(cfg, c, h, data.num_classes)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, c, h, w))
+    per_image = counter.get_total_flops()
+    n_sub = round(cfg.subset_ratio * data.n_train)
+    trained = cfg.epochs * n_sub if steps is None else steps * cfg.batch_size
+    evaluated = 0 if steps is not None else data.n_train + data.n_test
+    return per_image * (3 * trained + evaluated)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=16, help="models per path (default 16)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--arch", default=None, help="a timm name (default: the recipe's MLP)")
+    parser.add_argument("--synthetic-cifar", action="store_true", help="32x32x3 random images, the cifar network")
+    parser.add_argument("--steps", type=int, default=None, help="train only this many steps per group (timing)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="the engine's precision (auto, fp32, bf16)")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--procs", type=int, default=None, help="processes (default: cores on a CPU, 1 on a GPU)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per process (default cores / procs)")
+    parser.add_argument("--paths", default=None, help="comma list, e.g. loop,previous,engine,engine:vmap")
+    args = parser.parse_args()
+    cfg, data = recipe(args)
+    device = resolve_device(cfg.device)
+    procs = args.procs or (1 if device.type == "cuda" else (os.cpu_count() or 1))
+    paths = args.paths.split(",") if args.paths else (["previous", "engine"] if args.synthetic_cifar else list(PATHS))
+    engine = NeuralLearner(cfg, data)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    print(f"{cfg.arch} on {data.name} ({data.n_train} train, {data.n_test} test, {'x'.join(map(str, data.image_shape))})"
+          f", {args.models} models per path, {cfg.epochs} epochs, batch {cfg.batch_size}; {procs} process(es) x "
+          f"{args.threads or max(1, (os.cpu_count() or 1) // procs)} thread(s) on {device} ({name}); engine: "
+          f"{engine.path}, {engine.precision}, K = {cfg.group_size}")  # fmt: skip
+    peak = measure(args, "peak", procs)
+    print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    flops = flops_per_model(cfg, data, args.steps)
+    rows = {}
+    for path in paths:
+        r = measure(args, path, procs)
+        rate = args.models / r["wall"] * 3600
+        peak_used = peak["bf16"] if path.startswith("engine") and engine.precision == "bf16" else peak["fp32"]
+        frac = flops * args.models / r["wall"] / peak_used
+        acc = float(np.mean(r["accs"])) if r["accs"] else float("nan")
+        rows[path] = (rate, frac, acc)
+        print(f"({path:<12}) {r['wall']:7.1f} s  {rate:9.0f} models/hour  {frac:6.1%} of the "
+              f"{'bf16' if peak_used is peak['bf16'] else 'fp32'} peak  test accuracy {acc:.4f}", flush=True)  # fmt: skip
+    eng = rows["engine"]
+    loop = rows.get("loop", (float("nan"),) * 3)
+    prev = rows.get("previous", (float("nan"),) * 3)
+    accs = [v[2] for v in rows.values() if np.isfinite(v[2])]
+    gap = (max(accs) - min(accs)) if len(accs) > 1 else float("nan")
+    print(f"speedup_vs_loop={eng[0] / loop[0]:.2f} speedup_vs_previous={eng[0] / prev[0]:.2f} "
+          f"engine_models_per_hour={eng[0]:.0f} frac_of_peak={eng[1]:.2f} acc_gap={gap:.4f} "
+          f"device={str(device) + ':' + name.replace(' ', '_')}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
