@@ -204,6 +204,17 @@ def flops_per_model(cfg: memlib.Config, data: Dataset, steps: int | None) -> flo
     return per_image * (3 * trained + evaluated)
 
 
+def cpu_name() -> str:
+    """The processor's model name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=16, help="models per path (default 16)")
@@ -223,11 +234,12 @@ def main() -> None:
     procs = args.procs or (1 if device.type == "cuda" else (os.cpu_count() or 1))
     paths = args.paths.split(",") if args.paths else (["previous", "engine"] if args.synthetic_cifar else list(PATHS))
     engine = NeuralLearner(cfg, data)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    print(f"{cfg.arch} on {data.name} ({data.n_train} train, {data.n_test} test, {'x'.join(map(str, data.image_shape))})"
-          f", {args.models} models per path, {cfg.epochs} epochs, batch {cfg.batch_size}; {procs} process(es) x "
-          f"{args.threads or max(1, (os.cpu_count() or 1) // procs)} thread(s) on {device} ({name}); engine: "
-          f"{engine.path}, {engine.precision}, K = {cfg.group_size}")  # fmt: skip
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // procs)
+    shape = "x".join(map(str, data.image_shape))
+    print(f"{cfg.arch} on {data.name} ({data.n_train} train, {data.n_test} test, {shape}), {args.models} models per "
+          f"path, {cfg.epochs} epochs, batch {cfg.batch_size}; {procs} process(es) x {threads} thread(s) on {device} "
+          f"({name}); engine: {engine.path}, {engine.precision}, K = {cfg.group_size}")  # fmt: skip
     peak = measure(args, "peak", procs)
     print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     flops = flops_per_model(cfg, data, args.steps)
@@ -239,8 +251,9 @@ def main() -> None:
         frac = flops * args.models / r["wall"] / peak_used
         acc = float(np.mean(r["accs"])) if r["accs"] else float("nan")
         rows[path] = (rate, frac, acc)
-        print(f"({path:<12}) {r['wall']:7.1f} s  {rate:9.0f} models/hour  {frac:6.1%} of the "
-              f"{'bf16' if peak_used is peak['bf16'] else 'fp32'} peak  test accuracy {acc:.4f}", flush=True)  # fmt: skip
+        which = "bf16" if peak_used is peak["bf16"] else "fp32"
+        print(f"({path:<12}) {r['wall']:7.1f} s  {rate:9.0f} models/hour  {frac:6.1%} of the {which} peak  "
+              f"test accuracy {acc:.4f}", flush=True)  # fmt: skip
     eng = rows["engine"]
     loop = rows.get("loop", (float("nan"),) * 3)
     prev = rows.get("previous", (float("nan"),) * 3)
