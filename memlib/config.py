@@ -42,6 +42,7 @@ class Config:
     data_dir: str | None = None
     train_size: int | None = None
     download: bool = False
+    label_noise: float = 0.0  # fraction of the training pool whose label is flipped to another class (seeded)
     # subset training (stage 1)
     arch: str = "mem_mlp"
     width: int = 256
@@ -70,11 +71,14 @@ class Config:
     mem_threshold: float = 0.25
     published_pairs: str | None = None
     published_cscores: str | None = None
+    pair_fdr: float = 0.05  # false discovery rate of the statistically controlled pair set
     # filtering and retraining (stage 3)
     utility_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
     retrain_models: int = 8
     # figures (stage 4)
     show_examples: int = 24
+    # validation (stage 5)
+    compare_arch: str | None = None  # a second architecture trained on the same design, for consistency
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
@@ -163,6 +167,10 @@ class Config:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1] (the paper uses 0.15 and 0.25), got {value}")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ConfigError(f"label_noise must lie in [0, 1) (a fraction of the training pool): {self.label_noise}")
+        if not 0.0 < self.pair_fdr < 1.0:
+            raise ConfigError(f"pair_fdr must lie strictly between 0 and 1 (for example 0.05), got {self.pair_fdr}")
         if not self.utility_thresholds:
             raise ConfigError("utility_thresholds must list at least one memorization threshold")
         bad = [t for t in self.utility_thresholds if not 0.0 < t <= 1.0]
@@ -184,6 +192,7 @@ class Config:
 TRAINING_KEYS = (
     "dataset",
     "train_size",
+    "label_noise",
     "mask_design",
     "arch",
     "width",

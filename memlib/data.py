@@ -395,9 +395,11 @@ LOADERS: dict[str, Callable[[Config | None], Dataset]] = {
 
 
 def load_dataset(cfg: Config) -> Dataset:
-    """Load the dataset a config names, validated."""
+    """Load the dataset a config names, validated, with the config's label noise (if any) applied."""
     if cfg.dataset not in LOADERS:
         raise ConfigError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(sorted(LOADERS))}")
     data = LOADERS[cfg.dataset](cfg)
     data.validate()
-    return data
+    from .noise import with_label_noise  # lazily: noise draws its flips with design's seeds
+
+    return with_label_noise(cfg, data)

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from .config import Config, ConfigError
 from .data import Dataset
 from .models import build_model
+from .signals import SignalRecorder
 
 PATHS = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Outcome:
     train_prob: np.ndarray
     test_correct: np.ndarray
     test_prob: np.ndarray
+    signals: dict[str, np.ndarray] | None = None  # per-example training signals (memlib.signals)
+    train_topk_prob: np.ndarray | None = None  # (n, k) the k most probable classes' probabilities
+    train_topk_class: np.ndarray | None = None  # (n, k) and those classes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -396,10 +401,13 @@ def train_model(
     generator: torch.Generator,
     precision: str = "fp32",
     steps: int | None = None,
+    recorder: SignalRecorder | None = None,
+    positions: torch.Tensor | None = None,
 ) -> nn.Module:
     """Train one `model` on (x, y), already on the device, with torch.optim (memlib's single-model path).
 
-    Shuffling and augmentation draw from `generator`; `steps` stops early (for tests).
+    Shuffling and augmentation draw from `generator`; `steps` stops early (for tests). A `recorder` (for one
+    model) gets each step's logits, with `positions` the training-set positions of the rows of x.
     """
     n = len(x)
     bounds = batch_bounds(n, cfg.batch_size)
@@ -407,7 +415,7 @@ def train_model(
     sched = _schedule(cfg, opt, cfg.epochs * len(bounds))
     model.train()
     done = 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator).to(x.device)
         for s, e in bounds:
             if steps is not None and done >= steps:
@@ -419,6 +427,8 @@ def train_model(
             with _autocast(x.device, precision):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if recorder is not None:
+                recorder.update(epoch, positions[idx][None], logits[None], yb[None])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -461,12 +471,14 @@ def train_group(
     cfg: Config,
     precision: str,
     steps: int | None = None,
+    recorder: SignalRecorder | None = None,
 ) -> None:
     """Train K stacked models (StackedMLP or VmapModels) in lockstep, model k on train examples subsets[k].
 
     Every model draws its shuffles and augmentation from its own generator in the order the single-model loop
     does, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
-    steps of that epoch; a short last batch is padded and weighted out of the loss.
+    steps of that epoch; a short last batch is padded and weighted out of the loss. A `recorder` (for K
+    models) gets each step's logits of the real (unpadded) entries.
     """
     dev = train.device
     k_models = len(subsets)
@@ -508,21 +520,24 @@ def train_group(
                 label_smoothing=cfg.label_smoothing,
             )
             loss = (losses.view(k_models, width) * weight[s]).sum()
+            if recorder is not None:
+                recorder.update(epoch, idx, logits, train.y[idx], valid=weight[s] > 0)
             grads = torch.autograd.grad(loss, models.params)
             opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
             done += 1
 
 
 @torch.inference_mode()
-def evaluate(model, split: DeviceData, precision: str, k_models: int | None = None, rows: int = 65536):
+def evaluate(model, split: DeviceData, precision: str, k_models: int | None = None, rows: int = 65536, topk: int = 0):
     """Per-example correctness (bool) and true-label probability (float32), in large batches.
 
     `model` is one nn.Module (k_models None: arrays of shape (n,)) or K stacked models (arrays (K, n)).
+    With `topk`, also the topk largest class probabilities (float16) and their classes (uint8/uint16), (..., topk).
     """
     model.eval()
     stacked = k_models is not None
     batch = max(256, rows // (k_models or 1))
-    correct, prob = [], []
+    correct, prob, top_p, top_c = [], [], [], []
     for s in range(0, len(split), batch):
         x = split.images(slice(s, s + batch))
         y = split.y[s : s + batch]
@@ -532,8 +547,17 @@ def evaluate(model, split: DeviceData, precision: str, k_models: int | None = No
             logits = model(x).float()
         yy = y.expand(k_models, -1) if stacked else y
         correct.append((logits.argmax(-1) == yy).cpu())
-        prob.append(logits.softmax(-1).gather(-1, yy.unsqueeze(-1)).squeeze(-1).cpu())
-    return torch.cat(correct, -1).numpy(), torch.cat(prob, -1).numpy()
+        p = logits.softmax(-1)
+        prob.append(p.gather(-1, yy.unsqueeze(-1)).squeeze(-1).cpu())
+        if topk:
+            values, classes = p.topk(topk, dim=-1)
+            top_p.append(values.half().cpu())
+            top_c.append(classes.cpu())
+    out = torch.cat(correct, -1).numpy(), torch.cat(prob, -1).numpy()
+    if not topk:
+        return out
+    class_dtype = np.uint8 if logits.shape[-1] <= 256 else np.uint16
+    return (*out, torch.cat(top_p, -2).numpy(), torch.cat(top_c, -2).numpy().astype(class_dtype))
 
 
 class NeuralLearner:
@@ -547,8 +571,9 @@ class NeuralLearner:
         precision: str | None = None,
         path: str | None = None,
         eval_rows: int = 65536,
+        record_signals: bool = True,
     ):
-        self.cfg, self.eval_rows = cfg, eval_rows
+        self.cfg, self.eval_rows, self.record_signals = cfg, eval_rows, record_signals
         self.device = resolve_device(device or cfg.device)
         self.precision = resolve_precision(precision or cfg.precision, self.device)
         self.train, self.test = device_data(data, self.device)
@@ -571,23 +596,30 @@ class NeuralLearner:
 
     def fit_eval_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None) -> list[Outcome]:
         """Train one model per (train_idx, seed) in lockstep on this learner's path, and evaluate them all."""
-        models = self.fit_group(runs, steps)
+        signals: list = []
+        models = self.fit_group(runs, steps, signals if self.record_signals else None)
+        signals += [None] * (len(runs) - len(signals))
+        topk = min(self.num_classes, TOPK_CLASSES) if self.record_signals else 0
         if self.path == "single":
             outs = []
-            for model in models:
-                tr = evaluate(model, self.train, self.precision, rows=self.eval_rows)
+            for i, model in enumerate(models):
+                tr = evaluate(model, self.train, self.precision, rows=self.eval_rows, topk=topk)
                 te = evaluate(model, self.test, self.precision, rows=self.eval_rows)
-                outs.append(Outcome(tr[0], tr[1], te[0], te[1]))
+                outs.append(Outcome(tr[0], tr[1], te[0], te[1], signals[i], *tr[2:]))
             return outs
         k = len(runs)
-        tr_c, tr_p = evaluate(models, self.train, self.precision, k, self.eval_rows)
+        tr = evaluate(models, self.train, self.precision, k, self.eval_rows, topk=topk)
         te_c, te_p = evaluate(models, self.test, self.precision, k, self.eval_rows)
-        return [Outcome(tr_c[i], tr_p[i], te_c[i], te_p[i]) for i in range(k)]
+        return [Outcome(tr[0][i], tr[1][i], te_c[i], te_p[i], signals[i], *(a[i] for a in tr[2:])) for i in range(k)]
 
-    def fit_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None):
-        """The trained models: a list of nn.Module (single path) or one stacked object (stacked, vmap)."""
+    def fit_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None, signals: list | None = None):
+        """The trained models: a list of nn.Module (single path) or one stacked object (stacked, vmap).
+
+        With a `signals` list, each model's training signals (memlib.signals) are appended to it, in order.
+        """
         generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]
+        n, epochs = len(self.train), self.cfg.epochs
         if self.path == "single":
             out = []
             for (_, seed), sub, g in zip(runs, subsets, generators):
@@ -595,11 +627,17 @@ class NeuralLearner:
                 x = self.train.images(sub)
                 if self.device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                out.append(train_model(model, x, self.train.y[sub], self.cfg, g, self.precision, steps))
+                rec = SignalRecorder(1, n, epochs, self.device) if signals is not None else None
+                out.append(train_model(model, x, self.train.y[sub], self.cfg, g, self.precision, steps, rec, sub))
+                if rec is not None:
+                    signals += rec.result()
             return out
         models = [self.make_model(seed) for _, seed in runs]
         stacked = StackedMLP(models) if self.path == "stacked" else VmapModels(models)
-        train_group(stacked, self.train, subsets, generators, self.cfg, self.precision, steps)
+        rec = SignalRecorder(len(runs), n, epochs, self.device) if signals is not None else None
+        train_group(stacked, self.train, subsets, generators, self.cfg, self.precision, steps, rec)
+        if rec is not None:
+            signals += rec.result()
         return stacked
 
 

@@ -1,0 +1,348 @@
+"""Stage 5: checks of the estimates that do not trust the paper.
+
+- Label-noise recovery: how well each score ranks the injected flips first (AUROC, average precision,
+  precision at k = the number of flips).
+- Statistically controlled pairs: Benjamini-Hochberg over every candidate pair tested, beside the paper's
+  fixed cut-offs, and the split-half Jaccard of both sets.
+- Convergence: the error of mem against the number of models, with the paper's bound for the subsampled
+  estimator.
+- Cross-architecture consistency (the paper's Figure 7).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from .config import Config
+from .data import Dataset
+from .estimation import Estimates, Pairs, high_influence_pairs, influence, memorization
+from .noise import dataset_flips
+from .peers import SUSPICIOUS, cleanlab_scores, out_of_sample_probs, suspicion, training_scores
+from .signals import COLUMNS as SIGNAL_COLUMNS
+from .store import Store
+
+# ---------------------------------------------------------------------------------------------------
+# Ranking metrics
+# ---------------------------------------------------------------------------------------------------
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties counting one half."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(np.asarray(score, dtype=np.float64))  # average ranks of ties
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision: the mean over positives of the precision at the cut-off that admits it (sklearn's
+    definition, ties admitted together)."""
+    from sklearn.metrics import average_precision_score
+
+    positive = np.asarray(positive, dtype=bool)
+    if not positive.any():
+        return float("nan")
+    return float(average_precision_score(positive, np.asarray(score, dtype=np.float64)))
+
+
+def precision_at_k(score: np.ndarray, positive: np.ndarray, k: int | None = None) -> float:
+    """Fraction of positives among the k highest scores (k: the number of positives); ties broken by position."""
+    positive = np.asarray(positive, dtype=bool)
+    k = int(positive.sum()) if k is None else k
+    if k == 0:
+        return float("nan")
+    top = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")[:k]
+    return float(positive[top].mean())
+
+
+def roc_points(score: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates of the ROC curve."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(positive, dtype=bool), np.asarray(score, dtype=np.float64))
+    return fpr, tpr
+
+
+def recovery(scores: dict[str, np.ndarray], flipped: np.ndarray) -> list[dict]:
+    """Per score (signed: higher = more suspicious), AUROC, AP and precision at k of finding the flips."""
+    rows = []
+    for name, score in scores.items():
+        rows.append(
+            {
+                "score": name,
+                "auroc": auroc(score, flipped),
+                "ap": average_precision(score, flipped),
+                "precision_at_k": precision_at_k(score, flipped),
+            }
+        )
+    return sorted(rows, key=lambda r: -np.nan_to_num(r["auroc"], nan=-1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistically controlled pairs
+# ---------------------------------------------------------------------------------------------------
+
+
+def benjamini_hochberg(p: np.ndarray, alpha: float, m: int | None = None) -> np.ndarray:
+    """Which hypotheses BH rejects at false discovery rate `alpha`, among `m` tested (default len(p)).
+
+    Rejects the k smallest p-values for the largest k with p_(k) <= k alpha / m. Passing m larger than len(p)
+    lets a caller keep only the p-values that could be rejected (those <= alpha) of a larger family.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p) if m is None else m
+    if m < len(p):
+        raise ValueError(f"m={m} hypotheses tested, but {len(p)} p-values given")
+    order = np.argsort(p, kind="stable")
+    passed = np.flatnonzero(p[order] <= alpha * np.arange(1, len(p) + 1) / max(m, 1))
+    reject = np.zeros(len(p), dtype=bool)
+    if len(passed):
+        reject[order[: passed[-1] + 1]] = True
+    return reject
+
+
+def exceedance_p(value: np.ndarray, se: np.ndarray, threshold: float) -> np.ndarray:
+    """One-sided p-value of H0: true value <= threshold, from an estimate and its standard error (normal).
+
+    A zero standard error gives 0 above the threshold and 1 otherwise; an undefined one gives 1.
+    """
+    value, se = np.asarray(value, dtype=np.float64), np.asarray(se, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (value - threshold) / se
+    p = stats.norm.sf(z)
+    p = np.where(se == 0, np.where(value > threshold, 0.0, 1.0), p)
+    return np.where(np.isfinite(p), p, 1.0)
+
+
+def fdr_pairs(
+    masks: np.ndarray,
+    test_outcomes: np.ndarray,
+    mem: np.ndarray,
+    tr_labels: np.ndarray,
+    tt_labels: np.ndarray,
+    infl_threshold: float,
+    mem_threshold: float,
+    fdr: float,
+    chunk: int = 1024,
+) -> tuple[Pairs, np.ndarray, int]:
+    """Pairs whose influence exceeds `infl_threshold` with the false discovery rate controlled at `fdr`.
+
+    Candidates are the paper's: every same-class pair whose train example has mem >= mem_threshold. Each is
+    tested (H0: infl <= infl_threshold, one-sided z from its estimate and standard error), and BH runs over
+    all of them. Returns the selected pairs, their p-values, and the number of candidate pairs tested.
+    """
+    cand = np.flatnonzero(mem >= mem_threshold)
+    parts, tested = [], 0
+    for s in range(0, len(cand), chunk):
+        rows = cand[s : s + chunk]
+        d = influence(masks, test_outcomes, rows)
+        same = tr_labels[rows][:, None] == tt_labels[None, :]
+        tested += int(same.sum())
+        p = exceedance_p(d.value, d.se, infl_threshold)
+        keep = same & (p <= fdr)  # BH never rejects a p-value above alpha: keep only those
+        r, j = np.nonzero(keep)
+        parts.append((rows[r], j, d.value[r, j], d.se[r, j], p[r, j]))
+    if not parts or not sum(len(x[0]) for x in parts):
+        empty = np.zeros(0)
+        return Pairs(empty.astype(np.int64), empty.astype(np.int64), empty, empty, empty), empty, tested
+    tr, tt, infl, se, p = (np.concatenate(x) for x in zip(*parts))
+    chosen = benjamini_hochberg(p, fdr, tested)
+    tr, tt, infl, se, p = tr[chosen], tt[chosen], infl[chosen], se[chosen], p[chosen]
+    order = np.lexsort((tt, tr))
+    pairs = Pairs(tr[order], tt[order], infl[order], se[order], mem[tr[order]])
+    return pairs, p[order], tested
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a & b| / |a | b|, NaN when both are empty."""
+    union = a | b
+    return len(a & b) / len(union) if union else float("nan")
+
+
+def pair_sets_split_half(
+    masks, train_outcomes, test_outcomes, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr
+) -> dict:
+    """Both pair sets from two disjoint halves of the runs (even and odd indices), and their Jaccards."""
+    out = {}
+    sets = {"fixed": [], "fdr": []}
+    for h in (slice(0, None, 2), slice(1, None, 2)):
+        m, trc, ttc = masks[h], train_outcomes[h], test_outcomes[h]
+        mem = memorization(m, trc).value
+        fixed = high_influence_pairs(m, ttc, mem, tr_labels, tt_labels, infl_threshold, mem_threshold)
+        controlled, _, _ = fdr_pairs(m, ttc, mem, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr)
+        sets["fixed"].append(fixed.keys())
+        sets["fdr"].append(controlled.keys())
+    for name, (a, b) in sets.items():
+        out[f"pairs_{name}_half_a"], out[f"pairs_{name}_half_b"] = len(a), len(b)
+        out[f"pairs_{name}_both_halves"] = len(a & b)
+        out[f"pairs_jaccard_{name}"] = jaccard(a, b)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convergence
+# ---------------------------------------------------------------------------------------------------
+
+
+def paper_bound(t: np.ndarray, p: float) -> np.ndarray:
+    """The paper's bound on E[(est - infl_m)^2] for t runs at subset ratio p: 1/(pt) + 1/((1-p)t) + e^(-pt/16)/2."""
+    p = min(p, 1 - p)
+    t = np.asarray(t, dtype=np.float64)
+    return 1 / (p * t) + 1 / ((1 - p) * t) + np.exp(-p * t / 16) / 2
+
+
+def convergence(masks: np.ndarray, outcomes: np.ndarray, ratio: float, counts: list[int] | None = None) -> dict:
+    """mem's error against the number of runs t (subsampling the recorded runs), with the paper's bound.
+
+    For each t: the mean standard error of mem from the first t runs; the rms difference between the first t
+    and the last t runs over sqrt 2 (the error of one estimate from t runs, if the two are independent); the
+    Spearman correlation of those two estimates; and the square root of the paper's bound (an rms error).
+    """
+    total = len(masks)
+    if counts is None:
+        counts = sorted({int(c) for c in np.geomspace(min(10, total // 2), total // 2, 8)})
+    rows = {"models": [], "mean_se": [], "observed_rms": [], "spearman": [], "bound_rms": []}
+    for t in counts:
+        a, b = memorization(masks[:t], outcomes[:t]), memorization(masks[-t:], outcomes[-t:])
+        ok = np.isfinite(a.value) & np.isfinite(b.value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rho = float(stats.spearmanr(a.value[ok], b.value[ok]).statistic) if ok.sum() > 2 else float("nan")
+        rows["models"].append(t)
+        rows["mean_se"].append(float(np.nanmean(a.se)))
+        rows["observed_rms"].append(float(np.sqrt(np.mean((a.value[ok] - b.value[ok]) ** 2) / 2)))
+        rows["spearman"].append(rho)
+        rows["bound_rms"].append(float(np.sqrt(paper_bound(t, ratio))))
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-architecture consistency
+# ---------------------------------------------------------------------------------------------------
+
+
+def arch_consistency(a: Estimates, b: Estimates, acc_a: float, acc_b: float, top: float = 0.1) -> dict:
+    """Agreement of two architectures' estimates on the same examples (the paper's Figure 7)."""
+    ma, mb = a.mem.value, b.mem.value
+    ok = np.isfinite(ma) & np.isfinite(mb)
+    k = max(1, int(round(top * ok.sum())))
+    top_a = set(np.flatnonzero(ok)[np.argsort(-ma[ok], kind="stable")[:k]].tolist())
+    top_b = set(np.flatnonzero(ok)[np.argsort(-mb[ok], kind="stable")[:k]].tolist())
+    return {
+        "spearman_arch": float(stats.spearmanr(ma[ok], mb[ok]).statistic),
+        "top_mem_fraction": top,
+        "top_mem_jaccard_arch": jaccard(top_a, top_b),
+        "pairs_jaccard_arch": jaccard(a.pairs.keys(), b.pairs.keys()),
+        "pairs_a": len(a.pairs),
+        "pairs_b": len(b.pairs),
+        "mean_mem_difference_arch": float(np.mean(ma[ok] - mb[ok])),
+        "test_accuracy_gap_arch": float(acc_a - acc_b),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------------
+
+
+def scores_from_store(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, np.ndarray, np.ndarray]:
+    """mem and every peer score per training example (raw values), cleanlab's issue mask, and the OOS probs."""
+    masks = np.asarray(store["masks"])
+    signals = {name: store[f"signal_{name}"] for name in SIGNAL_COLUMNS}
+    scores = {"mem": est.mem.value}
+    probs = out_of_sample_probs(masks, store["train_topk_prob"], store["train_topk_class"], data.num_classes)
+    quality, issues = cleanlab_scores(data.y_train, probs)
+    scores["cleanlab"] = quality
+    scores.update(training_scores(masks, signals, cfg.epochs))
+    return scores, issues, probs
+
+
+def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
+    """Everything stage 5 reports: recovery of the flips, peers, both pair sets, split-half Jaccards.
+
+    Returns a dict with the per-example scores (`scores`), the flips (`flipped`, all False without label noise),
+    cleanlab's issue mask, the FDR pairs with their p-values, the recovery rows and the plain-named figures
+    that go into validation.json (`summary`).
+    """
+    store.require_complete()
+    scores, issues, _ = scores_from_store(cfg, store, data, est)
+    flips = dataset_flips(data)
+    flipped = flips.indicator(data.n_train) if flips is not None else np.zeros(data.n_train, dtype=bool)
+    signed = {name: suspicion(name, s) for name, s in scores.items()}
+    rows = recovery(signed, flipped) if flipped.any() else []
+    masks = np.asarray(store["masks"])
+    trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
+    controlled, p_values, tested = fdr_pairs(
+        masks, ttc, est.mem.value, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, cfg.pair_fdr
+    )
+    halves = pair_sets_split_half(
+        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, cfg.pair_fdr
+    )
+    summary = {
+        "profile": cfg.profile,
+        "num_models": est.num_models,
+        "label_noise": cfg.label_noise,
+        "flipped": int(flipped.sum()),
+    }
+    for r in rows:
+        summary[f"auroc_{r['score']}"] = r["auroc"]
+        summary[f"ap_{r['score']}"] = r["ap"]
+        summary[f"precision_at_k_{r['score']}"] = r["precision_at_k"]
+    summary["cleanlab_issues"] = int(issues.sum())
+    if flipped.any():
+        summary["cleanlab_issues_precision"] = float(flipped[issues].mean()) if issues.any() else float("nan")
+        summary["cleanlab_issues_recall"] = float(issues[flipped].mean())
+    summary.update(
+        {
+            "pair_fdr": cfg.pair_fdr,
+            "pairs_fixed": len(est.pairs),
+            "pairs_fdr": len(controlled),
+            "pairs_fdr_candidates_tested": tested,
+            "pairs_fdr_in_fixed": len(controlled.keys() & est.pairs.keys()),
+            **halves,
+        }
+    )
+    return {
+        "scores": scores,
+        "flipped": flipped,
+        "cleanlab_issues": issues,
+        "fdr_pairs": controlled,
+        "fdr_p": p_values,
+        "recovery": rows,
+        "summary": summary,
+    }
+
+
+def export(path, est: Estimates, result: dict, data: Dataset) -> None:
+    """Add the validation's arrays to estimates.npz (the authors' keys stay as stage 2 wrote them).
+
+    Added: `tr_flipped` (bool per training example), `tr_labels_clean` (labels before the flips), the peer
+    scores as `tr_score_<name>`, `tr_cleanlab_issue`, and the FDR-controlled pairs as `fdr_tr_idx`, `fdr_tt_idx`,
+    `fdr_infl`, `fdr_infl_se`, `fdr_p`, `fdr_mem` (indices in the dataset's original order).
+    """
+    with np.load(path) as f:
+        existing = {k: f[k] for k in f.files}
+    pairs = result["fdr_pairs"]
+    extra = {
+        "tr_flipped": result["flipped"],
+        "tr_labels_clean": getattr(data, "y_train_clean", data.y_train),
+        "tr_cleanlab_issue": result["cleanlab_issues"],
+        **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result["scores"].items()},
+        "fdr_tr_idx": est.tr_index[pairs.tr_pos],
+        "fdr_tt_idx": est.tt_index[pairs.tt_pos],
+        "fdr_infl": pairs.infl,
+        "fdr_infl_se": pairs.infl_se,
+        "fdr_p": result["fdr_p"],
+        "fdr_mem": pairs.mem,
+    }
+    np.savez_compressed(path, **{**existing, **extra})
+
+
+def score_descriptions() -> dict[str, str]:
+    """What each score is (for the report's table)."""
+    return {name: desc for name, (_, desc) in SUSPICIOUS.items()}
