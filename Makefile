@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT := results/$(PROFILE)
-STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures
+STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures 05_validate
 PYTHON ?= python3
 
 .PHONY: help setup reproduce report check test lint format lab bench clean-results

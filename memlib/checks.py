@@ -24,6 +24,8 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
     cfg.validate()
     resolve_device(cfg.device)  # a GPU named where there is none
     check_arch(cfg.arch)
+    if cfg.compare_arch:
+        check_arch(cfg.compare_arch)
     if data is None:
         data = load_dataset(cfg)
     c, h, _ = data.image_shape

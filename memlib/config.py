@@ -171,6 +171,8 @@ class Config:
             raise ConfigError(f"label_noise must lie in [0, 1) (a fraction of the training pool): {self.label_noise}")
         if not 0.0 < self.pair_fdr < 1.0:
             raise ConfigError(f"pair_fdr must lie strictly between 0 and 1 (for example 0.05), got {self.pair_fdr}")
+        if self.compare_arch is not None and self.compare_arch == self.arch:
+            raise ConfigError(f"compare_arch must differ from arch ({self.arch}), or be null")
         if not self.utility_thresholds:
             raise ConfigError("utility_thresholds must list at least one memorization threshold")
         bad = [t for t in self.utility_thresholds if not 0.0 < t <= 1.0]

@@ -17,13 +17,14 @@ import pandas as pd
 from .config import Config, project_root
 from .estimation import Estimates
 
-STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures")
+STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
 ENVIRONMENT_FILE = "environment.json"
 STAGE_TITLES = {
     "01_train_subsets": "Stage 1: training models on random subsets",
     "02_estimate": "Stage 2: memorization and influence estimates",
     "03_filter_retrain": "Stage 3: filtering and retraining (marginal utility)",
     "04_figures": "Stage 4: figures and headline numbers",
+    "05_validate": "Stage 5: validating the estimates (label noise, peer scores, controlled pairs)",
 }
 
 

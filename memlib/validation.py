@@ -18,9 +18,10 @@ from scipy import stats
 
 from .config import Config
 from .data import Dataset
-from .estimation import Estimates, Pairs, high_influence_pairs, influence, memorization
+from .estimation import Estimates, Pairs, estimate, high_influence_pairs, influence, memorization
 from .noise import dataset_flips
 from .peers import SUSPICIOUS, cleanlab_scores, out_of_sample_probs, suspicion, training_scores
+from .runner import train_subsets
 from .signals import COLUMNS as SIGNAL_COLUMNS
 from .store import Store
 
@@ -243,6 +244,23 @@ def arch_consistency(a: Estimates, b: Estimates, acc_a: float, acc_b: float, top
         "mean_mem_difference_arch": float(np.mean(ma[ok] - mb[ok])),
         "test_accuracy_gap_arch": float(acc_a - acc_b),
     }
+
+
+def compare_architecture(cfg: Config, data: Dataset, est: Estimates, store: Store) -> tuple[dict, Estimates, Config]:
+    """Train the same design with `cfg.compare_arch` (a store of its own, resumable) and compare the estimates.
+
+    The second run is the profile `<profile>-<arch>` under the same results_dir: same data, masks, seeds and
+    recipe; only the architecture differs.
+    """
+    other = cfg.replace(arch=cfg.compare_arch, profile=f"{cfg.profile}-{cfg.compare_arch}", compare_arch=None)
+    other_store = train_subsets(other, data)
+    other_store.require_complete()
+    other_est = estimate(other, other_store, data)
+    acc_a = float(np.asarray(store["test_correct"]).mean())
+    acc_b = float(np.asarray(other_store["test_correct"]).mean())
+    result = {"arch_a": cfg.arch, "arch_b": other.arch, "test_acc_a": acc_a, "test_acc_b": acc_b}
+    result.update(arch_consistency(est, other_est, acc_a, acc_b))
+    return result, other_est, other
 
 
 # ---------------------------------------------------------------------------------------------------

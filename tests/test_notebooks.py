@@ -1,4 +1,4 @@
-"""The notebooks: clean in the repo, parameters in step with the digits profile, and all four run by papermill."""
+"""The notebooks: clean in the repo, parameters in step with the digits profile, and all five run by papermill."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_repo_notebook_is_clean_and_parameters_are_the_digits_profile(path):
 
 
 @pytest.mark.slow
-def test_papermill_runs_all_four_notebooks_on_smoke(tmp_path):
+def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     import papermill as pm
 
     results = tmp_path / "results"
@@ -58,4 +58,40 @@ def test_papermill_runs_all_four_notebooks_on_smoke(tmp_path):
     assert "Made with" in report and f"torch {version('torch')}" in report, "the report says what made it"
     assert report.count("<img") >= 8, "figures are inline"
     assert "Stage 4: figures and headline numbers" in report
+    assert "Stage 5: validating the estimates" in report
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["flipped"] == 0 and "auroc_mem" not in validation, "no flips, no recovery figures"
+    assert validation["pairs_fixed"] == summary["high_influence_pairs"]
+    assert (out / "figures" / "convergence.png").stat().st_size > 5000
     assert "Traceback" not in report and "memlib.Config.from_namespace" not in report, "code is hidden"
+
+
+@pytest.mark.slow
+def test_validation_stage_on_smoke_noisy_finds_the_recorded_flips_and_reports_every_score(tmp_path):
+    import papermill as pm
+
+    results = tmp_path / "results"
+    out = results / "smoke-noisy"
+    out.mkdir(parents=True)
+    cfg = memlib.load_profile("smoke-noisy")
+    assert cfg.label_noise == 0.1
+    params = {**cfg.to_dict(), "results_dir": str(results)}
+    for stage in ("01_train_subsets", "02_estimate", "05_validate"):
+        nb = Path("notebooks") / f"{stage}.ipynb"
+        pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
+    spec = json.loads((out / "store" / "spec.json").read_text())
+    with np.load(out / "estimates.npz") as f:
+        flipped = np.flatnonzero(f["tr_flipped"])
+        assert flipped.tolist() == spec["meta"]["label_noise"]["positions"], "the report's flips are the store's"
+        assert np.all(f["tr_labels_clean"][flipped] != f["tr_labels"][flipped])
+        assert len(f["fdr_tr_idx"]) == len(f["fdr_p"]) and "tr_idx" in f.files, "both pair sets exported"
+    v = json.loads((out / "validation.json").read_text())
+    assert v["flipped"] == len(flipped) == 130
+    for score in ("mem", "cleanlab", "loss", "margin", "aum", "el2n", "forgetting", "learning_speed"):
+        for metric in ("auroc", "ap", "precision_at_k"):
+            assert 0 <= v[f"{metric}_{score}"] <= 1
+    assert v["auroc_cleanlab"] > 0.9, "3 epochs of tiny MLPs still see through 10% flips on digits"
+    for key in ("pairs_fixed", "pairs_fdr", "pairs_jaccard_fixed", "pairs_jaccard_fdr", "convergence_bound_rms"):
+        assert key in v
+    for fig in ("roc_flips", "convergence"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000

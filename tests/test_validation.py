@@ -118,3 +118,22 @@ def test_cleanlab_flags_the_example_whose_label_its_probabilities_contradict():
     probs /= probs.sum(1, keepdims=True)
     quality, issues = cleanlab_scores(labels, probs)
     assert quality.argmin() == 5 and issues[5] and issues.sum() == 1
+
+
+@pytest.mark.slow
+def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, digits):
+    import memlib
+    from memlib.validation import compare_architecture
+
+    cfg = smoke.replace(num_models=8, min_out=1, epochs=1, group_size=4, width=8, compare_arch="mem_cnn")
+    store = memlib.train_subsets(cfg, digits)
+    est = memlib.estimate(cfg, store, digits)
+    result, other, other_cfg = compare_architecture(cfg, digits, est, store)
+    assert other_cfg.arch == "mem_cnn" and other_cfg.profile == "smoke-mem_cnn"
+    other_store = memlib.open_subset_store(other_cfg, digits, create=False)
+    np.testing.assert_array_equal(other_store["masks"], store["masks"])  # the same design
+    assert result["arch_a"] == "mem_mlp" and result["arch_b"] == "mem_cnn"
+    assert -1 <= result["spearman_arch"] <= 1 and 0 <= result["top_mem_jaccard_arch"] <= 1
+    assert result["test_accuracy_gap_arch"] == pytest.approx(result["test_acc_a"] - result["test_acc_b"])
+    diff = est.mem.value - other.mem.value
+    assert result["mean_mem_difference_arch"] == pytest.approx(np.mean(diff[np.isfinite(diff)]))

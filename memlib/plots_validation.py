@@ -1,0 +1,65 @@
+"""Stage 5's figures: ROC curves of every score for the flips, the convergence plot, architecture agreement."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .estimation import Estimates
+from .plots import _save
+from .validation import auroc, roc_points
+
+
+def roc_curves(scores: dict[str, np.ndarray], flipped: np.ndarray, path=None) -> plt.Figure:
+    """ROC curve of each signed score (higher = more suspicious) for finding the flipped labels."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ordered = sorted(scores, key=lambda k: -auroc(scores[k], flipped))
+    for name in ordered:
+        fpr, tpr = roc_points(scores[name], flipped)
+        width = 2.5 if name == "mem" else 1.3
+        ax.plot(fpr, tpr, lw=width, label=f"{name} (AUROC {auroc(scores[name], flipped):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlabel("false positive rate (clean labels flagged)")
+    ax.set_ylabel("true positive rate (flipped labels found)")
+    ax.set_title(f"Finding {int(np.sum(flipped)):,} flipped labels among {len(flipped):,}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def convergence(curve: dict, path=None) -> plt.Figure:
+    """mem's error and split-half agreement against the number of models, with the paper's bound."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    t = curve["models"]
+    ax.plot(t, curve["bound_rms"], "-", color="#c0392b", label="paper's bound (square root)")
+    ax.plot(t, curve["observed_rms"], "s--", label="observed: first t vs last t models, rms/√2")
+    ax.plot(t, curve["mean_se"], "o-", label="mean standard error (formula)")
+    for a in (ax,):
+        a.set_xscale("log")
+        a.set_yscale("log")
+    ax.set_xlabel("number of models t")
+    ax.set_ylabel("rms error of a memorization estimate")
+    ax.legend(fontsize=8)
+    ax2.plot(t, curve["spearman"], "o-", color="#2c3e50")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("number of models t per half")
+    ax2.set_ylabel("Spearman of mem, two disjoint sets of t models")
+    fig.suptitle("Convergence of the memorization estimate", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def arch_scatter(a: Estimates, b: Estimates, names: tuple[str, str], consistency: dict, path=None) -> plt.Figure:
+    """mem of one architecture against the other's, on the same training examples."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(a.mem.value, b.mem.value, s=5, alpha=0.4, color="#34495e")
+    ax.plot([-0.2, 1], [-0.2, 1], ":", color="gray")
+    ax.set_xlabel(f"mem, {names[0]}")
+    ax.set_ylabel(f"mem, {names[1]}")
+    ax.set_title(
+        f"Spearman {consistency['spearman_arch']:.3f}; top-mem Jaccard {consistency['top_mem_jaccard_arch']:.2f}\n"
+        f"test accuracy gap {consistency['test_accuracy_gap_arch']:+.3f}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
