@@ -2,6 +2,8 @@
 
 Stages, and the modules that serve them (imports run one way, left to right):
 config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
+Stage 5 adds noise (label flips, applied by data.load_dataset), signals (recorded by the engine), peers and
+validation (after estimation) and plots_validation.
 """
 
 import warnings

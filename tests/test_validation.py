@@ -125,7 +125,9 @@ def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, dig
     import memlib
     from memlib.validation import compare_architecture
 
-    cfg = smoke.replace(num_models=8, min_out=1, epochs=1, group_size=4, width=8, compare_arch="mem_cnn")
+    cfg = smoke.replace(
+        num_models=12, min_out=2, mask_design="balanced", epochs=1, group_size=4, width=8, compare_arch="mem_cnn"
+    )
     store = memlib.train_subsets(cfg, digits)
     est = memlib.estimate(cfg, store, digits)
     result, other, other_cfg = compare_architecture(cfg, digits, est, store)
