@@ -45,10 +45,10 @@ class Config:
     # subset training (stage 1)
     arch: str = "mem_mlp"
     width: int = 256
-    num_models: int = 1000
+    num_models: int = 2000
     subset_ratio: float = 0.7
     mask_design: str = "random"
-    min_out: int = 200
+    min_out: int = 400
     seed: int = 0
     epochs: int = 20
     batch_size: int = 64
