@@ -270,11 +270,14 @@ class Store:
         path = Path(path)
         if not path.is_dir():
             raise StoreError(f"no store at {path}: nothing to repair")
-        adopt = False
+        adopt = upgrade = False
         try:
             doc = json.loads((path / SPEC_FILE).read_text())
-            spec = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
+            stored = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
             meta = doc.get("meta", {})
+            # a store made before rows carried checksums: its finished rows are trusted once, and sealed
+            upgrade = spec is not None and CHECKSUMS not in stored and _without_checksums(spec) == stored
+            spec = spec if upgrade else stored
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if spec is None or meta is None:
                 raise StoreError(f"{path / SPEC_FILE} is unreadable ({exc}) and no config was given") from exc
@@ -294,9 +297,15 @@ class Store:
         store = cls(path, arrays, meta)
         if lost_completed:  # a row is finished exactly when its checksums verify
             store.completed[:] = True
+        if upgrade:
+            for row in np.flatnonzero(store.completed):
+                store.arrays[CHECKSUMS][row] = store.row_checksums(int(row))
+            store.arrays[CHECKSUMS].flush()
         bad = set(store.bad_rows())
         if extra_bad is not None:
             bad |= {int(r) for r in extra_bad(store)}
+        if upgrade:
+            _write_spec(path, spec, meta)
         if adopt:
             finished = store.done()
             if finished and len(bad) == finished:
@@ -384,6 +393,10 @@ def refuse_unspecified(path: Path) -> None:
     )
 
 
+def _without_checksums(spec: dict[str, ArraySpec]) -> dict[str, ArraySpec]:
+    return {k: v for k, v in spec.items() if k != CHECKSUMS}
+
+
 def _write_spec(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) -> None:
     doc = {"spec": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in spec.items()}, "meta": meta}
     tmp = path / f".{SPEC_FILE}.{os.getpid()}.tmp"
@@ -414,6 +427,12 @@ def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any
         )
     old_spec = {k: (tuple(v["shape"]), v["dtype"]) for k, v in doc.get("spec", {}).items()}
     new_spec = {k: (v.shape, v.dtype) for k, v in spec.items()}
+    if CHECKSUMS not in old_spec and old_spec == {k: v for k, v in new_spec.items() if k != CHECKSUMS}:
+        raise StoreError(
+            f"the store at {path} was made before stored rows carried checksums. Nothing was changed. Run "
+            "`python -m memlib repair PROFILE` once: it keeps its finished rows (their masks are checked against "
+            "their seeds) and adds their checksums."
+        )
     if old_spec != new_spec:
         raise StoreError(
             f"the store at {path} has arrays {old_spec}, expected {new_spec}: it was made by another version of "

@@ -257,3 +257,16 @@ def test_balanced_design_puts_every_example_in_the_same_number_of_runs(smoke, di
     store = memlib.train_subsets(cfg, digits)  # the runs train on the design's masks
     np.testing.assert_array_equal(np.asarray(store["masks"]), masks)
     assert not np.array_equal(masks, subset_masks(cfg.replace(mask_design="random"), digits.n_train))
+
+
+def test_a_store_made_before_checksums_is_upgraded_by_repair_not_retrained(smoke, digits):
+    cfg = smoke.replace(num_models=24, min_out=1, mask_design="balanced")
+    store = memlib.train_subsets(cfg, digits)
+    doc = json.loads((store.path / "spec.json").read_text())
+    del doc["spec"]["checksums"]  # as the previous version wrote it
+    (store.path / "spec.json").write_text(json.dumps(doc))
+    (store.path / "checksums.npy").unlink()
+    with pytest.raises(StoreError, match="made before stored rows carried checksums"):
+        open_subset_store(cfg, digits, create=False)
+    assert memlib.runner.repair_subset_store(cfg, digits) == []
+    assert open_subset_store(cfg, digits, create=False).done() == 24
