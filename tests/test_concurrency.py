@@ -145,7 +145,7 @@ def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
     values = {**yaml.safe_load(open("configs/smoke.yaml")), "results_dir": str(tmp_path / "r"), "workers": 2}
     profile = tmp_path / "smoke.yaml"
     profile.write_text(yaml.safe_dump(values))
-    for delay in (0.0, 0.4, 0.9):
+    for delay in (0.0, 0.9):
         tag = f"MEMLIB_ORPHAN_TEST_{uuid.uuid4().hex}"
         env = {**os.environ, tag: "1"}
         parent = subprocess.Popen(
