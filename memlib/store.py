@@ -374,7 +374,7 @@ def refuse_unspecified(path: Path) -> None:
     if not path.is_dir():
         raise StoreError(f"{path} is a file, not a store folder: move it away or choose another results_dir")
     held = sorted(p.name for p in path.iterdir())
-    if not held:
+    if not held or SPEC_FILE in held:  # empty, or just renamed into place by a worker that created it
         return
     arrays = [n for n in held if n.endswith(".npy")]
     finished = ""
