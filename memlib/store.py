@@ -276,8 +276,13 @@ class Store:
             stored = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
             meta = doc.get("meta", {})
             # a store made before rows carried checksums: its finished rows are trusted once, and sealed
-            upgrade = spec is not None and CHECKSUMS not in stored and _without_checksums(spec) == stored
-            spec = spec if upgrade else stored
+            if CHECKSUMS not in stored and COMPLETED in stored:
+                rows, names = stored[COMPLETED].shape[0], data_names(stored)
+                sealed = {**_without_checksums(stored), CHECKSUMS: ArraySpec((rows, len(names)), "uint64")}
+                upgrade = spec is None or _without_checksums(spec) == stored
+                spec = sealed if upgrade else stored
+            else:
+                spec = stored
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if spec is None or meta is None:
                 raise StoreError(f"{path / SPEC_FILE} is unreadable ({exc}) and no config was given") from exc

@@ -270,3 +270,13 @@ def test_a_store_made_before_checksums_is_upgraded_by_repair_not_retrained(smoke
         open_subset_store(cfg, digits, create=False)
     assert memlib.runner.repair_subset_store(cfg, digits) == []
     assert open_subset_store(cfg, digits, create=False).done() == 24
+
+
+def test_any_store_made_before_checksums_is_upgraded_from_its_own_spec(tmp_path):
+    store, spec = full(tmp_path)
+    doc = json.loads((store.path / "spec.json").read_text())
+    del doc["spec"]["checksums"]
+    (store.path / "spec.json").write_text(json.dumps(doc))
+    (store.path / "checksums.npy").unlink()
+    assert Store.repair(tmp_path / "s") == []
+    assert Store.open(tmp_path / "s", spec, META).done() == 4
