@@ -4,7 +4,9 @@ A lease is a file `claims/group-<g>.lease` created with O_EXCL (atomic on local 
 owner's host, pid, process start time and a token. Its owner refreshes the file's time while it trains. A
 lease whose owner is dead (same host: no such process; another host: not refreshed for `ttl` seconds) is
 taken over: renamed aside atomically (only one taker succeeds), checked to be the dead one, and replaced. So
-overlapping `--rows` ranges, or several notebooks on one store, never train a group twice.
+overlapping `--rows` ranges, or several notebooks on one store, never train a group twice. (One race is left:
+if a third worker's fresh lease replaces a dead one between a taker's look and its rename, the fresh lease is
+put back only if no other lease appeared meanwhile; at worst a group is trained twice, to identical values.)
 """
 
 from __future__ import annotations
