@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ AUGMENTS = ("none", "flip_crop")
 MASK_DESIGNS = ("random", "balanced")
 ENGINES = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a profile: one folder name, no '/', '.' or '..'
+# Inclusive upper bounds of the counts: far above any real run, low enough to refuse a typo before work.
+MAXIMA = {
+    "num_models": 1_000_000,
+    "epochs": 100_000,
+    "batch_size": 1_000_000,
+    "workers": 1024,
+    "retrain_models": 100_000,
+    "min_out": 1_000_000,
+    "group_size": 4096,
+    "width": 1 << 20,
+    "show_examples": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,7 @@ class Config:
                 close = difflib.get_close_matches(k, cls.keys(), n=1)
                 hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
-        cfg = cls(**values)
+        cfg = cls(**_numbers_from_strings(values))
         cfg.validate()
         return cfg
 
@@ -121,8 +135,21 @@ class Config:
     def validate(self) -> None:
         """Check types and ranges of every field; raise ConfigError naming the field and the fix."""
         _check_types(self)
-        if not self.profile or "/" in self.profile:
-            raise ConfigError(f"profile must be a plain name, got {self.profile!r}")
+        if not PLAIN_NAME.fullmatch(self.profile):
+            raise ConfigError(
+                f"profile must be a plain name (letters, digits, '_', '-'; no '/', '.' or '..'), got {self.profile!r}"
+            )
+        for name, value in self.to_dict().items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        for name, top in MAXIMA.items():
+            if getattr(self, name) > top:
+                raise ConfigError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be a whole number in [0, 2**63), got {self.seed}")
+        if self.show_examples < 1:
+            raise ConfigError(f"show_examples must be at least 1 (examples in the figures), got {self.show_examples}")
         if not 0.0 < self.subset_ratio < 1.0:
             raise ConfigError(
                 f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
@@ -134,16 +161,18 @@ class Config:
             raise ConfigError(
                 f"retrain_models must be at least 2 so that confidence intervals exist, got {self.retrain_models}"
             )
-        if self.train_size is not None and self.train_size < 10:
-            raise ConfigError(f"train_size must be null (the whole training set) or at least 10, got {self.train_size}")
+        if self.train_size is not None and not 10 <= self.train_size <= 100_000_000:
+            raise ConfigError(
+                f"train_size must be null (the whole training set) or in [10, 100,000,000], got {self.train_size}"
+            )
         if self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"lr must lie in (0, 10] (the profiles use 0.01-0.4), got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"weight_decay must lie in [0, 1), got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         choices = (
@@ -211,6 +240,26 @@ def _fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _numbers_from_strings(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers that YAML 1.1 reads as strings (`1e-3`, `5e4`) for number fields; other values unchanged."""
+    hints = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = hints.get(name, "")
+        if kind in ("float", "list[float]"):
+            items = value if kind == "list[float]" and isinstance(value, list) else [value]
+            items = [float(v) if isinstance(v, str) and NUMBER.fullmatch(v.strip()) else v for v in items]
+            out[name] = items if kind == "list[float]" and isinstance(value, list) else items[0]
+        elif kind in ("int", "int | None") and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            number = float(value)
+            if math.isfinite(number) and number == int(number):
+                out[name] = int(number)
+    return out
+
+
 def _check_types(cfg: Config) -> None:
     hints = {f.name: f.type for f in dataclasses.fields(cfg)}
     for name, hint in hints.items():
@@ -275,6 +324,8 @@ def load_profile(profile: str) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must be a mapping of parameter names to values")
+    if not PLAIN_NAME.fullmatch(path.stem):
+        raise ConfigError(f"{path}: a profile file's name must be plain (no '/', '.' or '..'), got {path.stem!r}")
     if values.get("profile", path.stem) != path.stem:
         raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
     values["profile"] = path.stem

@@ -13,7 +13,7 @@ from .config import Config
 from .data import Dataset
 from .design import Job, derive_seed
 from .estimation import Estimates
-from .runner import run_jobs
+from .runner import repair_command, run_jobs
 from .store import Store
 
 
@@ -80,7 +80,7 @@ def open_retrain_store(cfg: Config, data: Dataset, jobs: list[Job]) -> Store:
         {"masks": ((data.n_train,), "bool"), "test_correct": ((data.n_test,), "bool"), "seconds": ((), "float32")},
     )
     meta = {"kind": "retrain", "fingerprint": _jobs_fingerprint(cfg, jobs), "config": cfg.to_dict()}
-    return Store.open(cfg.out_dir / "retrain", spec, meta)
+    return Store.open(cfg.out_dir / "retrain", spec, meta, fix=repair_command(cfg))
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
