@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,15 @@ class Config:
     results_dir: str = "results"
     # data
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = None  # folder of a named or torchvision dataset (an explicit folder must exist)
+    data_path: str | None = None  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
+    image_size: int | None = None  # imagefolder (and torchvision datasets of PIL images): resize to this square
     train_size: int | None = None
     download: bool = False
     # subset training (stage 1)
     arch: str = "mem_mlp"
-    width: int = 256
+    model_module: str | None = None  # a Python file whose @register_model functions add architectures to timm
+    width: int | None = 256  # passed to architectures that take `width`; null for those that do not
     num_models: int = 1000
     subset_ratio: float = 0.7
     mask_design: str = "random"
@@ -136,7 +140,7 @@ class Config:
             )
         if self.train_size is not None and self.train_size < 10:
             raise ConfigError(f"train_size must be null (the whole training set) or at least 10, got {self.train_size}")
-        if self.width < 1:
+        if self.width is not None and self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
@@ -183,9 +187,12 @@ class Config:
 # Fields that decide the subset models (and so the contents of the stage-1 store).
 TRAINING_KEYS = (
     "dataset",
+    "data_path",
+    "image_size",
     "train_size",
     "mask_design",
     "arch",
+    "model_module",
     "width",
     "num_models",
     "subset_ratio",
@@ -255,9 +262,11 @@ def resolve(path: str | Path) -> Path:
 
 def profile_path(profile: str) -> Path:
     """Path of configs/<profile>.yaml, or a ConfigError that lists the profiles there are."""
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
+    path = Path(profile).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist: give a name in configs/ or a path to a YAML file")
+        return path.resolve()
     configs = project_root() / "configs"
     path = configs / f"{profile}.yaml"
     if not path.exists():
@@ -266,11 +275,30 @@ def profile_path(profile: str) -> Path:
     return path
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that numbers such as 1e-3 (no dot) are floats, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents, with 1e-3 read as a number."""
+    return yaml.load(Path(path).read_text(), Loader=_Loader)
+
+
 def load_profile(profile: str) -> Config:
     """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
     path = profile_path(profile)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
@@ -279,3 +307,15 @@ def load_profile(profile: str) -> Config:
         raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
     values["profile"] = path.stem
     return Config.from_dict(values, source=str(path))
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the project root, or under ~, never the machine's home folder."""
+    path = Path(path).expanduser().resolve()
+    for base, prefix in ((project_root().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return prefix + (str(rel) if str(rel) != "." else "") or "."
+    return str(path)
