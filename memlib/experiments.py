@@ -175,6 +175,8 @@ def open_retrain_store(cfg: Config, data: Dataset, jobs: list[Job]) -> Store:
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and the t-distribution confidence interval of the mean."""
     values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
     mean = float(values.mean())
     if len(values) < 2:
         return mean, float("nan"), float("nan")
