@@ -48,9 +48,17 @@ def _ci(lo: float, hi: float) -> list[float]:
 
 
 def summarize(
-    cfg: Config, est: Estimates, utility: pd.DataFrame, split: dict, subset_test_acc: np.ndarray
+    cfg: Config,
+    est: Estimates,
+    utility: pd.DataFrame,
+    split: dict,
+    subset_test_acc: np.ndarray,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
-    """The headline figures of a run, each with its uncertainty, all computed from its artifacts."""
+    """The headline figures of a run, each with its uncertainty, all computed from its artifacts.
+
+    `data_name` (the loaded Dataset's name) is how the report names the data; `dataset` keeps the config's value.
+    """
     full = utility[utility["kind"] == "full"].iloc[0]
     util = []
     for theta in sorted(utility.loc[utility["kind"] == "mem", "threshold"].unique()):
@@ -89,6 +97,7 @@ def summarize(
         {
             "profile": cfg.profile,
             "dataset": cfg.dataset,
+            "data_name": data_name or cfg.dataset,
             "arch": cfg.arch,
             "num_models": est.num_models,
             "subset_ratio": cfg.subset_ratio,
@@ -179,15 +188,15 @@ def headline_sentence(s: dict) -> str:
     lo, hi = s.get("frac_mem_ge_0.25_ci95") or (None, None)
     frac = f"{s['frac_mem_ge_0.25']:.1%}" + (f" (95% CI {lo:.1%} to {hi:.1%})" if lo is not None else "")
     text = (
-        f"Of {s['n_train']:,} {s['dataset']} training examples, {frac} are memorized (mem ≥ 0.25; each estimate "
-        f"±{s['mean_mem_se']:.2f} on average, from {s['num_models']:,} {s['arch']} models)."
+        f"Of {s['n_train']:,} {s.get('data_name', s['dataset'])} training examples, {frac} are memorized "
+        f"(mem ≥ 0.25; each estimate ±{s['mean_mem_se']:.2f} on average, from {s['num_models']:,} {s['arch']} models)."
     )
     u = _main_threshold(s)
     if u:
         text += (
-            f" Removing the {u['n_removed']:,} examples with mem ≥ {u['threshold']:g} lowers test accuracy by "
-            f"{_pm(u['drop_mem'], u['drop_mem_ci95'], '.2f', 100)} points, against "
-            f"{_pm(u['drop_random'], u['drop_random_ci95'], '.2f', 100)} for as many random examples."
+            f" Removing the {u['n_removed']:,} examples with mem ≥ {u['threshold']:g} changes test accuracy by "
+            f"{_change(u['drop_mem'], u['drop_mem_ci95'])} points, against "
+            f"{_change(u['drop_random'], u['drop_random_ci95'])} for as many random examples."
         )
     p = s.get("pairs_removal") or {}
     text += f" {s['high_influence_pairs']:,} high-influence pairs"
@@ -206,7 +215,7 @@ def headline(s: dict) -> list[tuple[str, str]]:
     """Readable (label, value) rows of a summary.json, each number with its uncertainty."""
     th = s["thresholds"]
     rows = [
-        ("data", f"{s['dataset']}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
+        ("data", f"{s.get('data_name', s['dataset'])}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
         (
             "models",
             f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets ({s.get('mask_design', 'random')} "
