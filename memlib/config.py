@@ -1,8 +1,9 @@
 """Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
 
 The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
-every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields, which
-is exactly what `papermill -f configs/<profile>.yaml` does to a notebook's parameters cell.
+every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields; `make`
+hands the notebooks every field of the loaded profile (`python -m memlib out-dir PROFILE --params FILE`
+writes them for `papermill -f`), so the notebooks get exactly what `check` checked.
 """
 
 from __future__ import annotations
