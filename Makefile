@@ -20,7 +20,7 @@ NEED_PROFILE = @test -n "$(strip $(PROFILE))" || { echo "error: PROFILE is empty
 .PHONY: help setup reproduce report check test lint format lab bench clean-results
 
 help: ## list the targets
-	@echo "usage: make TARGET [PROFILE=name]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
+	@echo "usage: make TARGET [PROFILE=name or path/to/profile.yaml]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
