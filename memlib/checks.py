@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, resolve
+from .config import Config, ConfigError, display_path, resolve
 from .data import Dataset, load_dataset
 from .design import check_out_counts
 from .engine import resolve_device
 from .estimation import PUBLISHED_SOURCES
+from .experiments import check_retrain_store
 from .models import build_model, check_arch
 from .runner import open_subset_store, subset_store_path, subset_store_spec
 from .store import SPEC_FILE, refuse_unspecified
@@ -21,13 +22,14 @@ from .store import SPEC_FILE, refuse_unspecified
 def check(cfg: Config, data: Dataset | None = None) -> dict:
     """Validate a config against its data (loaded here if not given), architecture and any existing store.
 
-    Writes nothing. Raises ConfigError, DataError or StoreError with a message that says what to do.
+    Checks every stage's store (stage 1's and stage 3's) against this config and data. Writes nothing.
+    Raises ConfigError, DataError or StoreError with a message that says what to do.
     """
     import torch
 
     cfg.validate()
     resolve_device(cfg.device)  # a GPU named where there is none
-    check_arch(cfg.arch)
+    check_arch(cfg.arch, cfg.model_module)
     check_results_dir(cfg)
     if data is None:
         data = load_dataset(cfg)
@@ -64,11 +66,12 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
             raise ConfigError(f"{name}: {resolve(path)} does not exist. {PUBLISHED_SOURCES}")
     path = subset_store_path(cfg)
     done = 0
-    if (path / SPEC_FILE).exists():  # an existing store must match this config, and every finished row verify
+    if (path / SPEC_FILE).exists():  # an existing store must match this config and data, and every row verify
         done = open_subset_store(cfg, data, create=False).done()
     else:
         refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
         check_disk_fits(cfg, data)
+    retrained = check_retrain_store(cfg, data)  # stage 3's store too: same training config and data
     return {
         **data.describe(),
         "architecture": cfg.arch,
@@ -76,7 +79,8 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         "models": cfg.num_models,
         "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
         "models already finished": done,
-        "results": str(cfg.out_dir),
+        "retrained models already finished (stage 3)": retrained,
+        "results": display_path(cfg.out_dir),
     }
 
 
@@ -143,7 +147,7 @@ def check_model_fits(cfg: Config, parameters: int) -> None:
 
 def check_disk_fits(cfg: Config, data: Dataset) -> None:
     """ConfigError if the stage-1 store would not fit on the disk of results_dir (its files fill up as it trains)."""
-    spec, _ = subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, _ = subset_store_spec(cfg, data)
     need = sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in spec.values())
     free = shutil.disk_usage(_existing_ancestor(cfg.out_dir)).free
     if need > free:

@@ -1,8 +1,9 @@
 """Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
 
 The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
-every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields, which
-is exactly what `papermill -f configs/<profile>.yaml` does to a notebook's parameters cell.
+every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields; `make`
+hands the notebooks every field of the loaded profile (`python -m memlib out-dir PROFILE --params FILE`
+writes them for `papermill -f`), so the notebooks get exactly what `check` checked.
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ class Config:
     results_dir: str = "results"
     # data
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = None  # folder of a named or torchvision dataset (an explicit folder must exist)
+    data_path: str | None = None  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
+    image_size: int | None = None  # imagefolder (and torchvision datasets of PIL images): resize to this square
     train_size: int | None = None
     download: bool = False
     # subset training (stage 1)
     arch: str = "mem_mlp"
-    width: int = 256
+    model_module: str | None = None  # a Python file whose @register_model functions add architectures to timm
+    width: int | None = 256  # passed to architectures that take `width`; null for those that do not
     num_models: int = 2000
     subset_ratio: float = 0.7
     mask_design: str = "random"
@@ -144,7 +148,7 @@ class Config:
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         for name, top in MAXIMA.items():
-            if getattr(self, name) > top:
+            if getattr(self, name) is not None and getattr(self, name) > top:
                 raise ConfigError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be a whole number in [0, 2**63), got {self.seed}")
@@ -165,7 +169,7 @@ class Config:
             raise ConfigError(
                 f"train_size must be null (the whole training set) or in [10, 100,000,000], got {self.train_size}"
             )
-        if self.width < 1:
+        if self.width is not None and self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
         if not 0 < self.lr <= 10:
             raise ConfigError(f"lr must lie in (0, 10] (the profiles use 0.01-0.4), got {self.lr}")
@@ -212,9 +216,12 @@ class Config:
 # Fields that decide the subset models (and so the contents of the stage-1 store).
 TRAINING_KEYS = (
     "dataset",
+    "data_path",
+    "image_size",
     "train_size",
     "mask_design",
     "arch",
+    "model_module",
     "width",
     "num_models",
     "subset_ratio",
@@ -257,6 +264,8 @@ def _numbers_from_strings(values: dict[str, Any]) -> dict[str, Any]:
             number = float(value)
             if math.isfinite(number) and number == int(number):
                 out[name] = int(number)
+        elif kind in ("int", "int | None") and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)  # 4e1, which YAML 1.2 (and memlib's loader) reads as a float
     return out
 
 
@@ -304,9 +313,11 @@ def resolve(path: str | Path) -> Path:
 
 def profile_path(profile: str) -> Path:
     """Path of configs/<profile>.yaml, or a ConfigError that lists the profiles there are."""
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
+    path = Path(profile).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist: give a name in configs/ or a path to a YAML file")
+        return path.resolve()
     configs = project_root() / "configs"
     path = configs / f"{profile}.yaml"
     if not path.exists():
@@ -315,11 +326,30 @@ def profile_path(profile: str) -> Path:
     return path
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that numbers such as 1e-3 (no dot) are floats, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents, with 1e-3 read as a number."""
+    return yaml.load(Path(path).read_text(), Loader=_Loader)
+
+
 def load_profile(profile: str) -> Config:
     """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
     path = profile_path(profile)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
@@ -330,3 +360,15 @@ def load_profile(profile: str) -> Config:
         raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
     values["profile"] = path.stem
     return Config.from_dict(values, source=str(path))
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the project root, or under ~, never the machine's home folder."""
+    path = Path(path).expanduser().resolve()
+    for base, prefix in ((project_root().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return prefix + (str(rel) if str(rel) != "." else "") or "."
+    return str(path)

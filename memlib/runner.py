@@ -9,6 +9,7 @@ turn. This module is where a cluster backend plugs in.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -22,16 +23,20 @@ import numpy as np
 from tqdm import tqdm
 
 from .claims import Lease, claim, wait_claim
-from .config import Config
+from .config import Config, display_path
 from .data import Dataset, load_dataset
 from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
 from .engine import NeuralLearner, Outcome, resolve_device, resolve_precision
 from .lifeline import start as lifeline_start
-from .store import CLAIMS_DIR, ArraySpec, Store, StoreError, check_compatible
+from .store import CLAIMS_DIR, SPEC_FILE, ArraySpec, Store, StoreError, check_compatible
 
 
-def subset_store_spec(cfg: Config, n_train: int, n_test: int) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
-    """Spec and meta of the stage-1 store: per run its mask, per-example correctness and true-label prob."""
+def subset_store_spec(cfg: Config, data: Dataset) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
+    """Spec and meta of the stage-1 store: per run its mask, per-example correctness and true-label prob.
+
+    The meta records the config's training fingerprint and the data's (hashes of its labels and images).
+    """
+    n_train, n_test = data.n_train, data.n_test
     spec = Store.spec_of(
         cfg.num_models,
         {
@@ -43,8 +48,52 @@ def subset_store_spec(cfg: Config, n_train: int, n_test: int) -> tuple[dict[str,
             "seconds": ((), "float32"),
         },
     )
-    meta = {"kind": "subsets", "fingerprint": cfg.training_fingerprint(), "config": cfg.to_dict()}
+    meta = {
+        "kind": "subsets",
+        "fingerprint": cfg.training_fingerprint(),
+        "config": cfg.to_dict(),
+        "data": data_record(data),
+    }
     return spec, meta
+
+
+def data_record(data: Dataset) -> dict[str, str]:
+    """What a store remembers of its data: where it was read, its size, and the hashes of its parts."""
+    return {
+        "source": data.source,
+        "examples": f"{data.n_train} train / {data.n_test} test, {data.num_classes} classes",
+        **data.fingerprint,
+    }
+
+
+def stored_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable."""
+    file = Path(path) / SPEC_FILE
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text()).get("meta", {})
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{file} is unreadable ({exc}): delete {path} and rerun.") from exc
+
+
+def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
+    """Raise StoreError, saying what changed, unless the store's meta records this very data."""
+    old = meta.get("data")
+    if not old:
+        raise StoreError(
+            f"the store at {display_path(path)} was made by an older memlib that did not record which data trained "
+            f"it, so it cannot be checked against this data. Delete {display_path(path)} and rerun."
+        )
+    new = data_record(data)
+    changed = [k for k in data.fingerprint if old.get(k) != new[k]]
+    if changed:
+        raise StoreError(
+            f"the store at {display_path(path)} was trained on other data: {', '.join(changed)} changed "
+            f"(then: {old.get('examples')} from {old.get('source')}; now: {new['examples']} from {new['source']}). "
+            "Its models do not answer this data. Point the profile back at the data it was made with, use another "
+            f"profile name (or results_dir), or delete {display_path(path)} to start afresh."
+        )
 
 
 def subset_store_path(cfg: Config) -> Path:
@@ -57,11 +106,14 @@ def repair_command(cfg: Config) -> str:
 
 
 def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
-    """Open (or create) the stage-1 store, checking it matches the config and every finished row verifies.
+    """Open (or create) the stage-1 store, checking it matches the config and data and every finished row verifies.
 
     With `create=False` (every stage that only reads it, and `check`) the store is opened read-only.
     """
-    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, meta = subset_store_spec(cfg, data)
+    old = stored_meta(subset_store_path(cfg))
+    if old is not None:
+        check_same_data(subset_store_path(cfg), old, data)
     store = Store.open(subset_store_path(cfg), spec, meta, create=create, fix=repair_command(cfg))
     bad = wrong_masks(cfg, store)
     if len(bad):
@@ -82,7 +134,7 @@ def wrong_masks(cfg: Config, store: Store) -> np.ndarray:
 
 def repair_subset_store(cfg: Config, data: Dataset) -> list[int]:
     """Clear the completed flags of the stage-1 rows that fail their checksums or masks; returns them."""
-    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, meta = subset_store_spec(cfg, data)
     path = subset_store_path(cfg)
     if (path / "spec.json").exists():
         try:

@@ -355,7 +355,7 @@ BAD_VALUES = [
     {"batch_size": -1},
     {"workers": 0},
     {"group_size": 0},
-    {"arch": "vit_tiny_patch16_224"},
+    {"arch": "vit_tiny_patch16_224", "width": None},
     {"arch": "resnet9000"},
     {"dataset": "imagenet21k"},
     {"subset_ratio": 1.0},

@@ -69,7 +69,7 @@ def run_cli(tmp_path, capsys, changes: dict, command: str = "train") -> str:
         ({"num_models": 100_000_000}, "num_models must be at most 1,000,000"),
         ({"width": 100_000_000}, "width must be at most 1,048,576"),
         ({"width": 1_000_000}, "parameters; 8 models at once (group_size x workers) need at least"),
-        ({"arch": "vit_tiny_patch16_224"}, "arch 'vit_tiny_patch16_224' does not accept 1x8x8 images of digits"),
+        ({"arch": "vit_tiny_patch16_224", "width": None}, "arch 'vit_tiny_patch16_224' does not accept 1x8x8 images of digits"),
     ],
 )
 def test_bad_config_fails_before_training_and_writes_nothing(tmp_path, capsys, finished, changes, message):

@@ -142,7 +142,7 @@ def test_planted_influence_through_the_store(tmp_path):
 
 
 def _fill(tmp_path, cfg, data, learner) -> Store:
-    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, meta = subset_store_spec(cfg, data)
     store = Store.open(tmp_path / "store", spec, meta)
     jobs = subset_jobs(cfg, data.n_train, range(cfg.num_models))
     run_jobs(store, jobs, cfg, data, learner=learner)
