@@ -8,14 +8,19 @@ PROFILE ?= digits
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-OUT := results/$(PROFILE)
+MEMLIB := $(PY) -m memlib
+PAPERMILL ?= $(PY) -m papermill
+JUPYTER ?= $(VENV)/bin/jupyter
 STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures 05_validate
 PYTHON ?= python3
+# PROFILE is a name in configs/ or a path to a YAML file; memlib says where its results go (<results_dir>/<profile>)
+# and writes the papermill parameters, so that every target uses the same folder and the same values as memlib.
+NEED_PROFILE = @test -n "$(strip $(PROFILE))" || { echo "error: PROFILE is empty: give a profile name or YAML path"; exit 2; }
 
 .PHONY: help setup reproduce report check test lint format lab bench clean-results
 
 help: ## list the targets
-	@echo "usage: make TARGET [PROFILE=name]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
+	@echo "usage: make TARGET [PROFILE=name or path/to/profile.yaml]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -26,25 +31,29 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with everything (make reproduce and make test do this themselves)
 
-check: $(STAMP) ## validate configs/$(PROFILE).yaml, its data and any existing store; writes nothing
-	$(PY) -m memlib check $(PROFILE)
+check: $(STAMP) ## validate PROFILE, its data and every stage's store; writes nothing
+	$(NEED_PROFILE)
+	$(MEMLIB) check "$(PROFILE)"
 
-reproduce: $(STAMP) ## run the whole study on PROFILE (default digits) and render results/PROFILE/report.html
+reproduce: $(STAMP) ## run the whole study on PROFILE (default digits) and render <results>/PROFILE/report.html
+	$(NEED_PROFILE)
 	@start=$$(date +%s); \
-	$(PY) -m memlib check $(PROFILE); \
-	mkdir -p $(OUT); \
+	trap 'echo; echo "interrupted: rerun to resume ($$($(MEMLIB) kept "$(PROFILE)") models kept)"; exit 130' INT TERM; \
+	$(MEMLIB) check "$(PROFILE)"; \
+	out=$$($(MEMLIB) out-dir "$(PROFILE)" --params parameters.yaml); \
 	for nb in $(STAGES); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  $(PY) -m papermill notebooks/$$nb.ipynb $(OUT)/$$nb.ipynb -f configs/$(PROFILE).yaml \
+	  $(PAPERMILL) notebooks/$$nb.ipynb "$$out/$$nb.ipynb" -f "$$out/parameters.yaml" \
 	    --cwd notebooks --no-progress-bar --log-output 2>&1 \
 	    | { grep --line-buffered -E "model/s|s/model|Error|Exception" || true; } \
-	    || { echo "!! $$nb failed: open $(OUT)/$$nb.ipynb to see where"; exit 1; }; \
+	    || { echo "!! $$nb failed: open $$out/$$nb.ipynb to see where"; exit 1; }; \
 	done; \
-	$(PY) -m memlib report $(PROFILE); \
-	echo "== done in $$(( $$(date +%s) - start )) s: $(OUT)/report.html"
+	$(MEMLIB) report "$(PROFILE)"; \
+	echo "== done in $$(( $$(date +%s) - start )) s: $$out/report.html"
 
-report: $(STAMP) ## re-render results/PROFILE/report.html from the executed notebooks
-	$(PY) -m memlib report $(PROFILE)
+report: $(STAMP) ## re-render <results>/PROFILE/report.html from the executed notebooks
+	$(NEED_PROFILE)
+	$(MEMLIB) report "$(PROFILE)"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(PY) -m ruff check .
@@ -57,12 +66,21 @@ format: $(STAMP) ## apply ruff's formatting and fixes
 test: $(STAMP) lint ## lint, then the test suite (CPU only, a few minutes)
 	$(PY) -m pytest
 
-lab: $(STAMP) ## open JupyterLab on the notebooks with the venv's kernel
-	$(VENV)/bin/jupyter lab notebooks/
+lab: $(STAMP) ## JupyterLab on the notebooks, prepared with PROFILE's parameters, in <results>/PROFILE/lab
+	$(NEED_PROFILE)
+	@lab=$$($(MEMLIB) out-dir "$(PROFILE)" --params lab/parameters.yaml)/lab; \
+	for nb in $(STAGES); do \
+	  if [ -e "$$lab/$$nb.ipynb" ]; then echo "kept $$lab/$$nb.ipynb (delete it to prepare it afresh)"; \
+	  else $(PAPERMILL) --prepare-only notebooks/$$nb.ipynb "$$lab/$$nb.ipynb" -f "$$lab/parameters.yaml" \
+	    --no-progress-bar 2>/dev/null && echo "prepared $$lab/$$nb.ipynb"; fi; \
+	done; \
+	root=$$([ "$$(id -u)" = 0 ] && echo --allow-root || true); \
+	$(JUPYTER) lab $$root --notebook-dir="$$lab"
 
 bench: $(STAMP) ## benchmark scripts: speed ratios measured side by side (a few minutes)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/estimate_scale.py
 
-clean-results: ## delete results/PROFILE (its store too: finished models are lost)
-	rm -rf $(OUT)
+clean-results: $(STAMP) ## delete <results>/PROFILE (its stores too: finished models are lost), nothing else
+	$(NEED_PROFILE)
+	$(MEMLIB) clean "$(PROFILE)"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import memlib  # noqa: E402
 from memlib.data import Dataset  # noqa: E402
 from memlib.design import subset_jobs  # noqa: E402
-from memlib.engine import NeuralLearner, resolve_device  # noqa: E402
+from memlib.engine import NeuralLearner, batch_bounds, resolve_device  # noqa: E402
 
 PATHS = ("loop", "previous", "engine")
 
@@ -138,11 +138,13 @@ def run_path(path: str, cfg: memlib.Config, data: Dataset, runs, steps: int | No
         return loop_path(cfg, data, runs, device)
     if path == "previous":
         learner = NeuralLearner(cfg, data, precision="fp32", path="single")
-        return [learner.fit_eval(idx, seed).test_correct.mean() for idx, seed in runs]
-    learner = NeuralLearner(cfg, data, path=None if path == "engine" else path.split(":")[1])
+        group_size = 1
+    else:
+        learner = NeuralLearner(cfg, data, path=None if path == "engine" else path.split(":")[1])
+        group_size = cfg.group_size
     accs = []
-    for s in range(0, len(runs), cfg.group_size):
-        group = runs[s : s + cfg.group_size]
+    for s in range(0, len(runs), group_size):
+        group = runs[s : s + group_size]
         if steps is None:
             accs += [o.test_correct.mean() for o in learner.fit_eval_group(group)]
         else:
@@ -218,7 +220,7 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=16, help="models per path (default 16)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="default: 10 (the recipe), 30 (--synthetic-cifar)")
     parser.add_argument("--arch", default=None, help="a timm name (default: the recipe's MLP)")
     parser.add_argument("--synthetic-cifar", action="store_true", help="32x32x3 random images, the cifar network")
     parser.add_argument("--steps", type=int, default=None, help="train only this many steps per group (timing)")
@@ -229,6 +231,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads per process (default cores / procs)")
     parser.add_argument("--paths", default=None, help="comma list, e.g. loop,previous,engine,engine:vmap")
     args = parser.parse_args()
+    args.epochs = args.epochs or (30 if args.synthetic_cifar else 10)
     cfg, data = recipe(args)
     device = resolve_device(cfg.device)
     procs = args.procs or (1 if device.type == "cuda" else (os.cpu_count() or 1))
@@ -243,10 +246,14 @@ def main() -> None:
     peak = measure(args, "peak", procs)
     print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     flops = flops_per_model(cfg, data, args.steps)
+    per_model = cfg.epochs * len(batch_bounds(round(cfg.subset_ratio * data.n_train), cfg.batch_size))
+    if args.steps:
+        print(f"timing {args.steps} steps per model of {per_model}: models/hour extrapolated from them (training "
+              "only, no evaluation)")  # fmt: skip
     rows = {}
     for path in paths:
         r = measure(args, path, procs)
-        rate = args.models / r["wall"] * 3600
+        rate = args.models / r["wall"] * 3600 * (args.steps / per_model if args.steps else 1)
         peak_used = peak["bf16"] if path.startswith("engine") and engine.precision == "bf16" else peak["fp32"]
         frac = flops * args.models / r["wall"] / peak_used
         acc = float(np.mean(r["accs"])) if r["accs"] else float("nan")

@@ -4,54 +4,54 @@ Stages, and the modules that serve them (imports run one way, left to right):
 config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
 Stage 5 adds noise (label flips, applied by data.load_dataset), signals (recorded by the engine), peers and
 validation (after estimation) and plots_validation.
+
+The names below load their module on first use, so `import memlib` is light (a spawned worker imports it
+before it can arm its parent-death signal; see memlib.lifeline).
 """
 
+import importlib
 import warnings
 
 # tqdm.auto (imported by timm's hub code) warns in notebooks without ipywidgets; memlib's bars are plain text.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .checks import check
-from .config import Config, ConfigError, load_profile
-from .data import DataError, Dataset, load_dataset
-from .engine import NearestNeighbourLearner, NeuralLearner
-from .estimation import (
-    Estimates,
-    compare_published,
-    estimate,
-    high_influence_pairs,
-    influence,
-    memorization,
-    se_curve,
-    split_half,
-)
-from .experiments import marginal_utility
-from .runner import open_subset_store, train_subsets
-from .store import Store, StoreError
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "Estimates",
-    "NearestNeighbourLearner",
-    "NeuralLearner",
-    "Store",
-    "StoreError",
-    "check",
-    "compare_published",
-    "estimate",
-    "high_influence_pairs",
-    "influence",
-    "load_dataset",
-    "load_profile",
-    "marginal_utility",
-    "memorization",
-    "open_subset_store",
-    "se_curve",
-    "split_half",
-    "train_subsets",
-]
+_HOME = {
+    "check": "checks",
+    "Config": "config",
+    "ConfigError": "config",
+    "load_profile": "config",
+    "DataError": "data",
+    "Dataset": "data",
+    "load_dataset": "data",
+    "NearestNeighbourLearner": "engine",
+    "NeuralLearner": "engine",
+    "Estimates": "estimation",
+    "compare_published": "estimation",
+    "estimate": "estimation",
+    "high_influence_pairs": "estimation",
+    "influence": "estimation",
+    "memorization": "estimation",
+    "se_curve": "estimation",
+    "split_half": "estimation",
+    "marginal_utility": "experiments",
+    "open_subset_store": "runner",
+    "train_subsets": "runner",
+    "Store": "store",
+    "StoreError": "store",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'memlib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])

@@ -1,25 +1,124 @@
-"""Command line: `python -m memlib {check,train,report} PROFILE`."""
+"""Command line: `python -m memlib COMMAND PROFILE`, PROFILE a name in configs/ or a path to a YAML file.
+
+check, train, repair and report are for people; out-dir, kept and clean serve the Makefile, so that every
+target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import sys
+from fnmatch import fnmatch
+from pathlib import Path
 
-from .config import ConfigError, load_profile
-from .data import DataError
-from .store import StoreError
+# memlib's modules are imported inside main(): a spawned worker imports this module (as the parent's main)
+# before it arms its parent-death signal, so it must stay light (see memlib.lifeline).
+
+
+def parse_rows(text: str, num_models: int) -> range:
+    """`START:STOP` with 0 <= START < STOP <= num_models; ConfigError otherwise."""
+    from .config import ConfigError
+
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise ConfigError(f"--rows must be START:STOP (two whole numbers, e.g. 0:{num_models}), got {text!r}")
+    start, stop = int(match[1]), int(match[2])
+    if not start < stop <= num_models:
+        raise ConfigError(f"--rows {text}: need START < STOP <= num_models ({num_models}), e.g. 0:{num_models}")
+    return range(start, stop)
+
+
+# What memlib writes in <results_dir>/<profile>; `clean` removes a folder only if it holds nothing else.
+RESULT_NAMES = (
+    "store",
+    "store.creating",
+    "retrain",
+    "retrain.*",
+    "figures",
+    "lab",
+    "*.ipynb",
+    "*.json",
+    "*.npz",
+    "*.csv",
+    "*.html",
+    "parameters.yaml",
+)
+
+
+def models_kept(cfg) -> int:
+    """Finished models in the profile's stores (stage 1 and stage 3), read from their completed-masks."""
+    import numpy as np
+
+    from .store import COMPLETED
+
+    kept = 0
+    for store in ("store", "retrain"):
+        file = cfg.out_dir / store / f"{COMPLETED}.npy"
+        if file.exists():
+            try:
+                kept += int(np.count_nonzero(np.load(file, mmap_mode="r")))
+            except (OSError, ValueError):
+                pass
+    return kept
+
+
+def write_params(cfg, path: Path) -> Path:
+    """Every key of the config as plain YAML (numbers as numbers), for `papermill -f`."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
+def clean(cfg) -> str:
+    """Remove <results_dir>/<profile> and nothing else; refuse anything that is not exactly such a folder."""
+    from .config import ConfigError, display_path, project_root, resolve
+
+    out = cfg.out_dir
+    results = resolve(cfg.results_dir).resolve()
+    if out.is_symlink():
+        raise ConfigError(f"{out} is a symbolic link; remove it by hand if you mean to")
+    out = out.resolve()
+    root = project_root().resolve()
+    if out.parent != results or out.name != cfg.profile or out == root or root.is_relative_to(out):
+        raise ConfigError(f"refusing to remove {out}: it is not <results_dir>/<profile> ({results}/{cfg.profile})")
+    if not out.exists():
+        return f"nothing to remove: {display_path(out)} does not exist"
+    foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch(p.name, pat) for pat in RESULT_NAMES))
+    if foreign:
+        raise ConfigError(
+            f"refusing to remove {out}: it holds {', '.join(foreign[:5])}, which memlib does not write. "
+            "Remove it by hand if you mean to."
+        )
+    shutil.rmtree(out)
+    return f"removed {display_path(out)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="validate a profile before any long work (writes nothing)")
+    p_check = sub.add_parser("check", help="validate a profile, its data and every stage's store (writes nothing)")
     p_train = sub.add_parser("train", help="stage 1 without a notebook, e.g. one worker of many on a cluster")
     p_train.add_argument("--rows", default=None, help="START:STOP, the run indices this worker trains")
-    p_report = sub.add_parser("report", help="render results/<profile>/report.html from executed notebooks")
-    for p in (p_check, p_train, p_report):
+    p_repair = sub.add_parser("repair", help="clear the completed flags of stored rows that fail verification")
+    p_report = sub.add_parser("report", help="render <results_dir>/<profile>/report.html from executed notebooks")
+    p_out = sub.add_parser("out-dir", help="print the folder this profile's results go to")
+    p_out.add_argument("--params", metavar="FILE", help="also write every parameter as YAML to FILE in that folder")
+    p_kept = sub.add_parser("kept", help="print how many finished models the profile's stores hold")
+    p_clean = sub.add_parser("clean", help="delete <results_dir>/<profile> (finished models too) and nothing else")
+    for p in (p_check, p_train, p_repair, p_report, p_out, p_kept, p_clean):
         p.add_argument("profile", help="a name in configs/ (e.g. digits) or a path to a YAML file")
     args = parser.parse_args(argv)
+
+    from .config import ConfigError, display_path, load_profile
+    from .data import DataError
+    from .store import StoreError
+
+    cfg = None
     try:
         cfg = load_profile(args.profile)
         if args.command == "check":
@@ -27,25 +126,57 @@ def main(argv: list[str] | None = None) -> int:
 
             info = check(cfg)
             print(f"profile '{cfg.profile}' is ready:")
+            width = max(map(len, info)) + 2
             for k, v in info.items():
-                print(f"  {k:<38} {v}")
+                print(f"  {k:<{width}} {v}")
         elif args.command == "train":
             from .checks import check
             from .data import load_dataset
             from .runner import train_subsets
 
+            rows = parse_rows(args.rows, cfg.num_models) if args.rows is not None else None
             data = load_dataset(cfg)
             check(cfg, data)
-            rows = None
-            if args.rows:
-                start, stop = (int(x) if x else None for x in args.rows.split(":"))
-                rows = range(cfg.num_models)[slice(start, stop)]
             store = train_subsets(cfg, data, rows=rows)
-            print(f"{store.done()} of {store.rows} models finished in {store.path}")
+            print(
+                f"{store.done()} of {store.rows} models finished in {display_path(store.path)} "
+                f"({store.trained} trained here)"
+            )
+        elif args.command == "repair":
+            from .data import load_dataset
+            from .runner import repair_subset_store, subset_store_path
+            from .store import Store, describe_rows
+
+            repaired = {subset_store_path(cfg): repair_subset_store(cfg, load_dataset(cfg))}
+            if (cfg.out_dir / "retrain").is_dir():  # stage 3's store: its own spec says what it holds
+                repaired[cfg.out_dir / "retrain"] = Store.repair(cfg.out_dir / "retrain")
+            for path, cleared in repaired.items():
+                if cleared:
+                    print(
+                        f"{display_path(path)}: cleared {len(cleared)} rows that failed verification: "
+                        f"{describe_rows(cleared)}"
+                    )
+                else:
+                    print(f"{display_path(path)}: every finished row verifies; nothing to clear")
+            if any(repaired.values()):
+                print(f"Rerun training (`python -m memlib train {args.profile}`, or the notebooks) to redo just those.")
         elif args.command == "report":
             from .report import render_report
 
-            print(render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'"))
+            path = render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'")
+            print(display_path(path))
+        elif args.command == "out-dir":
+            if args.params:
+                write_params(cfg, cfg.out_dir / args.params)
+            print(cfg.out_dir)
+        elif args.command == "kept":
+            print(models_kept(cfg))
+        elif args.command == "clean":
+            print(clean(cfg))
+    except KeyboardInterrupt:
+        kept = models_kept(cfg) if cfg is not None else 0
+        print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)
+        return 130
     except (ConfigError, DataError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

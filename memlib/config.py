@@ -1,8 +1,9 @@
 """Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
 
 The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
-every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields, which
-is exactly what `papermill -f configs/<profile>.yaml` does to a notebook's parameters cell.
+every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields; `make`
+hands the notebooks every field of the loaded profile (`python -m memlib out-dir PROFILE --params FILE`
+writes them for `papermill -f`), so the notebooks get exactly what `check` checked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,19 @@ AUGMENTS = ("none", "flip_crop")
 MASK_DESIGNS = ("random", "balanced")
 ENGINES = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a profile: one folder name, no '/', '.' or '..'
+# Inclusive upper bounds of the counts: far above any real run, low enough to refuse a typo before work.
+MAXIMA = {
+    "num_models": 1_000_000,
+    "epochs": 100_000,
+    "batch_size": 1_000_000,
+    "workers": 1024,
+    "retrain_models": 100_000,
+    "min_out": 1_000_000,
+    "group_size": 4096,
+    "width": 1 << 20,
+    "show_examples": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -39,17 +54,20 @@ class Config:
     results_dir: str = "results"
     # data
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = None  # folder of a named or torchvision dataset (an explicit folder must exist)
+    data_path: str | None = None  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
+    image_size: int | None = None  # imagefolder (and torchvision datasets of PIL images): resize to this square
     train_size: int | None = None
     download: bool = False
     label_noise: float = 0.0  # fraction of the training pool whose label is flipped to another class (seeded)
     # subset training (stage 1)
     arch: str = "mem_mlp"
-    width: int = 256
-    num_models: int = 1000
+    model_module: str | None = None  # a Python file whose @register_model functions add architectures to timm
+    width: int | None = 256  # passed to architectures that take `width`; null for those that do not
+    num_models: int = 2000
     subset_ratio: float = 0.7
     mask_design: str = "random"
-    min_out: int = 200
+    min_out: int = 400
     seed: int = 0
     epochs: int = 20
     batch_size: int = 64
@@ -96,7 +114,7 @@ class Config:
                 close = difflib.get_close_matches(k, cls.keys(), n=1)
                 hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
-        cfg = cls(**values)
+        cfg = cls(**_numbers_from_strings(values))
         cfg.validate()
         return cfg
 
@@ -125,8 +143,21 @@ class Config:
     def validate(self) -> None:
         """Check types and ranges of every field; raise ConfigError naming the field and the fix."""
         _check_types(self)
-        if not self.profile or "/" in self.profile:
-            raise ConfigError(f"profile must be a plain name, got {self.profile!r}")
+        if not PLAIN_NAME.fullmatch(self.profile):
+            raise ConfigError(
+                f"profile must be a plain name (letters, digits, '_', '-'; no '/', '.' or '..'), got {self.profile!r}"
+            )
+        for name, value in self.to_dict().items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        for name, top in MAXIMA.items():
+            if getattr(self, name) is not None and getattr(self, name) > top:
+                raise ConfigError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be a whole number in [0, 2**63), got {self.seed}")
+        if self.show_examples < 1:
+            raise ConfigError(f"show_examples must be at least 1 (examples in the figures), got {self.show_examples}")
         if not 0.0 < self.subset_ratio < 1.0:
             raise ConfigError(
                 f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
@@ -138,16 +169,18 @@ class Config:
             raise ConfigError(
                 f"retrain_models must be at least 2 so that confidence intervals exist, got {self.retrain_models}"
             )
-        if self.train_size is not None and self.train_size < 10:
-            raise ConfigError(f"train_size must be null (the whole training set) or at least 10, got {self.train_size}")
-        if self.width < 1:
+        if self.train_size is not None and not 10 <= self.train_size <= 100_000_000:
+            raise ConfigError(
+                f"train_size must be null (the whole training set) or in [10, 100,000,000], got {self.train_size}"
+            )
+        if self.width is not None and self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"lr must lie in (0, 10] (the profiles use 0.01-0.4), got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"weight_decay must lie in [0, 1), got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         choices = (
@@ -193,10 +226,13 @@ class Config:
 # Fields that decide the subset models (and so the contents of the stage-1 store).
 TRAINING_KEYS = (
     "dataset",
+    "data_path",
+    "image_size",
     "train_size",
     "label_noise",
     "mask_design",
     "arch",
+    "model_module",
     "width",
     "num_models",
     "subset_ratio",
@@ -220,6 +256,28 @@ TRAINING_KEYS = (
 def _fingerprint(values: dict[str, Any]) -> str:
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _numbers_from_strings(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers that YAML 1.1 reads as strings (`1e-3`, `5e4`) for number fields; other values unchanged."""
+    hints = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = hints.get(name, "")
+        if kind in ("float", "list[float]"):
+            items = value if kind == "list[float]" and isinstance(value, list) else [value]
+            items = [float(v) if isinstance(v, str) and NUMBER.fullmatch(v.strip()) else v for v in items]
+            out[name] = items if kind == "list[float]" and isinstance(value, list) else items[0]
+        elif kind in ("int", "int | None") and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            number = float(value)
+            if math.isfinite(number) and number == int(number):
+                out[name] = int(number)
+        elif kind in ("int", "int | None") and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)  # 4e1, which YAML 1.2 (and memlib's loader) reads as a float
+    return out
 
 
 def _check_types(cfg: Config) -> None:
@@ -266,9 +324,11 @@ def resolve(path: str | Path) -> Path:
 
 def profile_path(profile: str) -> Path:
     """Path of configs/<profile>.yaml, or a ConfigError that lists the profiles there are."""
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
+    path = Path(profile).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist: give a name in configs/ or a path to a YAML file")
+        return path.resolve()
     configs = project_root() / "configs"
     path = configs / f"{profile}.yaml"
     if not path.exists():
@@ -277,16 +337,49 @@ def profile_path(profile: str) -> Path:
     return path
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that numbers such as 1e-3 (no dot) are floats, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents, with 1e-3 read as a number."""
+    return yaml.load(Path(path).read_text(), Loader=_Loader)
+
+
 def load_profile(profile: str) -> Config:
     """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
     path = profile_path(profile)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must be a mapping of parameter names to values")
+    if not PLAIN_NAME.fullmatch(path.stem):
+        raise ConfigError(f"{path}: a profile file's name must be plain (no '/', '.' or '..'), got {path.stem!r}")
     if values.get("profile", path.stem) != path.stem:
         raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
     values["profile"] = path.stem
     return Config.from_dict(values, source=str(path))
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the project root, or under ~, never the machine's home folder."""
+    path = Path(path).expanduser().resolve()
+    for base, prefix in ((project_root().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return prefix + (str(rel) if str(rel) != "." else "") or "."
+    return str(path)

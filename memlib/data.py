@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
+import importlib
+import importlib.util
+import inspect
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, resolve
+from .config import Config, ConfigError, display_path, resolve
 
 
 class DataError(RuntimeError):
@@ -31,6 +36,7 @@ class Dataset:
     train_index: np.ndarray
     test_index: np.ndarray
     classes: list[str]
+    source: str = ""  # what was read: files or folder (shown by `check` and recorded by the store)
 
     @property
     def n_train(self) -> int:
@@ -54,10 +60,30 @@ class Dataset:
         std = self.x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
         return (self.x_train - mean) / std, (self.x_test - mean) / std
 
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, str]:
+        """Hashes of the labels and images of each split (computed once per load); a store remembers them."""
+        parts = {
+            "train labels": self.y_train,
+            "train images": self.x_train,
+            "test labels": self.y_test,
+            "test images": self.x_test,
+            "original indices": np.concatenate([self.train_index, self.test_index]),
+        }
+        out = {}
+        for what, a in parts.items():
+            a = np.ascontiguousarray(a)
+            h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())  # sha256: hardware-accelerated on most CPUs
+            h.update(memoryview(a).cast("B"))
+            out[what] = h.hexdigest()[:16]
+        out["classes"] = hashlib.sha256("\n".join(self.classes).encode()).hexdigest()[:16]
+        return out
+
     def describe(self) -> dict:
         """A one-row summary for display."""
         return {
             "dataset": self.name,
+            "read from": self.source or "(not recorded)",
             "train examples": self.n_train,
             "test examples": self.n_test,
             "image shape": "x".join(map(str, self.image_shape)),
@@ -104,6 +130,7 @@ def load_digits_dataset(cfg: Config | None = None) -> Dataset:
         train_index=train_index,
         test_index=test_index,
         classes=[str(c) for c in range(10)],
+        source="scikit-learn's load_digits (inside the package)",
     )
 
 
@@ -170,14 +197,17 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
 
 
 def _candidate_dirs(cfg: Config | None, folder: str, debian_dir: str | None) -> list[Path]:
-    roots = [resolve(cfg.data_dir)] if cfg is not None and cfg.data_dir else []
-    if os.environ.get(DATA_ENV):
-        roots.append(Path(os.environ[DATA_ENV]).expanduser())
+    """Where to look: an explicit data_dir only (never elsewhere); else $MEMLIB_DATA_DIR, then the system folder."""
+    if cfg is not None and cfg.data_dir:
+        roots, system = [resolve(cfg.data_dir)], None
+    else:
+        roots = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
+        system = debian_dir
     dirs = []
     for root in roots:
         dirs += [root / folder / "raw", root / folder, root]
-    if debian_dir:
-        dirs.append(Path(debian_dir))
+    if system:
+        dirs.append(Path(system))
     return dirs
 
 
@@ -232,17 +262,22 @@ def _pool(n_total: int, train_size: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(POOL_SEED).choice(n_total, size=train_size, replace=False))
 
 
-def _as_dataset(name, x_train, y_train, x_test, y_test, classes, train_size) -> Dataset:
+def _as_dataset(
+    name, x_train, y_train, x_test, y_test, classes, train_size, source="", train_index=None, test_index=None
+) -> Dataset:
     pool = _pool(len(y_train), train_size)
+    train_index = np.arange(len(y_train)) if train_index is None else np.asarray(train_index, dtype=np.int64)
+    test_index = np.arange(len(y_test)) if test_index is None else np.asarray(test_index, dtype=np.int64)
     return Dataset(
         name=name,
         x_train=np.ascontiguousarray(x_train[pool]),
         y_train=y_train[pool].astype(np.int64),
         x_test=x_test,
         y_test=y_test.astype(np.int64),
-        train_index=pool,
-        test_index=np.arange(len(y_test)),
+        train_index=train_index[pool],
+        test_index=test_index,
         classes=list(classes),
+        source=source,
     )
 
 
@@ -256,7 +291,8 @@ def load_idx_dataset(key: str, cfg: Config | None = None) -> Dataset:
             raise DataError(f"{d}: {split} images {images.shape} and labels {labels.shape} do not match")
         arrays[split] = ((images.astype(np.float32) / 255.0)[:, None], labels)
     (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
-    return _as_dataset(key, x_tr, y_tr, x_te, y_te, IDX_SOURCES[key].classes, cfg.train_size if cfg else None)
+    classes = IDX_SOURCES[key].classes
+    return _as_dataset(key, x_tr, y_tr, x_te, y_te, classes, cfg.train_size if cfg else None, display_path(d))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,7 +418,256 @@ def load_cifar_dataset(key: str, cfg: Config | None = None, checksums: dict[str,
     x_te, y_te = split(lay["test"])
     names = load_checked_pickle(d / lay["meta"], checksums[lay["meta"]])[lay["names"]]
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return _as_dataset(key, x_tr, y_tr, x_te, y_te, names, cfg.train_size if cfg else None)
+    return _as_dataset(key, x_tr, y_tr, x_te, y_te, names, cfg.train_size if cfg else None, display_path(d))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Your own data: an .npz file, an ImageFolder tree, any torchvision dataset class, or your own function
+# ---------------------------------------------------------------------------------------------------
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+CHANNELS = (1, 3, 4)
+
+
+def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
+    """float32 (N, C, H, W) from (N, H, W), (N, H, W, C), (N, C, H, W) or feature vectors (N, D) -> (N, D, 1, 1).
+
+    uint8 values are divided by 255; other numbers are kept as they are (training standardizes each channel).
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "uifb":
+        raise DataError(f"{what} must be numbers, got dtype {x.dtype}")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    if x.ndim == 2:  # feature vectors: one channel per feature, so per-channel standardization is per feature
+        x = x[:, :, None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        first, last = x.shape[1] in CHANNELS, x.shape[3] in CHANNELS
+        if last and (not first or (x.shape[1] == x.shape[2] and x.shape[2] != x.shape[3])):
+            x = x.transpose(0, 3, 1, 2)
+        elif not first:
+            raise DataError(
+                f"{what} {x.shape}: cannot tell the channel axis. Give images as (N, H, W), (N, H, W, C) or "
+                f"(N, C, H, W) with C in {CHANNELS}, or feature vectors as (N, D)"
+            )
+    else:
+        raise DataError(f"{what} must be (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W); got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32) / np.float32(scale)
+
+
+def as_labels(y_train: np.ndarray, y_test: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """int64 labels of both splits and the class names; string labels are numbered in sorted order."""
+    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+    if y_train.dtype.kind in "US":
+        names = sorted(set(y_train.tolist()) | set(y_test.tolist()))
+        lookup = {n: i for i, n in enumerate(names)}
+        y_train = np.array([lookup[v] for v in y_train.tolist()], dtype=np.int64)
+        y_test = np.array([lookup[v] for v in y_test.tolist()], dtype=np.int64)
+        classes = names if classes is None else classes
+    elif y_train.dtype.kind not in "iu" or y_test.dtype.kind not in "iu":
+        raise DataError(f"labels must be integers 0..K-1 or strings, got dtypes {y_train.dtype} and {y_test.dtype}")
+    if classes is None:
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        classes = [str(c) for c in range(top + 1)]
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(classes).reshape(-1).tolist()]
+    for split, y in (("train", y_train), ("test", y_test)):
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(f"{split} labels lie in [{y.min()}, {y.max()}] but there are {len(classes)} classes")
+    return y_train.astype(np.int64), y_test.astype(np.int64), classes
+
+
+def _data_path(cfg: Config, kind: str) -> Path:
+    if not cfg.data_path:
+        example = "data_path: data/mine.npz" if kind == "npz" else "data_path: data/mine (with train/ and test/)"
+        raise ConfigError(f"dataset: {cfg.dataset} reads your own data: set {example} in the profile")
+    path = resolve(cfg.data_path)
+    ok = path.is_file() if kind == "npz" else path.is_dir()
+    if not ok:
+        raise DataError(
+            f"data_path: {path} {'is not a file' if path.exists() else 'does not exist'}"
+            f" (dataset: {cfg.dataset}; relative paths are taken from the project root)"
+        )
+    return path
+
+
+def load_npz_dataset(cfg: Config) -> Dataset:
+    """Your arrays in one .npz: x_train, y_train, x_test, y_test; optional classes, train_index, test_index."""
+    path = _data_path(cfg, "npz")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc}); write it with numpy.savez") from exc
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; it holds {', '.join(sorted(arrays)) or 'nothing'}")
+    x_train, x_test = as_images(arrays["x_train"], "x_train"), as_images(arrays["x_test"], "x_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{path}: x_train examples are {x_train.shape[1:]}, x_test examples {x_test.shape[1:]}")
+    y_train, y_test, classes = as_labels(arrays["y_train"], arrays["y_test"], arrays.get("classes"))
+    return _as_dataset(
+        path.stem,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        classes,
+        cfg.train_size,
+        display_path(path),
+        arrays.get("train_index"),
+        arrays.get("test_index"),
+    )
+
+
+def _read_images(files: list[Path], size: int | None, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                im = im.convert(mode)
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out.append(np.asarray(im, dtype=np.uint8))
+        except OSError as exc:
+            raise DataError(f"{file} is not a readable image ({exc})") from exc
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise DataError(f"images of different sizes ({sorted(shapes)[:3]} ...): set image_size: N to resize them")
+    return np.stack(out)
+
+
+def load_imagefolder_dataset(cfg: Config) -> Dataset:
+    """torchvision's ImageFolder layout: data_path/train/<class>/* and data_path/test/<class>/*, sorted by name."""
+    from PIL import Image
+
+    root = _data_path(cfg, "imagefolder")
+    files: dict[str, list[tuple[Path, str]]] = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder: the layout is {split}/<class name>/<image files>")
+        files[split] = [
+            (f, d.name)
+            for d in sorted(p for p in (root / split).iterdir() if p.is_dir())
+            for f in sorted(d.iterdir())
+            if f.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+        if not files[split]:
+            raise DataError(f"{root / split} holds no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
+    classes = sorted({c for _, c in files["train"]})
+    unknown = sorted({c for _, c in files["test"]} - set(classes))
+    if unknown:
+        raise DataError(f"{root}/test has classes that train/ lacks: {', '.join(unknown)}")
+    with Image.open(files["train"][0][0]) as first:
+        gray = first.mode in ("1", "L", "I", "I;16")
+    mode = "L" if gray else "RGB"
+    lookup = {c: i for i, c in enumerate(classes)}
+    x = {s: as_images(_read_images([f for f, _ in files[s]], cfg.image_size, mode)) for s in files}
+    y = {s: np.array([lookup[c] for _, c in files[s]], dtype=np.int64) for s in files}
+    return _as_dataset(
+        root.name, x["train"], y["train"], x["test"], y["test"], classes, cfg.train_size, display_path(root)
+    )
+
+
+def load_torchvision_dataset(cfg: Config) -> Dataset:
+    """`torchvision:<ClassName>`: any torchvision dataset taking root, train (or split) and download."""
+    import torchvision
+
+    cls_name = cfg.dataset.split(":", 1)[1]
+    cls = getattr(torchvision.datasets, cls_name, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"torchvision.datasets has no class {cls_name!r} (dataset: {cfg.dataset})")
+    params = inspect.signature(cls.__init__).parameters
+    if "root" not in params or not ({"train", "split"} & set(params)):
+        raise ConfigError(f"torchvision.datasets.{cls_name} takes no root and train/split arguments")
+    if not cfg.data_dir and not cfg.download:
+        raise ConfigError(f"dataset: {cfg.dataset} reads from data_dir: set data_dir (or download: true)")
+    root = _download_root(cfg)
+    splits = {}
+    for split in ("train", "test"):
+        kwargs: dict = {"train": split == "train"} if "train" in params else {"split": split}
+        if "download" in params:
+            kwargs["download"] = cfg.download
+        try:
+            ds = cls(str(root), **kwargs)
+        except (RuntimeError, OSError, ValueError) as exc:
+            hint = "" if cfg.download else "; with a network, set download: true to fetch it"
+            raise DataError(f"torchvision.datasets.{cls_name} could not load {split} from {root}: {exc}{hint}") from exc
+        splits[split] = _torchvision_arrays(ds, cfg.image_size)
+    (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
+    y_tr, y_te, classes = as_labels(y_tr, y_te, getattr(ds, "classes", None) or None)
+    return _as_dataset(cls_name, x_tr, y_tr, x_te, y_te, classes, cfg.train_size, display_path(root))
+
+
+def _torchvision_arrays(ds, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    labels = getattr(ds, "targets", None)
+    if labels is None:
+        labels = getattr(ds, "labels", None)
+    data = getattr(ds, "data", None)
+    if isinstance(data, (np.ndarray, torch.Tensor)) and labels is not None and size is None and len(data) == len(ds):
+        return as_images(np.asarray(data)), np.asarray(labels).reshape(-1)  # the arrays as they are on disk
+    xs, ys = [], []
+    for i in range(len(ds)):  # one example at a time: PIL images, resized to image_size if given
+        img, label = ds[i]
+        if hasattr(img, "convert") and img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        if size is not None and hasattr(img, "resize"):
+            img = img.resize((size, size))
+        xs.append(np.asarray(img))
+        ys.append(int(label))
+    return as_images(np.stack(xs)), np.array(ys, dtype=np.int64)
+
+
+def _import_file(path: Path, what: str):
+    """Import a Python file once per process (by its path), as a module of its own."""
+    path = path.resolve()
+    name = "memlib_user_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} does not exist (relative paths are taken from the project root)")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_user_module(ref: str, what: str):
+    """A module named by a file path (`my/data.py`) or a dotted name importable from the project root."""
+    if ref.endswith(".py") or "/" in ref:
+        return _import_file(resolve(ref), what)
+    root = str(resolve("."))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        return importlib.import_module(ref)
+    except ImportError as exc:
+        raise ConfigError(f"{what}: cannot import {ref!r} ({exc}); give a path to a .py file instead") from exc
+
+
+def load_user_dataset(cfg: Config) -> Dataset:
+    """`path/to/file.py:function` (or `module:function`): your function, given the config, returns a Dataset."""
+    ref, func_name = cfg.dataset.rsplit(":", 1)
+    module = import_user_module(ref, f"dataset: {cfg.dataset}")
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(f"dataset: {cfg.dataset}: {ref} has no function {func_name!r}")
+    data = func(cfg) if inspect.signature(func).parameters else func()
+    if not isinstance(data, Dataset):
+        raise DataError(f"{cfg.dataset} returned {type(data).__name__}, not a memlib.Dataset")
+    if not data.source:
+        data.source = f"{cfg.dataset}()"
+    return data
 
 
 LOADERS: dict[str, Callable[[Config | None], Dataset]] = {
@@ -391,15 +676,38 @@ LOADERS: dict[str, Callable[[Config | None], Dataset]] = {
     "mnist": lambda cfg=None: load_idx_dataset("mnist", cfg),
     "cifar10": lambda cfg=None: load_cifar_dataset("cifar10", cfg),
     "cifar100": lambda cfg=None: load_cifar_dataset("cifar100", cfg),
+    "npz": load_npz_dataset,
+    "imagefolder": load_imagefolder_dataset,
 }
+OWN_DATA = "npz (data_path), imagefolder (data_path), torchvision:<ClassName> (data_dir), path/to/file.py:function"
+
+
+def loader_for(name: str) -> Callable[[Config], Dataset]:
+    """The loader a `dataset` value names, or a ConfigError listing what exists."""
+    if name in LOADERS:
+        return LOADERS[name]
+    if name.startswith("torchvision:"):
+        return load_torchvision_dataset
+    if ":" in name:
+        return load_user_dataset
+    raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(LOADERS))}; your own: {OWN_DATA}")
 
 
 def load_dataset(cfg: Config) -> Dataset:
-    """Load the dataset a config names, validated, with the config's label noise (if any) applied."""
-    if cfg.dataset not in LOADERS:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(sorted(LOADERS))}")
-    data = LOADERS[cfg.dataset](cfg)
+    """Load the dataset a config names, validated, with the config's label noise (if any) applied and its
+    fingerprint computed."""
+    loader = loader_for(cfg.dataset)
+    if cfg.data_dir and not cfg.download and not resolve(cfg.data_dir).is_dir():
+        raise DataError(
+            f"data_dir: {resolve(cfg.data_dir)} does not exist. Fix the path (relative paths are taken from the "
+            "project root), set data_dir: null to use the default places, or download: true to fetch the data there"
+        )
+    if cfg.data_path and cfg.dataset not in ("npz", "imagefolder") and not resolve(cfg.data_path).exists():
+        raise DataError(f"data_path: {resolve(cfg.data_path)} does not exist")
+    data = loader(cfg)
     data.validate()
     from .noise import with_label_noise  # lazily: noise draws its flips with design's seeds
 
-    return with_label_noise(cfg, data)
+    data = with_label_noise(cfg, data)
+    data.fingerprint  # noqa: B018  (computed once here, where the data is loaded: the noisy labels' hash)
+    return data

@@ -1,10 +1,13 @@
 """Small-input architectures, registered in timm's registry so that `timm.create_model(name)` builds them.
 
 Every model in the study is made by `timm.create_model`; besides the ones below, any timm architecture
-name works (it gets `num_classes` and `in_chans`).
+name works (it gets `num_classes` and `in_chans`), and so does a user's own, registered in the file that the
+`model_module` key names.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import timm
 import torch.nn as nn
@@ -99,19 +102,49 @@ def mem_resnet18(pretrained: bool = False, num_classes: int = 10, in_chans: int 
 MEMLIB_ARCHS = ("mem_mlp", "mem_mlp_mnist", "mem_cnn", "mem_resnet18")
 
 
-def check_arch(name: str) -> None:
-    """Raise ConfigError unless timm can build `name`."""
+def import_model_module(model_module: str | None) -> None:
+    """Import a user's Python file (once per process) so that its @register_model functions join timm's registry."""
+    if model_module:
+        from .data import import_user_module
+
+        import_user_module(model_module, f"model_module: {model_module}")
+
+
+def check_arch(name: str, model_module: str | None = None) -> None:
+    """Raise ConfigError unless timm can build `name` (after importing `model_module`, if given)."""
+    import_model_module(model_module)
     if not timm.is_model(name):
+        where = f" (and {model_module} registers no such name)" if model_module else ""
         raise ConfigError(
-            f"unknown architecture {name!r}: timm has no such model. memlib registers {', '.join(MEMLIB_ARCHS)}; "
-            "any other `timm.list_models()` name also works."
+            f"unknown architecture {name!r}: timm has no such model{where}. memlib registers "
+            f"{', '.join(MEMLIB_ARCHS)}; any other `timm.list_models()` name also works, and so does your own "
+            "function decorated with @timm.models.register_model in a file named by model_module."
         )
 
 
+def model_kwargs(cfg: Config, img_size: int) -> dict:
+    """Keyword arguments for the architecture's timm entry point: img_size and width where it names them.
+
+    `width` is passed to every architecture whose entry function has a `width` parameter (memlib's and yours);
+    for any other, a width other than null is an error rather than silently ignored.
+    """
+    params = inspect.signature(timm.models.model_entrypoint(cfg.arch)).parameters
+    kwargs: dict = {}
+    if "img_size" in params:
+        kwargs["img_size"] = img_size
+    if "width" in params:
+        if cfg.width is not None:
+            kwargs["width"] = cfg.width
+    elif cfg.width is not None:
+        raise ConfigError(
+            f"arch {cfg.arch!r} takes no width parameter, so width: {cfg.width} would be ignored. Set width: null "
+            "in the profile (or give your architecture a `width` argument)."
+        )
+    return kwargs
+
+
 def build_model(cfg: Config, in_chans: int, img_size: int, num_classes: int) -> nn.Module:
-    """`timm.create_model(cfg.arch, ...)`, passing width and image size to memlib's own architectures."""
-    check_arch(cfg.arch)
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans)
-    if cfg.arch in MEMLIB_ARCHS:
-        kwargs.update(img_size=img_size, width=cfg.width)
+    """`timm.create_model(cfg.arch, ...)` with num_classes, in_chans, and img_size and width where it takes them."""
+    check_arch(cfg.arch, cfg.model_module)
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg, img_size))
     return timm.create_model(cfg.arch, pretrained=False, **kwargs)

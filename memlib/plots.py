@@ -24,11 +24,17 @@ def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
 
 
 def _show_image(ax: plt.Axes, img: np.ndarray) -> None:
-    img = np.asarray(img)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray_r" if img.mean() < 0.5 else "gray", vmin=0, vmax=1)
+    """One (C, H, W) example: gray or RGB; a feature vector (D, 1, 1) as a strip; values outside [0, 1] rescaled."""
+    img = np.asarray(img, dtype=np.float32)
+    if img.min() < 0 or img.max() > 1:
+        img = (img - img.min()) / (np.ptp(img) + 1e-12)
+    if img.shape[1:] == (1, 1) and img.shape[0] > 1:
+        ax.imshow(img.reshape(1, -1), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    elif img.shape[0] in (3, 4):
+        ax.imshow(np.clip(img[:3].transpose(1, 2, 0), 0, 1))
     else:
-        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+        gray = img.mean(0)
+        ax.imshow(gray, cmap="gray_r" if gray.mean() < 0.5 else "gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import html
 import json
 import os
 import platform
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config, project_root
+from .config import Config, display_path, project_root
 from .estimation import Estimates
 
 STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
@@ -42,10 +44,22 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _ci(lo: float, hi: float) -> list[float]:
+    return [lo, hi]
+
+
 def summarize(
-    cfg: Config, est: Estimates, utility: pd.DataFrame, split: dict, subset_test_acc: np.ndarray
+    cfg: Config,
+    est: Estimates,
+    utility: pd.DataFrame,
+    split: dict,
+    subset_test_acc: np.ndarray,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
-    """The headline figures of a run, all computed from its artifacts."""
+    """The headline figures of a run, each with its uncertainty, all computed from its artifacts.
+
+    `data_name` (the loaded Dataset's name) is how the report names the data; `dataset` keeps the config's value.
+    """
     full = utility[utility["kind"] == "full"].iloc[0]
     util = []
     for theta in sorted(utility.loc[utility["kind"] == "mem", "threshold"].unique()):
@@ -56,8 +70,11 @@ def summarize(
                 "threshold": theta,
                 "n_removed": mem_row["n_removed"],
                 "drop_mem": mem_row["drop"],
+                "drop_mem_ci95": _ci(mem_row["drop_ci_low"], mem_row["drop_ci_high"]),
                 "drop_random": rnd_row["drop"],
+                "drop_random_ci95": _ci(rnd_row["drop_ci_low"], rnd_row["drop_ci_high"]),
                 "drop_mem_minus_random": mem_row["drop"] - rnd_row["drop"],
+                "drop_mem_minus_random_ci95": _ci(mem_row["gap_ci_low"], mem_row["gap_ci_high"]),
             }
         )
     pairs = {}
@@ -66,24 +83,36 @@ def summarize(
         rrow = utility[utility["kind"] == "pairs_random"].iloc[0]
         pairs = {
             "pair_test_acc_full": full["pair_test_acc"],
+            "pair_test_acc_full_ci95": _ci(full["pair_ci_low"], full["pair_ci_high"]),
             "pair_test_acc_sources_removed": prow["pair_test_acc"],
+            "pair_test_acc_sources_removed_ci95": _ci(prow["pair_ci_low"], prow["pair_ci_high"]),
             "pair_test_acc_random_removed": rrow["pair_test_acc"],
+            "pair_test_acc_random_removed_ci95": _ci(rrow["pair_ci_low"], rrow["pair_ci_high"]),
         }
     mem = est.mem.value
+    n = len(mem)
+    frac = float(np.mean(mem >= 0.25))
+    half = 1.96 * float(np.sqrt(frac * (1 - frac) / n))
+    clipped = [c for c in ("clipped", "pair_clipped") if c in utility]
     return _jsonable(
         {
             "profile": cfg.profile,
             "dataset": cfg.dataset,
+            "data_name": data_name or cfg.dataset,
             "arch": cfg.arch,
             "num_models": est.num_models,
             "subset_ratio": cfg.subset_ratio,
             "mask_design": cfg.mask_design,
-            "n_train": len(mem),
+            "n_train": n,
             "n_test": len(est.tt_labels),
             "test_acc_subset_models": float(np.mean(subset_test_acc)),
+            "test_acc_subset_models_sd": float(np.std(subset_test_acc)),
             "test_acc_full_data": full["test_acc"],
             "test_acc_full_data_ci95": [full["ci_low"], full["ci_high"]],
-            "frac_mem_ge_0.25": float(np.mean(mem >= 0.25)),
+            "retrain_models": int(full["models"]),
+            "ci_clipped": bool(utility[clipped].to_numpy().any()) if clipped else False,
+            "frac_mem_ge_0.25": frac,
+            "frac_mem_ge_0.25_ci95": [max(0.0, frac - half), min(1.0, frac + half)],
             f"frac_mem_ge_{cfg.mem_threshold:g}": float(np.mean(mem >= cfg.mem_threshold)),
             "mean_mem": float(np.mean(mem)),
             "mean_mem_se": float(np.nanmean(est.mem.se)),
@@ -99,15 +128,95 @@ def summarize(
     )
 
 
+# Below these, estimates are too noisy to mean anything (the smoke profile is far below both).
+MIN_MODELS_OUT = 20
+MIN_RETRAIN_MODELS = 5
+
+
 def _num(x, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _pm(x: float | None, ci: list | None, fmt: str = ".3f", scale: float = 1.0) -> str:
+    """`x (95% CI lo to hi)`, or `x` alone where there is no interval."""
+    if x is None:
+        return "n/a"
+    text = format(scale * x, fmt)
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" (95% CI {format(scale * ci[0], fmt)} to {format(scale * ci[1], fmt)})"
+    return text
+
+
+def _change(drop: float | None, ci: list | None) -> str:
+    """A drop in accuracy as a signed change in points, with its 95% CI."""
+    if drop is None:
+        return "n/a"
+    flipped = [-ci[1], -ci[0]] if ci and None not in ci else None
+    return _pm(-drop, flipped, "+.2f", 100)
+
+
+def _main_threshold(s: dict) -> dict | None:
+    util = s.get("utility") or []
+    if not util:
+        return None
+    target = s["thresholds"]["mem"]
+    return min(util, key=lambda u: (abs(u["threshold"] - target), -u["threshold"]))
+
+
+def caveats(s: dict) -> list[str]:
+    """Plain warnings about what the numbers of a summary.json can and cannot say."""
+    notes = []
+    if s["min_models_out"] < MIN_MODELS_OUT:
+        notes.append(
+            f"These numbers mean nothing: each training example is left out of as few as {s['min_models_out']} "
+            f"models (a memorization estimate carries a standard error of about ±{s['mean_mem_se']:.2f}). "
+            "This run shows only that the pipeline works end to end; use a profile with more models for results."
+        )
+    retrain = s.get("retrain_models")
+    if retrain is not None and retrain < MIN_RETRAIN_MODELS:
+        clipped = " Intervals that ran past [0, 1] were clipped to it." if s.get("ci_clipped") else ""
+        notes.append(
+            f"Only {retrain} retrained models per condition: the 95% intervals of stage 3 are t-intervals over "
+            f"{retrain} values, too few to be meaningful.{clipped}"
+        )
+    elif s.get("ci_clipped"):
+        notes.append("Some 95% intervals of accuracy ran past [0, 1] and were clipped to it.")
+    return notes
+
+
+def headline_sentence(s: dict) -> str:
+    """The run's findings in a few sentences, each number with its uncertainty."""
+    lo, hi = s.get("frac_mem_ge_0.25_ci95") or (None, None)
+    frac = f"{s['frac_mem_ge_0.25']:.1%}" + (f" (95% CI {lo:.1%} to {hi:.1%})" if lo is not None else "")
+    text = (
+        f"Of {s['n_train']:,} {s.get('data_name', s['dataset'])} training examples, {frac} are memorized "
+        f"(mem ≥ 0.25; each estimate ±{s['mean_mem_se']:.2f} on average, from {s['num_models']:,} {s['arch']} models)."
+    )
+    u = _main_threshold(s)
+    if u:
+        text += (
+            f" Removing the {u['n_removed']:,} examples with mem ≥ {u['threshold']:g} changes test accuracy by "
+            f"{_change(u['drop_mem'], u['drop_mem_ci95'])} points, against "
+            f"{_change(u['drop_random'], u['drop_random_ci95'])} for as many random examples."
+        )
+    p = s.get("pairs_removal") or {}
+    text += f" {s['high_influence_pairs']:,} high-influence pairs"
+    if p:
+        text += (
+            f"; removing their {s['pairs_distinct_train']:,} training examples moves accuracy on their test side "
+            f"from {_pm(p['pair_test_acc_full'], p.get('pair_test_acc_full_ci95'))} to "
+            f"{_pm(p['pair_test_acc_sources_removed'], p.get('pair_test_acc_sources_removed_ci95'))}."
+        )
+    else:
+        text += "."
+    return text
+
+
 def headline(s: dict) -> list[tuple[str, str]]:
-    """Readable (label, value) rows of a summary.json, for the report's first table."""
+    """Readable (label, value) rows of a summary.json, each number with its uncertainty."""
     th = s["thresholds"]
     rows = [
-        ("data", f"{s['dataset']}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
+        ("data", f"{s.get('data_name', s['dataset'])}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
         (
             "models",
             f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets ({s.get('mask_design', 'random')} "
@@ -115,12 +224,15 @@ def headline(s: dict) -> list[tuple[str, str]]:
         ),
         (
             "test accuracy",
-            f"{s['test_acc_full_data']:.4f} trained on all data; {s['test_acc_subset_models']:.4f} on subsets",
+            f"{_pm(s['test_acc_full_data'], s.get('test_acc_full_data_ci95'))} trained on all data "
+            f"({s.get('retrain_models', '?')} models); {s['test_acc_subset_models']:.3f}"
+            + (f" ± {s['test_acc_subset_models_sd']:.3f} (sd)" if "test_acc_subset_models_sd" in s else "")
+            + " on subsets",
         ),
         (
             "memorization",
-            f"{s['frac_mem_ge_0.25']:.1%} of training examples have mem ≥ 0.25 "
-            f"(each left out of at least {s['min_models_out']} models)",
+            f"{_pm(s['frac_mem_ge_0.25'], s.get('frac_mem_ge_0.25_ci95'), '.1%')} of training examples have "
+            f"mem ≥ 0.25 (each left out of at least {s['min_models_out']} models; mean se {s['mean_mem_se']:.3f})",
         ),
         (
             "high-influence pairs",
@@ -129,20 +241,22 @@ def headline(s: dict) -> list[tuple[str, str]]:
         ),
     ]
     for u in s.get("utility", []):
-        mem_change, rnd_change = -100 * u["drop_mem"], -100 * u["drop_random"]
         rows.append(
             (
                 f"remove mem ≥ {u['threshold']:g}",
-                f"{u['n_removed']} examples: test accuracy {mem_change:+.2f} points; as many random: {rnd_change:+.2f}",
+                f"{u['n_removed']} examples: test accuracy {_change(u['drop_mem'], u.get('drop_mem_ci95'))} points; "
+                f"as many random: {_change(u['drop_random'], u.get('drop_random_ci95'))}",
             )
         )
     p = s.get("pairs_removal") or {}
     if p:
-        full, gone, rnd = p["pair_test_acc_full"], p["pair_test_acc_sources_removed"], p["pair_test_acc_random_removed"]
         rows.append(
             (
                 "remove the pairs' train side",
-                f"accuracy on their test side {full:.3f} → {gone:.3f} (as many random removed: {rnd:.3f})",
+                f"accuracy on their test side {_pm(p['pair_test_acc_full'], p.get('pair_test_acc_full_ci95'))} → "
+                f"{_pm(p['pair_test_acc_sources_removed'], p.get('pair_test_acc_sources_removed_ci95'))} "
+                f"(as many random removed: "
+                f"{_pm(p['pair_test_acc_random_removed'], p.get('pair_test_acc_random_removed_ci95'))})",
             )
         )
     sh = s.get("split_half", {})
@@ -155,6 +269,48 @@ def headline(s: dict) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def table(df: pd.DataFrame, digits: int = 3):
+    """A DataFrame for display: no index column, floats to `digits` places, missing values as a dash."""
+    return df.style.hide(axis="index").format(precision=digits, na_rep="—", thousands=",")
+
+
+def key_values(values: dict[str, Any], header: str = "value"):
+    """A two-column table of labels and values (each shown as given: no index, no float padding)."""
+    frame = pd.DataFrame({"": list(values), header: ["—" if v is None else str(v) for v in values.values()]})
+    return frame.style.hide(axis="index").set_properties(**{"text-align": "left"})
+
+
+def utility_table(util: pd.DataFrame, pairs: bool = False):
+    """Stage 3's conditions as a reader wants them: accuracy and change from full data, each with its 95% CI."""
+    p = "pair_" if pairs else ""
+    rows = util[util["kind"].isin(["full", "pairs", "pairs_random"])] if pairs else util
+
+    def interval(x, lo, hi, scale=1.0, fmt=".3f"):
+        if pd.isna(x):
+            return "—"
+        if pd.isna(lo) or pd.isna(hi):
+            return format(scale * x, fmt)
+        return f"{format(scale * x, fmt)} ({format(scale * lo, fmt)} to {format(scale * hi, fmt)})"
+
+    frame = pd.DataFrame(
+        {
+            "condition": rows["condition"],
+            "examples removed": rows["n_removed"].astype(int),
+            "models": rows["models"].astype(int),
+            "accuracy (95% CI)": [
+                interval(a, lo, hi) for a, lo, hi in zip(rows[f"{p}test_acc"], rows[f"{p}ci_low"], rows[f"{p}ci_high"])
+            ],
+            "change from full data, points (95% CI)": [
+                "—" if k == "full" else interval(-d, -hi, -lo, 100, "+.2f")
+                for k, d, lo, hi in zip(
+                    rows["kind"], rows[f"{p}drop"], rows[f"{p}drop_ci_low"], rows[f"{p}drop_ci_high"]
+                )
+            ],
+        }
+    )
+    return frame.style.hide(axis="index")
 
 
 def write_json(obj: dict, path: Path) -> Path:
@@ -208,69 +364,210 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
     }
 
 
-def render_report(out_dir: Path, title: str | None = None) -> Path:
-    """Concatenate the executed stage notebooks in `out_dir` into one HTML page, code hidden, figures inline."""
+def stage_status(out_dir: Path) -> list[dict[str, Any]]:
+    """Per stage: its title, wall time, and status: ok, failed, missing, or stale (run before the stage it uses)."""
     import nbformat
-    from nbconvert import HTMLExporter
-    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
-    out_dir = Path(out_dir)
-    missing = [s for s in STAGES if not (out_dir / f"{s}.ipynb").exists()]
-    if missing:
-        raise FileNotFoundError(f"{out_dir} lacks executed notebooks {missing}: run `make reproduce` first")
-    cells = []
-    durations = []
+    rows, previous_end = [], None
     for stage in STAGES:
-        nb = nbformat.read(out_dir / f"{stage}.ipynb", as_version=4)
-        pm = nb.metadata.get("papermill", {})
-        durations.append((STAGE_TITLES[stage], pm.get("duration"), pm.get("exception")))
-        cells.append(nbformat.v4.new_markdown_cell(f"# {STAGE_TITLES[stage]}\n*Notebook: `{stage}.ipynb`*"))
-        for cell in nb.cells:
-            if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
-                continue  # each notebook's own title; the stage heading replaces it
-            if cell.cell_type == "code":
-                cell.outputs = [o for o in cell.get("outputs", []) if not _is_noise(o)]
-            cells.append(cell)
-    summary_file = out_dir / "summary.json"
-    header = [f"# {title or 'Memorization and influence: ' + out_dir.name}"]
-    header.append(
-        f"Rendered {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from commit `{git_commit()}`. "
-        "Each section below is one executed notebook; code is hidden, and the notebooks themselves "
-        f"(with code) sit beside this report in `{out_dir}`."
+        path = Path(out_dir) / f"{stage}.ipynb"
+        row = {"stage": stage, "title": STAGE_TITLES[stage], "duration": None, "status": "missing", "why": ""}
+        if path.exists():
+            pm = nbformat.read(path, as_version=4).metadata.get("papermill", {})
+            start, end = _time(pm.get("start_time")), _time(pm.get("end_time"))
+            row["duration"] = pm.get("duration")
+            if pm.get("exception"):
+                row["status"], row["why"] = "failed", f"open {stage}.ipynb beside this report to see where"
+            elif end is None:
+                row["status"], row["why"] = "failed", "it did not finish (interrupted?)"
+            elif previous_end is not None and start is not None and start < previous_end:
+                row["status"], row["why"] = "stale", "it ran before the latest run of the stage before it"
+            else:
+                row["status"] = "ok"
+            previous_end = end or previous_end
+        rows.append(row)
+    return rows
+
+
+def _time(text: str | None) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _anchor(stage: str) -> str:
+    return "stage-" + stage[:2].lstrip("0")
+
+
+def _html_cell(html: str):
+    """A cell that renders `html` as it is (input hidden): the report's own blocks."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": html})]
+    return cell
+
+
+def _figure(path: Path, caption: str) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (
+        f'<figure style="flex:1 1 30%;margin:0;min-width:280px"><img style="width:100%" '
+        f'src="data:image/png;base64,{data}" alt="{html.escape(caption)}"><figcaption style="font-size:0.85em;'
+        f'color:#444">{html.escape(caption)}</figcaption></figure>'
     )
-    rows = "\n".join(
-        f"| {name} | {'' if d is None else f'{d:.0f} s'} | {'failed' if exc else 'ok'} |" for name, d, exc in durations
+
+
+def _banner(text: str, color: str) -> str:
+    return (
+        f'<div style="border:3px solid {color};background:{color}1a;padding:0.8em 1em;margin:0.8em 0;'
+        f'font-size:1.05em"><strong>{text}</strong></div>'
     )
-    header.append("| stage | wall time | status |\n|---|---|---|\n" + rows)
-    if summary_file.exists():
-        rows = "\n".join(f"| {k} | {v} |" for k, v in headline(json.loads(summary_file.read_text())))
-        header.append("## Headline figures\n\n| | |\n|---|---|\n" + rows + "\n\nAll of them, in `summary.json`.")
+
+
+def _html_table(rows: list[tuple[str, str]]) -> str:
+    body = "".join(
+        f"<tr><th style='text-align:left;vertical-align:top'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | None) -> str:
+    parts = [f'<h1 id="findings">{html.escape(title)}</h1>']
+    toc = (
+        [("findings", "Findings")]
+        + [(_anchor(r["stage"]), r["title"]) for r in stages]
+        + [("appendix", "Appendix: configuration and environment")]
+    )
+    parts.append(
+        "<nav><strong>Contents:</strong> "
+        + " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in toc)
+        + "</nav>"
+    )
+    bad = [r for r in stages if r["status"] != "ok"]
+    if bad:
+        listed = "; ".join(
+            f"{r['title']} {r['status']} ({r['why']})" if r["why"] else f"{r['title']} {r['status']}" for r in bad
+        )
+        parts.append(
+            _banner(
+                f"This report does not show one consistent run: {html.escape(listed)}. The headline and figures "
+                f"may come from an earlier run. Rerun <code>make reproduce PROFILE={html.escape(out_dir.name)}</code> "
+                "(finished models are kept).",
+                "#c0392b",
+            )
+        )
+    if summary is None:
+        parts.append(_banner("No summary.json: stage 4 has not written its headline figures.", "#c0392b"))
+        return "\n".join(parts)
+    for note in caveats(summary):
+        parts.append(_banner(html.escape(note), "#d35400"))
+    parts.append(f'<p style="font-size:1.15em;line-height:1.5">{html.escape(headline_sentence(summary))}</p>')
+    figures = out_dir / "figures"
+    parts.append(
+        '<div style="display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start">'
+        + _figure(figures / "memorized.png", "The most memorized training examples (label, original index, mem ± se)")
+        + _figure(figures / "utility.png", "Test accuracy after removing memorized vs random examples (95% CIs)")
+        + _figure(figures / "pairs.png", "High-influence pairs: training example | the test example it helps")
+        + "</div>"
+    )
+    parts.append("<h2>Headline figures</h2>" + _html_table(headline(summary)))
+    parts.append("<p>All of them, in <code>summary.json</code> beside this report.</p>")
+    return "\n".join(parts)
+
+
+def _appendix(out_dir: Path, stages: list[dict]) -> str:
+    parts = ['<h1 id="appendix">Appendix: configuration and environment</h1>']
+    run_log = [
+        (r["title"], f"{r['status']}" + ("" if r["duration"] is None else f", {r['duration']:.0f} s")) for r in stages
+    ]
+    parts.append(
+        "<details><summary><strong>Stages: status and wall time</strong></summary>"
+        + _html_table(run_log)
+        + "</details>"
+    )
+    params = out_dir / "parameters.yaml"
+    if params.exists():
+        import yaml
+
+        cfg = yaml.safe_load(params.read_text()) or {}
+        rows = [(k, "null" if v is None else str(v)) for k, v in cfg.items()]
+        parts.append(
+            "<details><summary><strong>Configuration</strong> (every parameter, as the notebooks got it)"
+            "</summary>" + _html_table(rows) + "</details>"
+        )
     env_file = out_dir / ENVIRONMENT_FILE
     if env_file.exists():
         env = json.loads(env_file.read_text())
         made = [
-            ("commit", f"`{env['commit']}`"),
-            ("training device", f"{env['training_device']} · accelerator: {env['accelerator']}"),
-            ("processor", f"{env['cpu_cores']} cores · {env['platform']} · Python {env['python']}"),
-            ("libraries", " · ".join(f"{k} {v}" for k, v in env["versions"].items())),
+            ("commit", env.get("commit", "unknown")),
+            ("training device", f"{env.get('training_device')} · accelerator: {env.get('accelerator')}"),
+            ("training precision", str(env.get("training_precision", "—"))),
+            ("processor", f"{env.get('cpu_cores')} cores · {env.get('platform')} · Python {env.get('python')}"),
+            ("CUDA", env.get("cuda") or "— (no GPU used)"),
+            ("libraries", " · ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())),
         ]
-        rows = "\n".join(f"| {k} | {v} |" for k, v in made)
-        header.append(f"## Made with\n\n| | |\n|---|---|\n{rows}\n\nAs recorded by stage 1, in `{ENVIRONMENT_FILE}`.")
-    report = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("\n\n".join(header)), *cells])
+        parts.append(
+            "<details><summary><strong>Made with</strong> (as recorded by stage 1, in "
+            f"<code>{ENVIRONMENT_FILE}</code>)</summary>" + _html_table(made) + "</details>"
+        )
+    return "\n".join(parts)
+
+
+def render_report(out_dir: Path, title: str | None = None) -> Path:
+    """One HTML page: findings first (headline, key figures), a table of contents, then each executed notebook
+    with code hidden, and configuration and environment in a collapsed appendix.
+
+    A stage that failed, did not finish, or ran before the stage it builds on puts a banner at the top.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    out_dir = Path(out_dir)
+    missing = [s for s in STAGES if not (out_dir / f"{s}.ipynb").exists()]
+    if len(missing) == len(STAGES):
+        raise FileNotFoundError(f"{display_path(out_dir)} has no executed notebooks: run `make reproduce` first")
+    stages = stage_status(out_dir)
+    summary_file = out_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    title = title or f"Memorization and influence: {out_dir.name}"
+    cells = [_html_cell(_findings(out_dir, title, stages, summary))]
+    for row in stages:
+        stage = row["stage"]
+        heading = f'<h1 id="{_anchor(stage)}">{html.escape(row["title"])}</h1>'
+        if row["status"] != "ok":
+            heading += _banner(
+                f"This stage {row['status']}" + (f": {html.escape(row['why'])}" if row["why"] else ""), "#c0392b"
+            )
+        cells.append(_html_cell(heading + f"<p><em>Notebook: <code>{stage}.ipynb</code></em></p>"))
+        if row["status"] == "missing":
+            continue
+        nb = nbformat.read(out_dir / f"{stage}.ipynb", as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+                continue  # each notebook's own title; the stage heading replaces it
+            if "appendix" in cell.metadata.get("tags", []) or "injected-parameters" in cell.metadata.get("tags", []):
+                continue  # configuration and environment: in the appendix
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.get("outputs", []) if not _is_noise(o)]
+            cells.append(cell)
+    cells.append(_html_cell(_appendix(out_dir, stages)))
+    report = nbformat.v4.new_notebook(cells=cells)
     report.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    report, _ = CoalesceStreamsPreprocessor().preprocess(report, {})
     body, _ = exporter.from_notebook_node(report)
     path = out_dir / "report.html"
-    path.write_text(body)
+    path.write_text(body.replace("<title>Notebook</title>", f"<title>{html.escape(title)}</title>"))
     return path
 
 
 def _is_noise(output: dict) -> bool:
-    """Stream output that is only warnings from libraries, not worth a reviewer's attention."""
-    return (
-        output.get("output_type") == "stream" and output.get("name") == "stderr" and "Warning" in output.get("text", "")
-    )
+    """Output a reader should not see: anything on stderr (progress bars, library warnings)."""
+    return output.get("output_type") == "stream" and output.get("name") == "stderr"
 
 
 def read_json(path: Path) -> dict:

@@ -9,10 +9,9 @@ turn. This module is where a cluster backend plugs in.
 
 from __future__ import annotations
 
-import ctypes
+import json
 import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -23,18 +22,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .config import Config
+from .claims import Lease, claim, wait_claim
+from .config import Config, display_path
 from .data import Dataset, load_dataset
 from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
 from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device, resolve_precision
+from .lifeline import start as lifeline_start
 from .noise import dataset_flips
 from .signals import COLUMNS as SIGNAL_COLUMNS
-from .store import ArraySpec, Store, StoreError
+from .store import CLAIMS_DIR, SPEC_FILE, ArraySpec, Store, StoreError, check_compatible
 
 
-def subset_store_spec(
-    cfg: Config, n_train: int, n_test: int, num_classes: int = 10
-) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
+def subset_store_spec(cfg: Config, data: Dataset) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
     """Spec and meta of the stage-1 store: per run its mask, per-example correctness and true-label prob.
 
     Also per run, for the peer scores of the validation stage: the training signals of memlib.signals
@@ -42,7 +41,9 @@ def subset_store_spec(
     of every training example with their classes (`train_topk_prob` float16, `train_topk_class` uint8), 3k
     bytes per example: all classes up to 10; for CIFAR-100 (50,000 x 100) 1.5 MB a model instead of the
     10 MB that all 100 would take. With the rest, a CIFAR-100 model's row is about 2.3 MB.
+    The meta records the config's training fingerprint and the data's (hashes of its labels and images).
     """
+    n_train, n_test, num_classes = data.n_train, data.n_test, data.num_classes
     k = min(num_classes, TOPK_CLASSES)
     class_dtype = "uint8" if num_classes <= 256 else "uint16"
     spec = Store.spec_of(
@@ -59,30 +60,104 @@ def subset_store_spec(
             "train_topk_class": ((n_train, k), class_dtype),
         },
     )
-    meta = {"kind": "subsets", "fingerprint": cfg.training_fingerprint(), "config": cfg.to_dict()}
+    meta = {
+        "kind": "subsets",
+        "fingerprint": cfg.training_fingerprint(),
+        "config": cfg.to_dict(),
+        "data": data_record(data),
+    }
     return spec, meta
+
+
+def data_record(data: Dataset) -> dict[str, str]:
+    """What a store remembers of its data: where it was read, its size, and the hashes of its parts."""
+    return {
+        "source": data.source,
+        "examples": f"{data.n_train} train / {data.n_test} test, {data.num_classes} classes",
+        **data.fingerprint,
+    }
+
+
+def stored_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable."""
+    file = Path(path) / SPEC_FILE
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text()).get("meta", {})
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{file} is unreadable ({exc}): delete {path} and rerun.") from exc
+
+
+def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
+    """Raise StoreError, saying what changed, unless the store's meta records this very data."""
+    old = meta.get("data")
+    if not old:
+        raise StoreError(
+            f"the store at {display_path(path)} was made by an older memlib that did not record which data trained "
+            f"it, so it cannot be checked against this data. Delete {display_path(path)} and rerun."
+        )
+    new = data_record(data)
+    changed = [k for k in data.fingerprint if old.get(k) != new[k]]
+    if changed:
+        raise StoreError(
+            f"the store at {display_path(path)} was trained on other data: {', '.join(changed)} changed "
+            f"(then: {old.get('examples')} from {old.get('source')}; now: {new['examples']} from {new['source']}). "
+            "Its models do not answer this data. Point the profile back at the data it was made with, use another "
+            f"profile name (or results_dir), or delete {display_path(path)} to start afresh."
+        )
 
 
 def subset_store_path(cfg: Config) -> Path:
     return cfg.out_dir / "store"
 
 
+def repair_command(cfg: Config) -> str:
+    """The command that clears a profile's bad rows (the message of every bad-row error offers it)."""
+    return f"python -m memlib repair {cfg.profile}"
+
+
 def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
-    """Open (or create) the stage-1 store, checking it matches the config and its masks are the seeded ones."""
-    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test, data.num_classes)
+    """Open (or create) the stage-1 store, checking it matches the config and data and every finished row verifies.
+
+    With `create=False` (every stage that only reads it, and `check`) the store is opened read-only.
+    """
+    spec, meta = subset_store_spec(cfg, data)
     flips = dataset_flips(data)
     if flips is not None:  # the flipped labels are recorded with the store (its fingerprint has label_noise)
         meta["label_noise"] = {"fraction": cfg.label_noise, **flips.record()}
-    store = Store.open(subset_store_path(cfg), spec, meta, create=create)
-    done = np.flatnonzero(store.completed)
-    design = subset_masks(cfg, data.n_train)
-    for t in done[: min(len(done), 64)]:  # spot-check: a finished run's stored mask is the one its seed gives
-        if not np.array_equal(store["masks"][t], design[t]):
-            raise StoreError(
-                f"run {t} in {store.path} has a mask its seed does not give: the store is corrupt or was made by "
-                f"other code. Delete {store.path} and rerun."
-            )
+    old = stored_meta(subset_store_path(cfg))
+    if old is not None:
+        check_same_data(subset_store_path(cfg), old, data)
+    store = Store.open(subset_store_path(cfg), spec, meta, create=create, fix=repair_command(cfg))
+    bad = wrong_masks(cfg, store)
+    if len(bad):
+        raise StoreError(store.bad_rows_message(bad, "hold a mask that their seed does not give"))
     return store
+
+
+def wrong_masks(cfg: Config, store: Store) -> np.ndarray:
+    """Finished rows whose stored mask is not the one their seed gives (all of them, compared in blocks)."""
+    design = subset_masks(cfg, store["masks"].shape[1])
+    done = np.flatnonzero(store.completed)
+    bad = [
+        rows[(np.asarray(store["masks"][rows]) != design[rows]).any(axis=1)]
+        for rows in np.array_split(done, max(1, len(done) // 256))
+    ]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def repair_subset_store(cfg: Config, data: Dataset) -> list[int]:
+    """Clear the completed flags of the stage-1 rows that fail their checksums or masks; returns them."""
+    spec, meta = subset_store_spec(cfg, data)
+    path = subset_store_path(cfg)
+    if (path / "spec.json").exists():
+        try:
+            check_compatible(path, spec, meta)
+        except StoreError as exc:
+            if "unreadable" not in str(exc) and "before stored rows carried checksums" not in str(exc):
+                raise
+    return Store.repair(path, spec, meta, extra_bad=lambda store: wrong_masks(cfg, store))
 
 
 def _row_values(job: Job, out: Outcome, seconds: float, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -101,46 +176,52 @@ def _row_values(job: Job, out: Outcome, seconds: float, columns: Sequence[str]) 
     return {k: v for k, v in values.items() if k in columns}
 
 
-def run_group(store: Store, learner, jobs: list[Job]) -> int:
-    """Train and evaluate the group's unfinished jobs together and write their rows; returns how many."""
-    todo = [j for j in jobs if not store.completed[j.row]]
-    if not todo:
+def run_group(store: Store, learner, jobs: list[Job], group_size: int, wait: bool = True) -> int | None:
+    """Claim the group, train and evaluate its unfinished jobs together and write their rows; returns how many.
+
+    The claim is on the design's group (row // group_size), so workers with overlapping row ranges never
+    train a row twice. Returns None, without waiting, if a live worker holds the claim and `wait` is False.
+    """
+    if all(store.completed[j.row] for j in jobs):
         return 0
-    start = time.perf_counter()
-    runs = [(np.flatnonzero(j.mask), j.seed) for j in todo]
-    if hasattr(learner, "fit_eval_group"):
-        outs = learner.fit_eval_group(runs)
-    else:
-        outs = [learner.fit_eval(idx, seed) for idx, seed in runs]
-    seconds = (time.perf_counter() - start) / len(todo)  # per model, in this worker
-    store.write_rows({j.row: _row_values(j, out, seconds, store.arrays) for j, out in zip(todo, outs)})
+    group = jobs[0].row // group_size
+    if any(j.row // group_size != group for j in jobs):
+        raise ValueError(f"rows {[j.row for j in jobs]} span several groups of {group_size}")
+    folder = store.path / CLAIMS_DIR
+    lease: Lease | None = wait_claim(folder, group) if wait else claim(folder, group)
+    if lease is None:
+        return None
+    with lease:
+        todo = [j for j in jobs if not store.completed[j.row]]  # another worker may have finished some
+        if not todo:
+            return 0
+        start = time.perf_counter()
+        runs = [(np.flatnonzero(j.mask), j.seed) for j in todo]
+        if hasattr(learner, "fit_eval_group"):
+            outs = learner.fit_eval_group(runs)
+        else:
+            outs = [learner.fit_eval(idx, seed) for idx, seed in runs]
+        seconds = (time.perf_counter() - start) / len(todo)  # per model, in this worker
+        store.write_rows({j.row: _row_values(j, out, seconds, store.arrays) for j, out in zip(todo, outs)})
     return len(todo)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the parent dies
-        except OSError:
-            pass
-
-
-def _worker_init(cfg_dict: dict, store_path: str, spec, meta, threads: int) -> None:
-    _die_with_parent()
+def _worker_init(cfg_dict: dict, store_path: str, spec: dict, meta: dict, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     cfg = Config.from_dict(cfg_dict)
     data = load_dataset(cfg)
-    _WORKER["store"] = Store.open(Path(store_path), spec, meta, create=False)
+    spec = {k: ArraySpec(tuple(shape), dtype) for k, (shape, dtype) in spec.items()}
+    _WORKER["store"] = Store.open(Path(store_path), spec, meta, create=False, writable=True, verify=False)
     _WORKER["learner"] = NeuralLearner(cfg, data)
 
 
-def _worker_run(jobs: list[Job]) -> int:
-    return run_group(_WORKER["store"], _WORKER["learner"], jobs)
+def _worker_run(jobs: list[Job], group_size: int, wait: bool) -> int | None:
+    return run_group(_WORKER["store"], _WORKER["learner"], jobs, group_size, wait=wait)
 
 
 def job_groups(jobs: list[Job], group_size: int) -> list[list[Job]]:
@@ -157,8 +238,11 @@ def run_jobs(
     learner=None,
     workers: int | None = None,
     desc: str = "training",
-) -> None:
-    """Run the jobs whose rows are not completed, group by group, with a progress bar over models.
+) -> int:
+    """Run the jobs whose rows are not completed, group by group, with a progress bar; returns models trained.
+
+    Each group is claimed before it trains (see memlib.claims): a group another worker holds is skipped at
+    first and waited for at the end, so on return every job's row is finished, each by exactly one worker.
 
     With workers > 1 (CPU only; default: `worker_count`), groups run in that many spawned processes, each with
     its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
@@ -167,28 +251,54 @@ def run_jobs(
     workers = worker_count(cfg, learner) if workers is None else workers
     todo = [j for j in jobs if not store.completed[j.row]]
     groups = job_groups(todo, cfg.group_size)
+    k = cfg.group_size
+    trained = 0
     bar = tqdm(total=store.rows, initial=store.done(), desc=desc, unit="model", file=sys.stderr, mininterval=2)
     try:
         if not groups:
-            return
+            return 0
         if learner is not None or workers <= 1:
             learner = learner or NeuralLearner(cfg, data)
+            held = []  # groups another worker is training: waited for after the free ones
             for group in groups:
-                bar.update(run_group(store, learner, group))
-            return
+                n = run_group(store, learner, group, k, wait=False)
+                held += [group] if n is None else []
+                trained += n or 0
+                bar.update(n or 0)
+            for group in held:
+                n = run_group(store, learner, group, k, wait=True) or 0
+                trained += n
+                bar.update(n)
+            return trained
         threads = max(1, (os.cpu_count() or 1) // workers)
-        spec = {k: ArraySpec(tuple(v.shape), v.dtype.name) for k, v in store.arrays.items()}
+        spec = {name: (list(a.shape), a.dtype.name) for name, a in store.arrays.items()}
         ctx = mp.get_context("spawn")
-        init_args = (cfg.to_dict(), str(store.path), spec, store.meta, threads)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init_args) as pool:
-            pending = {pool.submit(_worker_run, group) for group in groups}
+        # the initializer lives in memlib.lifeline, which arms the parent-death signal before any heavy import
+        init_args = (
+            os.getpid(),
+            "memlib.runner:_worker_init",
+            cfg.to_dict(),
+            str(store.path),
+            spec,
+            store.meta,
+            threads,
+        )
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=lifeline_start, initargs=init_args) as pool:
+            pending = {pool.submit(_worker_run, group, k, False): group for group in groups}
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    bar.update(fut.result())  # re-raises a worker's exception here
+                    group = pending.pop(fut)
+                    n = fut.result()  # re-raises a worker's exception here
+                    if n is None:  # held by another worker: wait for it, after the free groups
+                        pending[pool.submit(_worker_run, group, k, True)] = group
+                    else:
+                        trained += n
+                        bar.update(n)
     finally:
         bar.close()
-    store.reload()
+        store.reload()
+    return trained
 
 
 def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
@@ -197,7 +307,7 @@ def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] 
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
-    run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models")
+    store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models")
     return store
 
 

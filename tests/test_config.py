@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import yaml
@@ -12,12 +14,19 @@ from memlib.__main__ import main
 from memlib.config import Config, ConfigError
 
 
-@pytest.fixture
-def finished(tmp_path, digits):
-    """A results dir with a finished smoke run in it (stage 1), to show that a bad config leaves it alone."""
-    cfg = memlib.load_profile("smoke").replace(results_dir=str(tmp_path / "results"))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits):
+    """A finished smoke run (stage 1), trained once for this module."""
+    cfg = memlib.load_profile("smoke").replace(results_dir=str(tmp_path_factory.mktemp("trained") / "results"))
     memlib.train_subsets(cfg, digits)
     return cfg
+
+
+@pytest.fixture
+def finished(tmp_path, trained):
+    """A results dir with a finished smoke run in it (a copy), to show that a bad config leaves it alone."""
+    shutil.copytree(trained.results_dir, tmp_path / "results")
+    return trained.replace(results_dir=str(tmp_path / "results"))
 
 
 def run_cli(tmp_path, capsys, changes: dict, command: str = "train") -> str:
@@ -46,8 +55,24 @@ def run_cli(tmp_path, capsys, changes: dict, command: str = "train") -> str:
         ({"utility_thresholds": []}, "utility_thresholds must list at least one"),
         ({"num_models": "many"}, "num_models must be of type int"),
         ({"optimizer": "lion"}, "optimizer must be one of sgd, adam"),
-        ({"epochs": 4}, "was made with a different config (epochs: 3 -> 4)"),
+        ({"epochs": 4}, "epochs: 3 -> 4"),
         ({"profile": "other"}, "it must match the file name"),
+        ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+        ({"utility_thresholds": [0.25, float("nan")]}, "utility_thresholds must be a finite number"),
+        ({"lr": 1.0e9}, "lr must lie in (0, 10]"),
+        ({"show_examples": -3}, "show_examples must be at least 1"),
+        ({"show_examples": 0}, "show_examples must be at least 1"),
+        ({"show_examples": 5000}, "show_examples must be at most 256"),
+        ({"seed": -1}, "seed must be a whole number in [0, 2**63)"),
+        ({"num_models": 100_000_000}, "num_models must be at most 1,000,000"),
+        ({"width": 100_000_000}, "width must be at most 1,048,576"),
+        ({"width": 1_000_000}, "parameters; 8 models at once (group_size x workers) need at least"),
+        (
+            {"arch": "vit_tiny_patch16_224", "width": None},
+            "arch 'vit_tiny_patch16_224' does not accept 1x8x8 images of digits",
+        ),
     ],
 )
 def test_bad_config_fails_before_training_and_writes_nothing(tmp_path, capsys, finished, changes, message):
@@ -58,6 +83,70 @@ def test_bad_config_fails_before_training_and_writes_nothing(tmp_path, capsys, f
     assert err.startswith("error: ")
     assert "Traceback" not in err
     assert snapshot(results) == before
+
+
+@pytest.mark.parametrize("rows", ["abc", "1:2:3", "10:5", "5:5", "0:41", "-1:3", ":", "3"])
+def test_bad_rows_are_refused_before_work(tmp_path, capsys, finished, rows):
+    before = snapshot(tmp_path / "results")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(
+        yaml.safe_dump({**yaml.safe_load(open("configs/smoke.yaml")), "results_dir": str(tmp_path / "results")})
+    )
+    capsys.readouterr()
+    assert main(["train", f"--rows={rows}", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --rows") and "START" in err and "Traceback" not in err
+    assert snapshot(tmp_path / "results") == before
+
+
+def test_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
+    path = tmp_path / "smoke.yaml"
+    path.write_text(open("configs/smoke.yaml").read() + "lr: 1e-3\nweight_decay: 5e-4\nnum_models: 4e1\n")
+    cfg = memlib.load_profile(str(path))
+    assert (cfg.lr, cfg.weight_decay, cfg.num_models) == (0.001, 0.0005, 40)
+
+
+@pytest.mark.parametrize("name", ["...yaml", "a.b.yaml"])
+def test_profile_file_name_must_be_plain(tmp_path, capsys, name):
+    path = tmp_path / name
+    path.write_text(open("configs/smoke.yaml").read().replace("profile: smoke", ""))
+    assert main(["check", str(path)]) == 2
+    assert "must be plain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", ["..", ".", "a/b", "a.b", ""])
+def test_profile_key_must_be_plain(profile):
+    with pytest.raises(ConfigError, match="profile must be a plain name"):
+        Config().replace(profile=profile)
+
+
+def test_masks_that_cannot_fit_are_refused_before_they_are_built(tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(memlib.checks, "available_memory", lambda: 2**30)
+    start = time.perf_counter()
+    err = run_cli(tmp_path, capsys, {"num_models": 1_000_000}, command="check")
+    assert "masks of num_models=1,000,000 runs x 1,297 training examples need about 2.4 GiB" in err
+    assert "1.0 GiB is free" in err
+    assert time.perf_counter() - start < 20  # building them would take minutes
+
+
+def test_results_dir_that_is_a_file_is_refused_by_check(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    err = run_cli(tmp_path, capsys, {"results_dir": str(tmp_path / "afile")}, command="check")
+    assert "is a file, not a folder" in err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_results_dir_without_permission_is_refused_by_check(tmp_path, capsys, monkeypatch):
+    import os
+
+    (tmp_path / "locked").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("locked") else real(p, mode))
+    err = run_cli(tmp_path, capsys, {"results_dir": str(tmp_path / "locked" / "r")}, command="check")
+    assert "no permission" in err
+    assert list((tmp_path / "locked").iterdir()) == []
 
 
 def test_bad_config_writes_nothing_into_a_fresh_results_dir(tmp_path, capsys):
@@ -90,6 +179,18 @@ def test_notebook_namespace_builds_the_config():
     assert Config.from_namespace(ns).epochs == 7
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):
         Config.from_namespace({**ns, "batch_size": 0})
+
+
+def test_check_writes_nothing_to_a_store_cut_short(finished, digits):
+    """numpy's r+ memmap would extend a cut file with zeros; check opens read-only and names the cut rows."""
+    import os
+
+    store = finished.out_dir / "store"
+    os.truncate(store / "train_correct.npy", 30_000)
+    before = snapshot(finished.out_dir)
+    with pytest.raises(memlib.StoreError, match=r"train_correct.npy is 30000 bytes.*rows 23-39 are cut off"):
+        memlib.check(finished, digits)
+    assert snapshot(finished.out_dir) == before
 
 
 def test_check_reports_what_it_found(smoke):

@@ -38,8 +38,10 @@ def test_registered_archs_build_through_timm(arch):
 
 
 def test_any_timm_model_name_works_and_unknown_ones_fail(smoke):
-    model = build_model(smoke.replace(arch="resnet18"), in_chans=3, img_size=32, num_classes=10)
+    model = build_model(smoke.replace(arch="resnet18", width=None), in_chans=3, img_size=32, num_classes=10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="takes no width parameter.*width: null"):
+        build_model(smoke.replace(arch="resnet18", width=32), in_chans=3, img_size=32, num_classes=10)
     with pytest.raises(ConfigError, match="unknown architecture"):
         build_model(smoke.replace(arch="not_a_model"), in_chans=1, img_size=8, num_classes=10)
 

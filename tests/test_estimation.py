@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from functools import partial
+
 import numpy as np
 import pytest
 from conftest import tiny_dataset
@@ -9,7 +12,15 @@ from conftest import tiny_dataset
 import memlib
 from memlib.design import subset_jobs, subset_mask
 from memlib.engine import NearestNeighbourLearner, Outcome
-from memlib.estimation import estimate_from_arrays, high_influence_pairs, influence, memorization
+from memlib.estimation import (
+    estimate_from_arrays,
+    export_influence,
+    high_influence_pairs,
+    influence,
+    influence_chunks,
+    is_binary,
+    memorization,
+)
 from memlib.runner import run_jobs, subset_store_spec
 from memlib.store import Store
 
@@ -131,7 +142,7 @@ def test_planted_influence_through_the_store(tmp_path):
 
 
 def _fill(tmp_path, cfg, data, learner) -> Store:
-    spec, meta = subset_store_spec(cfg, data.n_train, data.n_test)
+    spec, meta = subset_store_spec(cfg, data)
     store = Store.open(tmp_path / "store", spec, meta)
     jobs = subset_jobs(cfg, data.n_train, range(cfg.num_models))
     run_jobs(store, jobs, cfg, data, learner=learner)
@@ -226,3 +237,96 @@ def test_standard_errors_are_calibrated():
     ratio = curve["observed_error"][:4] / curve["mean_se"][:4]
     np.testing.assert_allclose(ratio, 1.0, atol=0.15)
     assert np.isnan(curve["observed_error"][-1])  # no disjoint halves of 400 runs of 400
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32, np.float64])
+def test_zero_one_outcomes_give_the_definition_exactly_whatever_their_dtype(dtype):
+    """0/1 outcomes take the exact integer-count path: values equal the float64 definition bit for bit."""
+    rng = np.random.default_rng(4)
+    t, n, m = 70, 11, 13
+    masks = random_masks(t, n, seed=5)
+    train_out = (rng.random((t, n)) < 0.3 + 0.5 * masks).astype(dtype)
+    test_out = (rng.random((t, m)) < 0.5).astype(dtype)
+    mem, infl = memorization(masks, train_out), influence(masks, test_out)
+    train64, test64 = train_out.astype(np.float64), test_out.astype(np.float64)
+    for i in range(n):
+        assert mem.value[i] == direct(masks, train64, i, i)[0]
+        for j in range(m):
+            v, se = direct(masks, test64, i, j)
+            assert infl.value[i, j] == v
+            assert infl.se[i, j] == pytest.approx(se, rel=1e-12)
+    as_bool = influence(masks, test_out.astype(bool))
+    np.testing.assert_array_equal(infl.value, as_bool.value)
+    np.testing.assert_array_equal(infl.se, as_bool.se)
+
+
+def test_binary_detection():
+    assert is_binary(np.array([[0, 1], [1, 1]], dtype=np.float32))
+    assert is_binary(np.zeros((3, 2), dtype=bool))
+    assert not is_binary(np.array([[0, 1], [0.5, 1]]))
+    assert not is_binary(np.array([[0, 2]]))
+
+
+def test_chunks_cover_the_rows_in_order_and_never_exceed_the_chunk():
+    rng = np.random.default_rng(6)
+    masks = random_masks(40, 23)
+    test_out = rng.random((40, 7)) < 0.5
+    rows = np.array([2, 3, 5, 8, 13, 21, 22])
+    whole = influence(masks, test_out, rows)
+    for chunk in (1, 3, 100):
+        got = list(influence_chunks(masks, test_out, rows, chunk=chunk))
+        assert all(len(r) <= chunk for r, _ in got)
+        np.testing.assert_array_equal(np.concatenate([r for r, _ in got]), rows)
+        np.testing.assert_array_equal(np.concatenate([d.value for _, d in got]), whole.value)
+        np.testing.assert_array_equal(np.concatenate([d.se for _, d in got]), whole.se)
+    with pytest.raises(ValueError, match="chunk"):
+        next(influence_chunks(masks, test_out, rows, chunk=0))
+
+
+def test_memorization_is_the_same_whatever_the_column_chunk():
+    """Exactly so for 0/1 outcomes; probabilities' float64 sums may round differently (one column sums pairwise)."""
+    rng = np.random.default_rng(7)
+    masks = random_masks(50, 31)
+    for out, check in (
+        (rng.random((50, 31)) < 0.3 + 0.5 * masks, np.testing.assert_array_equal),
+        (rng.random((50, 31)), lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)),
+    ):
+        whole = memorization(masks, out)
+        for chunk in (1, 4, 30):
+            part = memorization(masks, out, chunk=chunk)
+            check(part.value, whole.value)
+            check(part.se, whole.se)
+            np.testing.assert_array_equal(part.n_in, whole.n_in)
+
+
+@pytest.mark.parametrize("kind", ["binary", "probability"])
+def test_export_writes_the_influence_matrix(tmp_path, kind):
+    """Exactly influence() for 0/1 outcomes; for probabilities within float32 sums (chunks change their order)."""
+    rng = np.random.default_rng(8)
+    masks = random_masks(45, 17)
+    test_out = rng.random((45, 6)) < 0.5 if kind == "binary" else rng.random((45, 6))
+    check = np.testing.assert_array_equal if kind == "binary" else partial(np.testing.assert_allclose, atol=1e-6)
+    want = influence(masks, test_out)
+    export_influence(masks, test_out, tmp_path / "infl.npy", tmp_path / "se.npy", dtype=np.float64, chunk=4)
+    check(np.load(tmp_path / "infl.npy"), want.value)
+    check(np.load(tmp_path / "se.npy"), want.se)
+    export_influence(masks, test_out, tmp_path / "half.npy", dtype=np.float16, chunk=5, progress=False)
+    half = np.load(tmp_path / "half.npy")
+    assert half.dtype == np.float16 and half.shape == (17, 6)
+    np.testing.assert_allclose(half, want.value, atol=1e-3)
+
+
+def test_export_memory_is_a_chunk_not_the_matrix(tmp_path):
+    """Memory traced while exporting a 3,000 x 400 matrix (19 MB in float64, with its se) stays near a chunk's."""
+    rng = np.random.default_rng(9)
+    masks = rng.random((30, 3000)) < 0.7
+    test_out = rng.random((30, 400)) < 0.5
+    matrix_bytes = 2 * 3000 * 400 * 8
+    tracemalloc.start()
+    try:
+        export_influence(masks, test_out, tmp_path / "v.npy", tmp_path / "se.npy", chunk=50, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < matrix_bytes / 4, f"traced peak {peak} bytes"
+    assert np.load(tmp_path / "v.npy", mmap_mode="r").shape == (3000, 400)

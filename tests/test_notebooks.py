@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from importlib.metadata import version
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert validation["pairs_fixed"] == summary["high_influence_pairs"]
     assert (out / "figures" / "convergence.png").stat().st_size > 5000
     assert "Traceback" not in report and "memlib.Config.from_namespace" not in report, "code is hidden"
+    assert report.index("Contents:") < report.index("These numbers mean nothing") < report.index('id="stage-1"')
+    assert "subset models:" not in report, "no progress bars"
+    assert "row_heading" not in report, "no index columns"
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=\s]+", "", report)  # the figures' bytes aside
+    assert "NaN" not in text and ">nan<" not in text
+    assert str(Path.cwd()) not in text, "no path of this machine"
 
 
 @pytest.mark.slow

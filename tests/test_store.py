@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 
 import numpy as np
 import pytest
+from conftest import snapshot
 
 import memlib
 from memlib.design import subset_mask, subset_masks
 from memlib.runner import open_subset_store
 from memlib.store import Store, StoreError
+
+META = {"fingerprint": "a", "config": {"k": "a"}}
 
 
 def make(tmp_path, fingerprint="a"):
@@ -43,13 +48,82 @@ def test_other_shape_is_refused(tmp_path):
         Store.open(tmp_path / "s", spec, {"fingerprint": "a", "config": {"k": "a"}})
 
 
-def test_truncated_array_is_reported_as_corrupt(tmp_path):
+def full(tmp_path):
+    """A store of 4 finished rows."""
     store, spec = make(tmp_path)
+    for r in range(4):
+        store.write_row(r, {"x": np.arange(3, dtype=np.float32) + r, "ok": np.arange(5) % (r + 2) == 0})
+    return store, spec
+
+
+def test_truncated_array_is_refused_and_never_extended(tmp_path):
+    store, spec = full(tmp_path)
+    file = store.path / "x.npy"
+    size = file.stat().st_size
+    del store
+    os.truncate(file, size - 20)  # rows 2 and 3 lose bytes
+    before = snapshot(tmp_path)
+    for writable in (False, True):
+        with pytest.raises(StoreError, match=r"x.npy is \d+ bytes, its header says \d+ \(rows 2-3 are cut off\)"):
+            Store.open(tmp_path / "s", spec, META, create=writable, writable=writable)
+    assert snapshot(tmp_path) == before  # numpy's r+ memmap would have zero-filled it back to size
+    assert Store.repair(tmp_path / "s") == [2, 3]
+    again = Store.open(tmp_path / "s", spec, META)
+    assert again.pending() == [2, 3] and file.stat().st_size == size
+
+
+def test_unreadable_header_is_refused_and_repair_keeps_it_beside(tmp_path):
+    store, spec = full(tmp_path)
     file = store.path / "x.npy"
     del store
     file.write_bytes(file.read_bytes()[:60])
-    with pytest.raises(StoreError, match="corrupt"):
-        Store.open(tmp_path / "s", spec, {"fingerprint": "a", "config": {"k": "a"}})
+    with pytest.raises(StoreError, match="corrupt: x.npy has no readable header"):
+        Store.open(tmp_path / "s", spec, META)
+    assert Store.repair(tmp_path / "s") == [0, 1, 2, 3]
+    assert (tmp_path / "s" / "x.npy.corrupt").exists()
+
+
+@pytest.mark.parametrize("name", ["x", "ok"])
+def test_any_changed_value_of_a_finished_row_is_named(tmp_path, name):
+    store, spec = full(tmp_path)
+    arr = np.load(store.path / f"{name}.npy", mmap_mode="r+")
+    arr[2, 1] = not arr[2, 1] if arr.dtype == bool else arr[2, 1] + 1e-3
+    arr.flush()
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match=rf"1 of 4 finished rows .* fail their checksums.*: rows 2 \(arrays: {name}\)"):
+        Store.open(tmp_path / "s", spec, META, create=False)
+    assert snapshot(tmp_path) == before
+    assert Store.repair(tmp_path / "s") == [2]
+    assert Store.open(tmp_path / "s", spec, META).pending() == [2]
+
+
+def test_a_row_marked_complete_without_being_written_is_caught(tmp_path):
+    store, spec = make(tmp_path)
+    store.write_row(0, {"x": np.ones(3, np.float32), "ok": np.ones(5, bool)})
+    store.completed[3] = True  # zeros, never written: no checksum
+    store.arrays["x"][1] = 5  # written but not marked complete: not read, not an error
+    store.completed.flush()
+    with pytest.raises(StoreError, match="rows 3 "):
+        Store.open(tmp_path / "s", spec, META)
+
+
+def test_rows_swapped_or_copied_do_not_verify(tmp_path):
+    store, spec = full(tmp_path)
+    for name in ("x", "ok", "checksums"):
+        store.arrays[name][1] = store.arrays[name][0]  # row 0's values and checksums, moved to row 1
+    with pytest.raises(StoreError, match="rows 1 "):
+        store.check()
+
+
+def test_read_only_store_writes_nothing(tmp_path):
+    store, spec = full(tmp_path)
+    before = snapshot(tmp_path)
+    ro = Store.open(tmp_path / "s", spec, META, create=False)
+    with pytest.raises(StoreError, match="read-only"):
+        ro.write_row(0, {"x": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError):
+        ro["x"][0] = 1
+    assert snapshot(tmp_path) == before
 
 
 def test_unreadable_spec_is_reported(tmp_path):
@@ -59,11 +133,65 @@ def test_unreadable_spec_is_reported(tmp_path):
         Store.open(tmp_path / "s", spec, store.meta)
 
 
-def test_interrupted_creation_is_redone(tmp_path):
+def test_folder_without_spec_is_refused_never_removed(tmp_path):
+    store, spec = full(tmp_path)
+    (store.path / "spec.json").unlink()
+    before = snapshot(tmp_path)
+    for create in (True, False):
+        with pytest.raises(
+            StoreError, match=r"holds \d+ files \(.*x.npy.*4 rows marked finished\) but no readable spec"
+        ):
+            Store.open(tmp_path / "s", spec, META, create=create)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(StoreError, match="none of the 4 finished rows .* verify under this config"):
+        Store.repair(tmp_path / "s", spec, {"fingerprint": "b", "config": {"k": "b"}})
+    assert snapshot(tmp_path) == before
+    assert Store.repair(tmp_path / "s", spec, META) == []  # the config that made it: every row adopted
+    assert Store.open(tmp_path / "s", spec, META).done() == 4
+
+
+def test_lost_completed_mask_is_rebuilt_from_the_checksums(tmp_path):
+    store, spec = make(tmp_path)
+    store.write_row(1, {"x": np.ones(3, np.float32), "ok": np.ones(5, bool)})
+    (store.path / "completed.npy").unlink()
+    with pytest.raises(StoreError, match="completed.npy is missing"):
+        Store.open(tmp_path / "s", spec, META)
+    assert Store.repair(tmp_path / "s") == [0, 2, 3]  # never written: not finished
+    assert Store.open(tmp_path / "s", spec, META).pending() == [0, 2, 3]
+
+
+def test_empty_folder_becomes_a_store(tmp_path):
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "x.npy").write_bytes(b"half")  # no spec.json: creation never finished
     store, _ = make(tmp_path)
     assert store.pending() == [0, 1, 2, 3]
+
+
+def _create_at_once(path, barrier, spec, queue):
+    barrier.wait()
+    try:
+        store = Store.open(path, spec, META)
+        store.write_row(os.getpid() % 4, {"x": np.ones(3, np.float32)})
+        queue.put("ok")
+    except Exception as exc:  # reported to the test
+        queue.put(repr(exc))
+
+
+def test_workers_starting_together_create_one_store(tmp_path):
+    """Eight processes open a fresh store at the same instant, 15 times: one creates it, all use it."""
+    ctx = mp.get_context("fork")
+    _, spec = make(tmp_path / "warm")
+    for trial in range(15):
+        path = tmp_path / f"t{trial}" / "s"
+        barrier, queue = ctx.Barrier(8), ctx.Queue()
+        procs = [ctx.Process(target=_create_at_once, args=(path, barrier, spec, queue)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+        assert results == ["ok"] * 8
+        assert sorted(p.name for p in path.parent.iterdir()) == ["s"]  # no temporary folder left
+        assert Store.open(path, spec, META).done() >= 1
 
 
 def test_subset_masks_are_exact_and_seeded():
@@ -78,8 +206,22 @@ def test_tampered_mask_in_finished_row_is_caught(smoke, digits):
     store = open_subset_store(smoke, digits)
     mask = subset_mask(smoke.seed, 0, digits.n_train, smoke.subset_ratio)
     store.write_row(0, {"masks": ~mask})
-    with pytest.raises(StoreError, match="mask its seed does not give"):
+    with pytest.raises(StoreError, match="mask that their seed does not give: rows 0"):
         open_subset_store(smoke, digits)
+
+
+def test_every_finished_mask_is_checked_against_its_design(smoke, digits):
+    """A mask flipped in a late row, with its checksum rewritten to match, is still caught (not just row < 64)."""
+    cfg = smoke.replace(num_models=120, min_out=10)
+    store = open_subset_store(cfg, digits)
+    design = subset_masks(cfg, digits.n_train)
+    rows = {r: {"masks": design[r]} for r in range(cfg.num_models)}
+    rows[100] = {"masks": ~design[100]}
+    store.write_rows(rows)  # a writer that wrote the wrong mask: its checksum agrees with it
+    with pytest.raises(StoreError, match=r"rows 100\b.*python -m memlib repair smoke"):
+        open_subset_store(cfg, digits, create=False)
+    assert memlib.runner.repair_subset_store(cfg, digits) == [100]
+    assert open_subset_store(cfg, digits).pending() == [100]
 
 
 def test_store_remembers_its_config(smoke, digits):
@@ -115,3 +257,26 @@ def test_balanced_design_puts_every_example_in_the_same_number_of_runs(smoke, di
     store = memlib.train_subsets(cfg, digits)  # the runs train on the design's masks
     np.testing.assert_array_equal(np.asarray(store["masks"]), masks)
     assert not np.array_equal(masks, subset_masks(cfg.replace(mask_design="random"), digits.n_train))
+
+
+def test_a_store_made_before_checksums_is_upgraded_by_repair_not_retrained(smoke, digits):
+    cfg = smoke.replace(num_models=24, min_out=1, mask_design="balanced")
+    store = memlib.train_subsets(cfg, digits)
+    doc = json.loads((store.path / "spec.json").read_text())
+    del doc["spec"]["checksums"]  # as the previous version wrote it
+    (store.path / "spec.json").write_text(json.dumps(doc))
+    (store.path / "checksums.npy").unlink()
+    with pytest.raises(StoreError, match="made before stored rows carried checksums"):
+        open_subset_store(cfg, digits, create=False)
+    assert memlib.runner.repair_subset_store(cfg, digits) == []
+    assert open_subset_store(cfg, digits, create=False).done() == 24
+
+
+def test_any_store_made_before_checksums_is_upgraded_from_its_own_spec(tmp_path):
+    store, spec = full(tmp_path)
+    doc = json.loads((store.path / "spec.json").read_text())
+    del doc["spec"]["checksums"]
+    (store.path / "spec.json").write_text(json.dumps(doc))
+    (store.path / "checksums.npy").unlink()
+    assert Store.repair(tmp_path / "s") == []
+    assert Store.open(tmp_path / "s", spec, META).done() == 4

@@ -1,0 +1,126 @@
+"""The Makefile's cases: PROFILE as a name or a YAML path, a clean-results that cannot remove anything else,
+`make lab` prepared with a profile's parameters, and Ctrl-C that says how to resume.
+
+make runs with the venv that runs these tests (VENV=sys.prefix, its stamp marked old so nothing is reinstalled).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from memlib.__main__ import main
+from memlib.report import STAGES
+
+VENV = Path(sys.prefix)
+
+
+def make(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = ["make", "--no-print-directory", "-o", str(VENV / ".installed"), f"VENV={VENV}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def toy_profile(tmp_path: Path, name: str = "toy", **extra) -> Path:
+    """A YAML profile outside configs/: the digits data, a few models, results under tmp_path."""
+    values = {"results_dir": str(tmp_path / "results"), "num_models": 24, "mask_design": "balanced", "min_out": 2}
+    values.update(epochs=2, workers=1)
+    values.update(extra)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    return path
+
+
+def test_clean_results_refuses_an_empty_or_unknown_profile():
+    for profile, says in (("", "PROFILE is empty"), ("smoke ../configs", "no profile"), ("nonexistent", "no profile")):
+        res = make("clean-results", f"PROFILE={profile}")
+        assert res.returncode != 0 and says in res.stdout + res.stderr, profile
+    assert (ROOT / "results" / "README.md").exists() and (ROOT / "configs" / "smoke.yaml").exists()
+
+
+def test_clean_results_removes_exactly_the_profiles_folder(tmp_path):
+    profile = toy_profile(tmp_path)
+    out, other = tmp_path / "results" / "toy", tmp_path / "results" / "other"
+    for d in (out / "store", other):
+        d.mkdir(parents=True)
+    (out / "summary.json").write_text("{}")
+    (other / "keep.txt").write_text("another profile's")
+    res = make("clean-results", f"PROFILE={profile}")
+    assert res.returncode == 0, res.stderr
+    assert not out.exists() and (other / "keep.txt").exists()
+    assert "nothing to remove" in make("clean-results", f"PROFILE={profile}").stdout
+
+
+def test_clean_refuses_a_folder_that_holds_what_memlib_does_not_write(tmp_path, capsys):
+    # results_dir: . and a profile named like a project folder would point at that folder
+    profile = toy_profile(tmp_path, name="precious", results_dir=str(tmp_path))
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    assert main(["clean", str(profile)]) == 2
+    assert "thesis.tex, which memlib does not write" in capsys.readouterr().err
+    assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+def test_check_and_report_take_a_yaml_path(tmp_path):
+    profile = toy_profile(tmp_path)
+    res = make("check", f"PROFILE={profile}")
+    assert res.returncode == 0 and "profile 'toy' is ready" in res.stdout, res.stderr
+    res = make("report", f"PROFILE={profile}")
+    assert res.returncode != 0 and "no executed notebooks" in res.stderr
+    assert not (tmp_path / "results").exists(), "check and a refused report write nothing"
+
+
+def test_lab_prepares_the_profiles_notebooks_and_runs_as_root(tmp_path):
+    profile = toy_profile(tmp_path, lr="1e-2")
+    res = make("lab", f"PROFILE={profile}", "JUPYTER=echo jupyter")
+    assert res.returncode == 0, res.stderr
+    lab = tmp_path / "results" / "toy" / "lab"
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("jupyter lab") and f"--notebook-dir={lab}" in last
+    assert ("--allow-root" in last) == (os.geteuid() == 0)
+    for stage in STAGES:
+        nb = nbformat.read(lab / f"{stage}.ipynb", as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1, stage
+        assert 'profile = "toy"' in injected[0].source and "lr = 0.01" in injected[0].source
+        assert f'results_dir = "{tmp_path / "results"}"' in injected[0].source
+    again = make("lab", f"PROFILE={profile}", "JUPYTER=true")
+    assert again.stdout.count("kept ") == len(STAGES), "a second `make lab` keeps the notebooks you edited"
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_how_many_models_are_kept(tmp_path):
+    profile = toy_profile(tmp_path, num_models=400, epochs=20, group_size=4)
+    store = tmp_path / "results" / "toy" / "store" / "completed.npy"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = ["make", "--no-print-directory", "-o", str(VENV / ".installed"), f"VENV={VENV}", "reproduce"]
+    proc = subprocess.Popen(
+        [*cmd, f"PROFILE={profile}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (store.exists() and np.load(store).sum() >= 4):
+        time.sleep(1)
+    assert store.exists(), "training started"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    found = re.search(r"interrupted: rerun to resume \((\d+) models kept\)", out)
+    assert found, out[-2000:]
+    assert int(found.group(1)) == int(np.load(store).sum()) >= 4
+    assert "!! " not in out and "failed" not in out, "an interruption is not reported as a failure"

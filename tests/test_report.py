@@ -1,0 +1,122 @@
+"""The report leads with its findings, says plainly when its numbers mean little, and shouts when stages disagree."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+from test_experiments import fake_estimates
+
+import memlib
+from memlib import report
+from memlib.experiments import summarize as summarize_utility
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+
+
+def fake_runs(acc: dict[str, list[float]]) -> pd.DataFrame:
+    kinds = {"full data": ("full", 0.0, 0), "mem >= 0.25": ("mem", 0.25, 30), "random, as many": ("random", 0.25, 30)}
+    rows = []
+    for name, values in acc.items():
+        kind, theta, k = kinds[name]
+        for r, a in enumerate(values):
+            rows.append({"row": len(rows), "condition": name, "kind": kind, "threshold": theta, "n_removed": k,
+                         "repeat": r, "test_acc": a, "pair_test_acc": np.nan})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_utility_intervals_are_clipped_to_0_1_and_drops_are_paired():
+    runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
+    table = summarize_utility(runs).set_index("kind")
+    assert table.loc["full", "ci_high"] == 1.0 and table.loc["full", "clipped"]
+    assert 0.0 <= table["ci_low"].min() and table["ci_high"].max() <= 1.0
+    assert table.loc["mem", "drop"] == pytest.approx(0.065)
+    lo, hi = table.loc["mem", ["drop_ci_low", "drop_ci_high"]]
+    assert lo < 0.065 < hi, "the paired differences 0.09 and 0.04 give the drop's interval"
+    assert table.loc["mem", "gap"] == pytest.approx(0.055)
+
+
+def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 10.0) -> None:
+    """Four executed-looking notebooks (papermill metadata, a progress bar on stderr) and a summary.json."""
+    status = status or {}
+    out.mkdir(parents=True, exist_ok=True)
+    for k, stage in enumerate(report.STAGES):
+        start = T0 + dt.timedelta(minutes=10 * k)
+        if status.get(stage) == "stale":
+            start = T0 - dt.timedelta(hours=1)
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("x = 1")
+        cell.outputs = [
+            nbformat.v4.new_output("stream", name="stderr", text="training: 40%|████ | 16/40 [00:04<00:06]\n"),
+            nbformat.v4.new_output("stream", name="stdout", text=f"output of {stage}\n"),
+        ]
+        env_cell = nbformat.v4.new_code_cell("env")
+        env_cell.metadata["tags"] = ["appendix"]
+        env_cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="CONFIG-DUMP-IN-STAGE-BODY\n")]
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# {stage}"), cell, env_cell]
+        nb.metadata["papermill"] = {
+            "start_time": start.isoformat(),
+            "end_time": (start + dt.timedelta(minutes=5)).isoformat(),
+            "duration": 300.0,
+            "exception": status.get(stage) == "failed",
+        }
+        nbformat.write(nb, out / f"{stage}.ipynb")
+    mem = np.array([0.0, 0.1, 0.3, 0.6, 0.9] * 20)
+    est = fake_estimates(mem)
+    est.mem.n_out[:] = min_out
+    runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
+    cfg = memlib.load_profile("smoke")
+    split = {"mem_spearman": 0.5, "pairs_jaccard": None, "models_per_half": [20, 20]}
+    summary = report.summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
+    report.write_json(summary, out / "summary.json")
+    (out / "parameters.yaml").write_text("profile: smoke\nlr: 0.1\n")
+    report.write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / report.ENVIRONMENT_FILE)
+
+
+def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(tmp_path):
+    out = tmp_path / "smoke"
+    write_run(out)
+    html = report.render_report(out).read_text()
+    sentence = html.index("training examples,")
+    assert "Contents:" in html and html.index("Contents:") < sentence < html.index('id="stage-1"')
+    assert "95% CI" in html[sentence : sentence + 2000], "numbers carry their uncertainty"
+    assert "These numbers mean nothing" in html, "too few models: said plainly"
+    assert "were clipped to it" in html and "Only 2 retrained models per condition" in html
+    assert "This report does not show one consistent run" not in html
+    appendix = html.index('id="appendix"')
+    assert "<details>" in html[appendix:] and "Configuration" in html[appendix:]
+    assert "training: 40%" not in html, "no progress bars"
+    assert "output of 02_estimate" in html
+    assert "CONFIG-DUMP-IN-STAGE-BODY" not in html, "configuration and environment only in the appendix"
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=\s]+", "", html)  # the figures' bytes aside
+    assert "NaN" not in text and ">nan<" not in text
+    assert str(ROOT) not in text and str(Path.home()) + "/" not in text
+
+
+@pytest.mark.parametrize(
+    "status, says",
+    [({"03_filter_retrain": "failed"}, "failed"), ({"02_estimate": "stale"}, "stale")],
+    ids=["failed", "stale"],
+)
+def test_a_failed_or_stale_stage_puts_a_banner_on_top(tmp_path, status, says):
+    out = tmp_path / "smoke"
+    write_run(out, status=status)
+    html = report.render_report(out).read_text()
+    banner = html.index("This report does not show one consistent run")
+    assert banner < html.index("training examples,"), "above the headline"
+    assert says in html[banner : banner + 600]
+
+
+def test_enough_models_no_caveat(tmp_path):
+    out = tmp_path / "big"
+    write_run(out, min_out=300.0)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["retrain_models"], summary["ci_clipped"] = 8, False
+    assert report.caveats(summary) == []
