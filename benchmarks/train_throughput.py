@@ -70,8 +70,11 @@ def recipe(args) -> tuple[memlib.Config, Dataset]:
                        np.arange(50_000), np.arange(10_000), [str(c) for c in range(10)])  # fmt: skip
         return cfg, data
     arch = args.arch or "mem_mlp_mnist"
+    width = None if arch == "mem_mlp_mnist" else memlib.load_profile("fashion-mnist").width  # 784-512-256-10 fixed
     try:
-        cfg = memlib.load_profile("fashion-mnist").replace(**base, arch=arch, train_size=10_000, mask_design="random")
+        cfg = memlib.load_profile("fashion-mnist").replace(
+            **base, arch=arch, width=width, train_size=10_000, mask_design="random"
+        )
         data = memlib.load_dataset(cfg)
     except memlib.DataError:
         print("Fashion-MNIST not found: using digits (8x8) instead", file=sys.stderr)
