@@ -112,6 +112,9 @@ def test_ctrl_c_says_how_to_resume_and_how_many_models_are_kept(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal gives it
+        # a terminal's Ctrl-C reaches processes whose SIGINT is not ignored; a test run started in the background
+        # (`cmd &` in a script) inherits SIGINT ignored, so restore it as a terminal would have it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not (store.exists() and np.load(store).sum() >= 4):
