@@ -26,7 +26,7 @@ from .claims import Lease, claim, wait_claim
 from .config import Config, display_path
 from .data import Dataset, load_dataset
 from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
-from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device, resolve_precision
+from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device
 from .lifeline import start as lifeline_start
 from .noise import dataset_flips
 from .signals import COLUMNS as SIGNAL_COLUMNS
@@ -314,9 +314,3 @@ def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] 
 def worker_count(cfg: Config, learner=None) -> int:
     """CPU training uses cfg.workers processes; a GPU, or a learner passed in, runs in this process."""
     return 1 if (learner is not None or resolve_device(cfg.device).type == "cuda") else cfg.workers
-
-
-def training_setup(cfg: Config) -> dict[str, str]:
-    """Device and precision the config trains with here (for the report and environment.json)."""
-    device = resolve_device(cfg.device)
-    return {"device": str(device), "precision": resolve_precision(cfg.precision, device)}
