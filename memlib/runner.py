@@ -26,7 +26,7 @@ from .claims import Lease, claim, wait_claim
 from .config import Config, display_path
 from .data import Dataset, load_dataset
 from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
-from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device
+from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device, resolve_precision
 from .lifeline import start as lifeline_start
 from .noise import dataset_flips
 from .signals import COLUMNS as SIGNAL_COLUMNS
@@ -108,6 +108,23 @@ def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
         )
 
 
+def training_precision(cfg: Config) -> str:
+    """The precision this machine trains the config's models in (`precision: auto` resolved for its device)."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device))
+
+
+def check_same_precision(path: Path, meta: dict[str, Any], precision: str, cfg: Config) -> None:
+    """Raise StoreError unless new rows would train in the precision the store's rows trained in."""
+    old = meta.get("precision")
+    if old is not None and old != precision:
+        raise StoreError(
+            f"the store at {display_path(path)} holds models trained in {old}, but on this machine "
+            f"precision: {cfg.precision} trains in {precision}; one store must not mix the two. Set "
+            f"precision: {old} in the profile to add models to it here (or run where {old} is the default), "
+            "or use another profile name (or results_dir)."
+        )
+
+
 def subset_store_path(cfg: Config) -> Path:
     return cfg.out_dir / "store"
 
@@ -129,6 +146,10 @@ def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
     old = stored_meta(subset_store_path(cfg))
     if old is not None:
         check_same_data(subset_store_path(cfg), old, data)
+    if create:  # a store trains in one precision: `auto` resolves per machine, so a store records what it became
+        meta["precision"] = training_precision(cfg)
+        if old is not None:
+            check_same_precision(subset_store_path(cfg), old, meta["precision"], cfg)
     store = Store.open(subset_store_path(cfg), spec, meta, create=create, fix=repair_command(cfg))
     bad = wrong_masks(cfg, store)
     if len(bad):

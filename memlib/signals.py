@@ -46,20 +46,35 @@ class SignalRecorder:
         self.correct_epochs, self.forgetting = z(torch.int32), z(torch.int32)
         self.last_wrong = torch.full((k_models * n,), -1, dtype=torch.int32, device=device)
         self.aum, self.margin, self.loss, self.el2n = (z(torch.float32) for _ in range(4))
+        self._epoch, self._pending = 0, []
 
-    @torch.no_grad()
     def update(self, epoch: int, examples: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, valid=None):
         """Record one step: `examples` (K, B) training positions, `logits` (K, B, C), `labels` (K, B).
 
-        `valid` (K, B) marks real entries of padded batches; each example appears at most once per epoch.
+        `valid` (K, B) marks real entries of padded batches; each example appears at most once per epoch, so
+        an epoch's steps are kept as they come and recorded together when the epoch ends (a few large
+        operations per epoch rather than a dozen small ones per step).
         """
+        if epoch != self._epoch:
+            self.flush()
+            self._epoch = epoch
         k, b = examples.shape
         flat = (torch.arange(k, device=examples.device)[:, None] * self.n + examples).reshape(-1)
-        lg = logits.detach().float().reshape(k * b, -1)
-        y = labels.reshape(-1, 1)
+        lg, y = logits.detach().reshape(k * b, -1), labels.reshape(-1)
         if valid is not None:
             keep = valid.reshape(-1)
             flat, lg, y = flat[keep], lg[keep], y[keep]
+        self._pending.append((flat, lg, y))
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Record the steps kept since the epoch began."""
+        if not self._pending:
+            return
+        epoch = self._epoch
+        flat, lg, y = (torch.cat(parts) for parts in zip(*self._pending))
+        self._pending = []
+        lg, y = lg.float(), y[:, None]
         logp = lg.log_softmax(-1)
         p = logp.exp()
         given = lg.gather(1, y).squeeze(1)
@@ -81,6 +96,7 @@ class SignalRecorder:
 
     def result(self) -> list[dict[str, np.ndarray]]:
         """Each model's signals over all n examples, as stored (NOT_SEEN / NaN where it did not train)."""
+        self.flush()
         seen = self.seen.cpu().numpy()
         counts = {
             "correct_epochs": self.correct_epochs,

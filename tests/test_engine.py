@@ -156,3 +156,44 @@ def test_bf16_engine_learns_as_well_as_fp32(smoke, digits):
         outs = NeuralLearner(cfg.replace(precision=precision), digits).fit_eval_group(runs)
         acc[precision] = np.mean([o.test_correct.mean() for o in outs])
     assert acc["fp32"] > 0.85 and abs(acc["bf16"] - acc["fp32"]) < 0.03, acc
+
+
+def test_bf16_working_copies_give_autocasts_exact_gradients(digits):
+    from memlib.engine import StackedMLP
+    from memlib.models import build_model
+
+    cfg = memlib.load_profile("smoke")
+    models = [build_model(cfg, 1, 8, 10) for _ in range(3)]
+    working, master = StackedMLP(models, torch.bfloat16), StackedMLP(models, torch.float32)
+    x, y = torch.randn(3, 16, 1, 8, 8), torch.randint(0, 10, (48,))
+    loss = torch.nn.functional.cross_entropy(working(x).float().flatten(0, 1), y)
+    grads = torch.autograd.grad(loss, working.leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = master(x)
+    ref = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y), master.leaves)
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+    for g, r in zip(grads, ref):
+        assert torch.equal(g.float(), r)
+    # after an optimizer step on the fp32 weights, sync refreshes the working copies
+    with torch.no_grad():
+        working.params[0].add_(1.0)
+    working.sync()
+    assert torch.equal(working.leaves[0], working.params[0].to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.0), (True, 5e-4)])
+def test_shared_sgd_step_is_torchs_sgd(fp32, nesterov, weight_decay):
+    cfg = fp32.replace(nesterov=nesterov, weight_decay=weight_decay, momentum=0.9)
+    torch.manual_seed(0)
+    start = torch.randn(4, 5, 3)
+    ours, ref = start.clone(), start.clone().requires_grad_()
+    opt = StackedOptimizer(cfg, [ours])
+    sgd = torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    for step in range(5):
+        g = torch.randn(4, 5, 3).to(torch.bfloat16)  # bf16 gradients are widened on the fly
+        lr = 0.1 * (1 + step)
+        sgd.param_groups[0]["lr"] = lr
+        ref.grad = g.float()
+        sgd.step()
+        opt.step([g], torch.full((4,), lr), torch.full((4,), 0.9), None, shared=(lr, 0.9))
+        torch.testing.assert_close(ours, ref.detach(), rtol=0, atol=1e-6)

@@ -49,6 +49,23 @@ def test_stage1_store_refuses_other_data_and_says_what_changed(smoke):
         assert snapshot(smoke.out_dir) == before, "nothing written"
 
 
+def test_a_store_does_not_mix_precisions_when_auto_resolves_otherwise(smoke, monkeypatch):
+    import memlib.runner
+
+    data = tiny_dataset()
+    memlib.train_subsets(smoke, data, learner=memlib.NearestNeighbourLearner(data), rows=range(4))
+    made_in = memlib.runner.stored_meta(smoke.out_dir / "store")["precision"]
+    other = "fp32" if made_in == "bf16" else "bf16"
+    monkeypatch.setattr(memlib.runner, "resolve_precision", lambda name, device: other)  # another machine
+    before = snapshot(smoke.out_dir)
+    with pytest.raises(
+        StoreError, match=f"trained in {made_in}, but on this machine precision: auto trains in {other}"
+    ):
+        memlib.train_subsets(smoke, data, learner=memlib.NearestNeighbourLearner(data), rows=range(4, 8))
+    assert snapshot(smoke.out_dir) == before, "nothing written"
+    assert memlib.check(smoke, data)["models already finished"] == 4  # reading it needs no particular precision
+
+
 def test_data_fingerprint_is_computed_once_per_load_and_sees_every_part(digits):
     fp = digits.fingerprint
     assert digits.fingerprint is fp, "cached on the loaded dataset"
