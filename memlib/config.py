@@ -96,7 +96,7 @@ class Config:
     # figures (stage 4)
     show_examples: int = 24
     # validation (stage 5)
-    compare_arch: str | None = None  # a second architecture trained on the same design, for consistency
+    compare_arch: str | None = None  # a second architecture (at its default width) trained on the same design
 
     # ------------------------------------------------------------------------------------------------
     @classmethod

@@ -6,7 +6,9 @@ weights, shuffles, augmentation draws) and its own subset, so a run's outcome do
 it trains in beyond floating-point rounding.
 
 Three paths, chosen per architecture and device by `choose_path` (the measurements that chose it are there):
-- stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all K models;
+- stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all models in lockstep
+  (the whole group on a GPU, 2 at a time on a CPU: `NeuralLearner.lockstep`), in bf16 on bf16 working copies
+  of fp32 weights;
 - vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
   statistics kept per model;
 - single: one model after another, the same loop as memlib has always had.
@@ -235,29 +237,19 @@ class StackedOptimizer:
         self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
-    def step(
-        self,
-        grads,
-        lr: torch.Tensor,
-        momentum: torch.Tensor,
-        active: torch.Tensor | None,
-        shared: tuple[float, float] | None = None,
-    ) -> None:
+    def step(self, grads, lr: torch.Tensor, momentum: torch.Tensor, active: torch.Tensor | None) -> None:
         """One step for every active model; `lr` and `momentum` are each model's values at its own step.
 
-        `shared`: (lr, momentum) when every model is active and all share these values, the common step of
-        SGD, taken in two passes over the weights (see `_shared_sgd_step`). Gradients may be bf16 (the
-        gradients of bf16 working copies of the weights): they are read as they are and widened on the fly.
+        Gradients may be bf16 (those of bf16 working copies of the weights): they are widened as they are read.
         """
         cfg = self.cfg
         self.steps += 1 if active is None else active
         nesterov = cfg.nesterov and cfg.momentum > 0
-        if shared is not None and cfg.optimizer == "sgd":
-            for p, g, st in zip(self.params, grads, self.state):
-                _shared_sgd_step(p, g, st, *shared, cfg.weight_decay, nesterov)
-            return
         for p, g, st in zip(self.params, grads, self.state):
             shape = (-1,) + (1,) * (p.dim() - 1)
+            if active is None and cfg.optimizer == "sgd":
+                _sgd_step(p, g, st, lr.view(shape), momentum.view(shape), cfg.weight_decay, nesterov)
+                continue
             keep = None if active is None else active.view(shape)
             g = g if g.dtype == p.dtype else g.to(p.dtype)
             d_p = g.add_(p, alpha=cfg.weight_decay) if cfg.weight_decay else g  # g is ours: updated in place
@@ -274,36 +266,31 @@ class StackedOptimizer:
                 p.sub_(update if keep is None else update * keep)
                 continue
             # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
-            buf = st.setdefault("buf", torch.zeros_like(p))
+            buf = st.setdefault("buf", torch.zeros_like(p))  # (steps where some sit out: never the first)
             mom, rate = momentum.view(shape), lr.view(shape)
-            if keep is None:  # the common step: every model active, all in place
-                buf.mul_(mom).add_(d_p)
-                update = d_p.addcmul_(buf, mom) if nesterov else buf
-                p.addcmul_(update, rate, value=-1)
-            else:
-                buf_new = buf * mom + d_p
-                _assign(buf, buf_new, keep)
-                update = d_p + mom * buf_new if nesterov else buf_new
-                p.sub_(rate * update * keep)
+            buf_new = buf * mom + d_p
+            _assign(buf, buf_new, keep)
+            update = d_p + mom * buf_new if nesterov else buf_new
+            p.sub_(rate * update * keep)
 
 
-def _shared_sgd_step(p, g, state: dict, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
-    """torch.optim.SGD's update with one lr and momentum for all models, in as few passes over memory as it takes.
+def _sgd_step(p, g, state: dict, lr, momentum, weight_decay: float, nesterov: bool) -> None:
+    """torch.optim.SGD's update for K models that all take this step, in two passes over memory.
 
-    The weights' update is memory-bound: with the working set of a step small enough to stay in cache, two
-    passes (buffer, then weights) instead of four made a step of 2 stacked MLPs x1.15 faster (engine docstring).
+    The update is memory-bound: a pass for the momentum buffer and one for the weights, reading a bf16
+    gradient as it is, rather than five (widen the gradient, scale the buffer, add, scale, subtract).
     """
     d_p = torch.add(g, p, alpha=weight_decay) if weight_decay else g
     buf = state.get("buf")
     if buf is None:  # torch.optim.SGD starts the buffer at d_p
         buf = state["buf"] = d_p.to(p.dtype, copy=True)
     else:
-        torch.add(d_p, buf, alpha=momentum, out=buf)  # buf = momentum * buf + d_p
+        torch.addcmul(d_p, buf, momentum, out=buf)  # buf = momentum * buf + d_p
     if nesterov:
-        p.add_(d_p, alpha=-lr)
-        p.add_(buf, alpha=-lr * momentum)
+        p.addcmul_(d_p, lr, value=-1)
+        p.addcmul_(buf, lr * momentum, value=-1)
     else:
-        p.add_(buf, alpha=-lr)
+        p.addcmul_(buf, lr, value=-1)
 
 
 def _assign(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
@@ -550,16 +537,7 @@ def train_group(
     for k, nb in enumerate(n_batches):
         lrs, moms = schedule_table(cfg, cfg.epochs * nb)
         lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
-    # steps where every model is active with the same lr and momentum take the optimizer's shared step
     everyone = min(n_batches)  # steps before which every model is active
-    same = (lr_all == lr_all[..., :1]).all(-1) & (mom_all == mom_all[..., :1]).all(-1)
-    shared = [
-        [
-            (float(lr_all[e, s, 0]), float(mom_all[e, s, 0])) if s < everyone and same[e, s] else None
-            for s in range(len(same[e]))
-        ]
-        for e in range(cfg.epochs)
-    ]
     lr_all, mom_all = torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev)
     active_all = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
     opt = StackedOptimizer(cfg, models.params)
@@ -568,7 +546,8 @@ def train_group(
     for epoch in range(cfg.epochs):
         perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
         index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
-        host_sizes = sizes.cpu().tolist() if cfg.augment == "flip_crop" else None
+        host_sizes = sizes.cpu().tolist()
+        padded = [any(b != width for b in row) for row in host_sizes]  # steps with a short or missing batch
         for s in range(max(n_batches)):
             if steps is not None and done >= steps:
                 return
@@ -589,11 +568,9 @@ def train_group(
             )
             loss = (losses.view(k_models, width) * weight[s]).sum()
             if recorder is not None:
-                recorder.update(epoch, idx, logits, train.y[idx], valid=weight[s] > 0)
+                recorder.update(epoch, idx, logits, train.y[idx], valid=weight[s] > 0 if padded[s] else None)
             grads = torch.autograd.grad(loss, models.leaves)
-            opt.step(
-                grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s], shared[epoch][s]
-            )
+            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
             models.sync()
             done += 1
 

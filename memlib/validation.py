@@ -250,9 +250,11 @@ def compare_architecture(cfg: Config, data: Dataset, est: Estimates, store: Stor
     """Train the same design with `cfg.compare_arch` (a store of its own, resumable) and compare the estimates.
 
     The second run is the profile `<profile>-<arch>` under the same results_dir: same data, masks, seeds and
-    recipe; only the architecture differs.
+    recipe; only the architecture differs, at its own default width (`width` sizes the first architecture).
     """
-    other = cfg.replace(arch=cfg.compare_arch, profile=f"{cfg.profile}-{cfg.compare_arch}", compare_arch=None)
+    other = cfg.replace(
+        arch=cfg.compare_arch, width=None, profile=f"{cfg.profile}-{cfg.compare_arch}", compare_arch=None
+    )
     other_store = train_subsets(other, data)
     other_store.require_complete()
     other_est = estimate(other, other_store, data)

@@ -182,18 +182,21 @@ def test_bf16_working_copies_give_autocasts_exact_gradients(digits):
 
 
 @pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.0), (True, 5e-4)])
-def test_shared_sgd_step_is_torchs_sgd(fp32, nesterov, weight_decay):
-    cfg = fp32.replace(nesterov=nesterov, weight_decay=weight_decay, momentum=0.9)
+def test_sgd_step_of_models_that_all_step_is_torchs_sgd_per_model(fp32, nesterov, weight_decay):
+    cfg = fp32.replace(nesterov=nesterov, weight_decay=weight_decay)
     torch.manual_seed(0)
-    start = torch.randn(4, 5, 3)
-    ours, ref = start.clone(), start.clone().requires_grad_()
+    start = torch.randn(3, 5, 4)
+    ours = start.clone()
     opt = StackedOptimizer(cfg, [ours])
-    sgd = torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    refs = [start[k].clone().requires_grad_() for k in range(3)]
+    sgds = [torch.optim.SGD([r], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay) for r in refs]
     for step in range(5):
-        g = torch.randn(4, 5, 3).to(torch.bfloat16)  # bf16 gradients are widened on the fly
-        lr = 0.1 * (1 + step)
-        sgd.param_groups[0]["lr"] = lr
-        ref.grad = g.float()
-        sgd.step()
-        opt.step([g], torch.full((4,), lr), torch.full((4,), 0.9), None, shared=(lr, 0.9))
-        torch.testing.assert_close(ours, ref.detach(), rtol=0, atol=1e-6)
+        g = torch.randn(3, 5, 4).to(torch.bfloat16)  # bf16 gradients are widened as they are read
+        lr, mom = torch.tensor([0.1, 0.2, 0.05]) * (1 + step), torch.tensor([0.9, 0.85, 0.95])  # each model its own
+        for k, (ref, sgd) in enumerate(zip(refs, sgds)):
+            sgd.param_groups[0].update(lr=float(lr[k]), momentum=float(mom[k]))
+            ref.grad = g[k].float()
+            sgd.step()
+        opt.step([g], lr, mom, None)
+        for k, ref in enumerate(refs):
+            torch.testing.assert_close(ours[k], ref.detach(), rtol=0, atol=1e-6)

@@ -131,7 +131,7 @@ def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, dig
     store = memlib.train_subsets(cfg, digits)
     est = memlib.estimate(cfg, store, digits)
     result, other, other_cfg = compare_architecture(cfg, digits, est, store)
-    assert other_cfg.arch == "mem_cnn" and other_cfg.profile == "smoke-mem_cnn"
+    assert other_cfg.arch == "mem_cnn" and other_cfg.profile == "smoke-mem_cnn" and other_cfg.width is None
     other_store = memlib.open_subset_store(other_cfg, digits, create=False)
     np.testing.assert_array_equal(other_store["masks"], store["masks"])  # the same design
     assert result["arch_a"] == "mem_mlp" and result["arch_b"] == "mem_cnn"
