@@ -174,11 +174,13 @@ def test_bf16_working_copies_give_autocasts_exact_gradients(digits):
     assert all(g.dtype == torch.bfloat16 for g in grads)
     for g, r in zip(grads, ref):
         assert torch.equal(g.float(), r)
-    # after an optimizer step on the fp32 weights, sync refreshes the working copies
-    with torch.no_grad():
-        working.params[0].add_(1.0)
-    working.sync()
-    assert torch.equal(working.leaves[0], working.params[0].to(torch.bfloat16))
+    # an optimizer step updates the fp32 weights and refreshes their working copies
+    before = [p.clone() for p in working.params]
+    opt = StackedOptimizer(cfg.replace(precision="bf16"), working.params, working.leaves)
+    opt.step(grads, torch.full((3,), 0.1), torch.full((3,), 0.9), None)
+    for p, leaf, b in zip(working.params, working.leaves, before):
+        assert p.dtype == torch.float32 and not torch.equal(p, b)
+        assert torch.equal(leaf, p.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.0), (True, 5e-4)])
