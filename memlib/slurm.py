@@ -98,11 +98,11 @@ class GroupTask(submitit.helpers.Checkpointable):
         return trained
 
 
-def open_store(path: Path) -> Store:
-    """Open an existing store for writing, with the spec and meta it records."""
+def open_store(path: Path, writable: bool = True) -> Store:
+    """Open an existing store, with the spec and meta it records."""
     doc = json.loads((path / SPEC_FILE).read_text())
     spec = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
-    return Store.open(path, spec, doc.get("meta", {}), create=False, writable=True, verify=False)
+    return Store.open(path, spec, doc.get("meta", {}), create=False, writable=writable, verify=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +334,9 @@ def gave_up_message(store: Store, cfg: Config, given_up: list[Task]) -> str:
 def status(store: Store) -> dict[str, Any]:
     """Rows of a store by state (finished, running, pending, failed, not submitted) and the failed tasks."""
     record = read_record(store.path)
-    live = queued(record) if record and shutil.which("squeue") else {}
+    if record:
+        require_slurm()
+    live = queued(record)
     store.reload()
     done = store.completed
     latest: dict[int, Task] = {}
@@ -360,3 +362,21 @@ def status(store: Store) -> dict[str, Any]:
         "pending tasks": pending,
         "failed tasks": failed,
     }
+
+
+def status_text(store: Store) -> str:
+    """`python -m memlib status`: a store's rows by state, its live tasks and its failed tasks with their logs."""
+    st = status(store)
+    lines = [f"{display_path(store.path)}: {store.rows} rows"]
+    for name in ("finished", "running", "pending", "failed", "not submitted"):
+        rows = st[name]
+        lines.append(f"  {name:<14}{len(rows):>7}" + (f"  rows {describe_rows(rows, limit=6)}" if rows else ""))
+    live = st["running tasks"] + st["pending tasks"]
+    if live:
+        jobs = sorted({t.job.split("_")[0] for t in live})
+        lines.append(f"  live tasks: {len(live)} (SLURM job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)})")
+    if st["failed tasks"]:
+        states = final_states([t.job for t in st["failed tasks"]])
+        lines.append("  tasks that ended with their rows unfinished (a run resubmits them):")
+        lines += ["  " + failure_text(t, states.get(t.job, "ended")) for t in st["failed tasks"][:12]]
+    return "\n".join(lines)
