@@ -260,7 +260,7 @@ def _step(store: Store, cfg: Config, groups: dict[int, list[Job]], tried: Counte
             attempts = Counter(t.group for t in record)
             new = _submit(store, cfg, submit, attempts)
             _write_record(store.path, record + new)
-            tried.update(submit)
+            tried.update(list(submit))
         return {
             "live": [t for t in record if t.job in live],
             "new": new,
