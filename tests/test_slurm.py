@@ -128,10 +128,14 @@ def test_slurm_stages_1_and_3_equal_the_local_executor(cluster, local_smoke, tmp
     assert slurm_util.runs[cols].equals(local_util.runs[cols])
 
 
-def test_cancelled_task_is_resubmitted_and_the_store_equals_an_uninterrupted_run(cluster, tmp_path):
-    # two groups of 20 models with enough epochs that a task is still training when its SIGKILL comes
-    # (scancel sends SIGTERM, which submitit lets pass, and SIGKILL KillWait = 5 s later)
-    changes = {"group_size": 20, "epochs": 30}
+def test_cancelled_task_is_resubmitted_a_signalled_one_requeued_and_the_store_equals_an_uninterrupted_run(
+    cluster, tmp_path
+):
+    # two groups of 20 models, their tasks side by side on the 2 CPUs, each still training when the signals come
+    # (a group trains for 10 s or more): one is cancelled (scancel: SIGTERM, which submitit lets pass, then SIGKILL;
+    # the task was seen to live on up to 5 s), the other gets SIGUSR2, the signal SLURM sends before a time limit
+    # (and on pre-emption), on which submitit requeues it
+    changes = {"group_size": 20, "epochs": 100}
     local = write_profile(tmp_path / "local", executor="local", **changes)
     profile = write_profile(tmp_path / "slurm", executor="slurm", **changes)
     store = store_of(profile)
@@ -143,31 +147,39 @@ def test_cancelled_task_is_resubmitted_and_the_store_equals_an_uninterrupted_run
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
-    cancelled = None
+    running: list[str] = []
     deadline = time.time() + 300
-    while cancelled is None and time.time() < deadline and driver.poll() is None:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%M"], capture_output=True, text=True).stdout
-        running = [line.split("|")[0] for line in out.split() if line.split("|")[1] == "RUNNING"]
-        if running and (store / "slurm" / "tasks.json").exists():
-            time.sleep(1.0)  # mid-run: started, not finished
-            subprocess.run(["scancel", running[0]], check=True)
-            cancelled = running[0]
+    while len(running) < 2 and time.time() < deadline and driver.poll() is None:
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout
+        running = out.split()
         time.sleep(0.2)
-    assert cancelled is not None, "no task was seen running"
-    group = next(t for t in tasks(store) if t["job"] == cancelled)
+    assert len(running) == 2 and (store / "slurm" / "tasks.json").exists(), f"both tasks should run: {running}"
+    time.sleep(1.0)  # mid-run: started, not finished
+    cancelled, signalled = sorted(running)
+    subprocess.run(["scancel", cancelled], check=True)
+    subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
+    by_job = {t["job"]: t for t in tasks(store)}
     while cancelled in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout:
         time.sleep(0.2)
     done = np.load(store / "completed.npy")
-    assert not done[group["rows"]].any(), "the cancelled task's rows are unfinished once it is gone"
+    assert not done[by_job[cancelled]["rows"]].any(), "the cancelled task's rows are unfinished once it is gone"
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
     assert "40 of 40 models finished" in out
     record = tasks(store)
-    again = [t for t in record if t["group"] == group["group"]]
+    again = [t for t in record if t["group"] == by_job[cancelled]["group"]]
     assert [t["attempt"] for t in again] == [1, 2] and again[0]["job"] == cancelled, record
+    assert [t["job"] for t in record if t["group"] == by_job[signalled]["group"]] == [signalled], "requeued, same id"
     assert len(record) == 3, "only the cancelled group was submitted again"
-    state = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", cancelled], capture_output=True, text=True)
-    assert state.stdout.startswith("CANCELLED"), state.stdout
+    states = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-D", "-o", "JobID,State", "-j", f"{cancelled},{signalled}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert f"{cancelled}|CANCELLED" in " ".join(states), states
+    assert f"{signalled}|REQUEUED" in states and f"{signalled}|COMPLETED" in states, states
+    log = (Path(by_job[signalled]["folder"]) / f"{signalled}_0_log.err").read_text()
+    assert "this job is preempted" in log and "REQUEUE" in log, log
     proc = memlib_cli("train", str(local))
     assert proc.returncode == 0, proc.stderr
     assert_same_store(store_of(local), store)
