@@ -46,8 +46,10 @@ def cluster(request):
         assert proc.returncode == 0, f".ci/slurm-cluster start failed:\n{proc.stdout}\n{proc.stderr}"
         started = True
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\nslurm test cluster started in {time.monotonic() - t0:.1f} s")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\nslurm test cluster started in {time.monotonic() - t0:.1f} s")
     yield conf
     if started:
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120)
