@@ -15,12 +15,18 @@ STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures 05_validate
 PYTHON ?= python3
 # PROFILE is a name in configs/ or a path to a YAML file; memlib says where its results go (<results_dir>/<profile>)
 # and writes the papermill parameters, so that every target uses the same folder and the same values as memlib.
+# EXECUTOR=slurm (or local) overrides the profile's `executor` key for every target: memlib reads it from the
+# environment as MEMLIB_EXECUTOR, so `check`, the papermill parameters and the notebooks all see the same value.
+EXECUTOR ?=
+ifneq ($(strip $(EXECUTOR)),)
+export MEMLIB_EXECUTOR := $(strip $(EXECUTOR))
+endif
 NEED_PROFILE = @test -n "$(strip $(PROFILE))" || { echo "error: PROFILE is empty: give a profile name or YAML path"; exit 2; }
 
 .PHONY: help setup reproduce report check test lint format lab bench clean-results
 
 help: ## list the targets
-	@echo "usage: make TARGET [PROFILE=name or path/to/profile.yaml]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
+	@echo "usage: make TARGET [PROFILE=name or path/to/profile.yaml] [EXECUTOR=local|slurm]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml

@@ -1,7 +1,8 @@
 """Command line: `python -m memlib COMMAND PROFILE`, PROFILE a name in configs/ or a path to a YAML file.
 
-check, train, repair and report are for people; out-dir, kept and clean serve the Makefile, so that every
-target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
+check, train, repair, report, submit and status are for people; out-dir, kept and clean serve the Makefile,
+so that every target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
+submit and status are for a SLURM cluster (see memlib.slurm and the README).
 """
 
 from __future__ import annotations
@@ -104,18 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="validate a profile, its data and every stage's store (writes nothing)")
     p_train = sub.add_parser("train", help="stage 1 without a notebook, e.g. one worker of many on a cluster")
     p_train.add_argument("--rows", default=None, help="START:STOP, the run indices this worker trains")
+    p_submit = sub.add_parser("submit", help="submit stage 1 to SLURM as a job array and return at once")
+    p_status = sub.add_parser("status", help="finished, running, pending and failed rows of the profile's stores")
     p_repair = sub.add_parser("repair", help="clear the completed flags of stored rows that fail verification")
     p_report = sub.add_parser("report", help="render <results_dir>/<profile>/report.html from executed notebooks")
     p_out = sub.add_parser("out-dir", help="print the folder this profile's results go to")
     p_out.add_argument("--params", metavar="FILE", help="also write every parameter as YAML to FILE in that folder")
     p_kept = sub.add_parser("kept", help="print how many finished models the profile's stores hold")
     p_clean = sub.add_parser("clean", help="delete <results_dir>/<profile> (finished models too) and nothing else")
-    for p in (p_check, p_train, p_repair, p_report, p_out, p_kept, p_clean):
+    for p in (p_check, p_train, p_submit, p_status, p_repair, p_report, p_out, p_kept, p_clean):
         p.add_argument("profile", help="a name in configs/ (e.g. digits) or a path to a YAML file")
     args = parser.parse_args(argv)
 
     from .config import ConfigError, display_path, load_profile
     from .data import DataError
+    from .slurm import SlurmError
     from .store import StoreError
 
     cfg = None
@@ -138,10 +142,42 @@ def main(argv: list[str] | None = None) -> int:
             data = load_dataset(cfg)
             check(cfg, data)
             store = train_subsets(cfg, data, rows=rows)
+            where = "by SLURM tasks while this ran" if cfg.executor == "slurm" else "here"
             print(
                 f"{store.done()} of {store.rows} models finished in {display_path(store.path)} "
-                f"({store.trained} trained here)"
+                f"({store.trained} trained {where})"
             )
+        elif args.command == "submit":
+            from .checks import check
+            from .data import load_dataset
+            from .design import check_out_counts, subset_jobs
+            from .runner import open_subset_store
+            from .slurm import submit_array
+
+            data = load_dataset(cfg)
+            check(cfg, data)
+            check_out_counts(cfg, data.n_train)
+            store = open_subset_store(cfg, data)
+            new, live = submit_array(store, subset_jobs(cfg, data.n_train, store.pending()), cfg)
+            jobs = sorted({t.job.split("_")[0] for t in new})
+            print(
+                f"{display_path(store.path)}: {store.done()} of {store.rows} models finished; submitted {len(new)} "
+                f"array tasks" + (f" (SLURM job {', '.join(jobs)})" if jobs else "") + f"; {len(live)} queued or "
+                "running already (not submitted again)."
+            )
+            print(
+                f"Follow it with `python -m memlib status {args.profile}`. `make reproduce` (or `python -m memlib "
+                "train`) with executor: slurm reattaches to these tasks, resubmits failed ones and goes on."
+            )
+        elif args.command == "status":
+            from .slurm import open_store, status_text
+            from .store import SPEC_FILE
+
+            paths = [p for p in (cfg.out_dir / "store", cfg.out_dir / "retrain") if (p / SPEC_FILE).exists()]
+            if not paths:
+                print(f"no store yet in {display_path(cfg.out_dir)}: nothing trained or submitted")
+            for path in paths:
+                print(status_text(open_store(path, writable=False)))
         elif args.command == "repair":
             from .data import load_dataset
             from .runner import repair_subset_store, subset_store_path
@@ -177,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = models_kept(cfg) if cfg is not None else 0
         print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, StoreError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, StoreError, SlurmError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

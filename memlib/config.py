@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ AUGMENTS = ("none", "flip_crop")
 MASK_DESIGNS = ("random", "balanced")
 ENGINES = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+EXECUTORS = ("local", "slurm")
+EXECUTOR_ENV = "MEMLIB_EXECUTOR"  # overrides a profile's `executor` (`make reproduce EXECUTOR=slurm` sets it)
+SBATCH_OPTION = re.compile(r"[a-z][a-z0-9_-]*")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a profile: one folder name, no '/', '.' or '..'
 # Inclusive upper bounds of the counts: far above any real run, low enough to refuse a typo before work.
 MAXIMA = {
@@ -43,6 +47,12 @@ MAXIMA = {
     "group_size": 4096,
     "width": 1 << 20,
     "show_examples": 256,
+    "slurm_gpus_per_task": 64,
+    "slurm_cpus_per_task": 1024,
+    "slurm_mem_gb": 1 << 20,
+    "slurm_time_min": 525_600,
+    "slurm_array_parallelism": 100_000,
+    "slurm_retries": 100,
 }
 
 
@@ -84,6 +94,16 @@ class Config:
     engine: str = "auto"  # how a group of models trains: stacked (MLPs), vmap, single (one at a time)
     group_size: int = 8  # models trained in lockstep per group (rows [g K, (g + 1) K) form group g)
     workers: int = 2
+    # where stages 1 and 3 train: `local` (this machine) or `slurm` (job arrays through submitit; README)
+    executor: str = "local"
+    slurm_partition: str | None = None  # null: the cluster's default partition
+    slurm_gpus_per_task: int = 0  # GPUs per array task (one task trains one group of models)
+    slurm_cpus_per_task: int = 2
+    slurm_mem_gb: int | None = None  # memory per task; null: the partition's default
+    slurm_time_min: int = 60  # time limit per task; a task signalled before it is requeued, its group redone
+    slurm_array_parallelism: int = 64  # array tasks running at once
+    slurm_retries: int = 2  # resubmissions of a failed, cancelled or pre-empted group before the run stops
+    slurm_sbatch: dict[str, str] = field(default_factory=dict)  # more sbatch options, e.g. {account: lab}
     # estimation (stage 2)
     infl_threshold: float = 0.15
     mem_threshold: float = 0.25
@@ -162,7 +182,18 @@ class Config:
             raise ConfigError(
                 f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
             )
-        for name in ("num_models", "epochs", "batch_size", "workers", "retrain_models", "min_out", "group_size"):
+        for name in (
+            "num_models",
+            "epochs",
+            "batch_size",
+            "workers",
+            "retrain_models",
+            "min_out",
+            "group_size",
+            "slurm_cpus_per_task",
+            "slurm_time_min",
+            "slurm_array_parallelism",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.retrain_models < 2:
@@ -172,6 +203,18 @@ class Config:
         if self.train_size is not None and not 10 <= self.train_size <= 100_000_000:
             raise ConfigError(
                 f"train_size must be null (the whole training set) or in [10, 100,000,000], got {self.train_size}"
+            )
+        for name in ("slurm_gpus_per_task", "slurm_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.slurm_mem_gb is not None and self.slurm_mem_gb < 1:
+            raise ConfigError(
+                f"slurm_mem_gb must be null (the partition's default) or at least 1, got {self.slurm_mem_gb}"
+            )
+        bad = [k for k in self.slurm_sbatch if not SBATCH_OPTION.fullmatch(k)]
+        if bad:
+            raise ConfigError(
+                f"slurm_sbatch keys are sbatch option names without the dashes (e.g. account, qos), got {bad}"
             )
         if self.width is not None and self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
@@ -190,6 +233,7 @@ class Config:
             ("mask_design", MASK_DESIGNS),
             ("engine", ENGINES),
             ("precision", PRECISIONS),
+            ("executor", EXECUTORS),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -298,6 +342,11 @@ def _check_types(cfg: Config) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif hint == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif hint == "dict[str, str]":
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                for k, v in value.items()
+            )
         elif hint == "list[float]":
             ok = isinstance(value, (list, tuple)) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
@@ -370,6 +419,11 @@ def load_profile(profile: str) -> Config:
     if values.get("profile", path.stem) != path.stem:
         raise ConfigError(f"{path} says profile: {values['profile']!r}; it must match the file name ({path.stem!r})")
     values["profile"] = path.stem
+    override = os.environ.get(EXECUTOR_ENV)
+    if override:
+        if override not in EXECUTORS:
+            raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)} (or unset), got {override!r}")
+        values["executor"] = override
     return Config.from_dict(values, source=str(path))
 
 

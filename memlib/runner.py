@@ -4,7 +4,7 @@ A run's journey: row -> mask and seed (design) -> group of models (engine) -> de
 Groups are the design's (rows [g K, (g + 1) K) for K = group_size), so a resumed run trains exactly the same
 groups; a group's rows are written, flushed and marked complete together, after all its models finish. On a
 CPU, `workers` processes (one thread each) train groups side by side; on a GPU, one process trains them in
-turn. This module is where a cluster backend plugs in.
+turn. With `executor: slurm` the groups run as SLURM array tasks instead (memlib.slurm), into the same store.
 """
 
 from __future__ import annotations
@@ -268,7 +268,12 @@ def run_jobs(
     With workers > 1 (CPU only; default: `worker_count`), groups run in that many spawned processes, each with
     its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
     store. With a `learner` given (a test's exact learner), or on a GPU, groups run in this process, on `data`.
+    With `executor: slurm` (and no learner given) every group is a SLURM array task (memlib.slurm.run_array).
     """
+    if cfg.executor == "slurm" and learner is None:
+        from .slurm import run_array
+
+        return run_array(store, jobs, cfg, desc=desc)
     workers = worker_count(cfg, learner) if workers is None else workers
     todo = [j for j in jobs if not store.completed[j.row]]
     groups = job_groups(todo, cfg.group_size)
