@@ -271,6 +271,47 @@ def headline(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def validation_rows(v: dict) -> list[tuple[str, str]]:
+    """Readable (label, value) rows of a validation.json (stage 5): flips found, controlled pairs, architectures."""
+    rows = []
+    if v.get("flipped"):
+        scores = {k[len("auroc_") :]: x for k, x in v.items() if k.startswith("auroc_") and k != "auroc_mem"}
+        best = max(scores, key=scores.get) if scores else None
+        rows.append(
+            (
+                "finding flipped labels",
+                f"{v['flipped']:,} flips: AUROC of mem {_num(v['auroc_mem'], '.3f')} (precision at k "
+                f"{_num(v['precision_at_k_mem'], '.2f')})"
+                + (
+                    f"; best peer score {best.replace('_', ' ')} {_num(scores[best], '.3f')} (precision at k "
+                    f"{_num(v.get(f'precision_at_k_{best}'), '.2f')})"
+                    if best
+                    else ""
+                ),
+            )
+        )
+    if "pairs_fdr" in v:
+        rows.append(
+            (
+                f"pairs, FDR ≤ {v['pair_fdr']:g}",
+                f"{v['pairs_fdr']:,} of the {v['pairs_fixed']:,} pairs at the fixed cut-offs; split-half Jaccard "
+                f"{_num(v['pairs_jaccard_fdr'], '.2f')} (fixed cut-offs: {_num(v['pairs_jaccard_fixed'], '.2f')})",
+            )
+        )
+    if "spearman_arch" in v:
+        rows.append(
+            (
+                f"{v['arch_a']} vs {v['arch_b']}",
+                f"Spearman of mem {_num(v['spearman_arch'], '.3f')}; Jaccard of the top {v['top_mem_fraction']:.0%} "
+                f"by mem {_num(v['top_mem_jaccard_arch'], '.2f')}, of the pairs {_num(v['pairs_jaccard_arch'], '.2f')} "
+                f"({v['pairs_a']:,} vs {v['pairs_b']:,}); mean mem difference "
+                f"{_num(v['mean_mem_difference_arch'], '+.3f')} beside a test accuracy gap of "
+                f"{_num(v['test_accuracy_gap_arch'], '+.3f')}",
+            )
+        )
+    return rows
+
+
 def table(df: pd.DataFrame, digits: int = 3):
     """A DataFrame for display: no index column, floats to `digits` places, missing values as a dash."""
     return df.style.hide(axis="index").format(precision=digits, na_rep="—", thousands=",")
@@ -475,8 +516,10 @@ def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | Non
         + _figure(figures / "pairs.png", "High-influence pairs: training example | the test example it helps")
         + "</div>"
     )
-    parts.append("<h2>Headline figures</h2>" + _html_table(headline(summary)))
-    parts.append("<p>All of them, in <code>summary.json</code> beside this report.</p>")
+    checks = read_json(out_dir / "validation.json") if (out_dir / "validation.json").exists() else {}
+    parts.append("<h2>Headline figures</h2>" + _html_table(headline(summary) + validation_rows(checks)))
+    where = " and <code>validation.json</code> (stage 5)" if checks else ""
+    parts.append(f"<p>All of them, in <code>summary.json</code>{where} beside this report.</p>")
     return "\n".join(parts)
 
 

@@ -120,3 +120,41 @@ def test_enough_models_no_caveat(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     summary["retrain_models"], summary["ci_clipped"] = 8, False
     assert report.caveats(summary) == []
+
+
+def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
+    out = tmp_path / "smoke"
+    write_run(out)
+    html = report.render_report(out).read_text()
+    assert "finding flipped labels" not in html and "validation.json" not in html[: html.index('id="stage-1"')]
+    checks = {
+        "flipped": 130,
+        "auroc_mem": 0.61,
+        "precision_at_k_mem": 0.25,
+        "auroc_loss": 0.97,
+        "precision_at_k_loss": 0.8,
+        "auroc_cleanlab": 0.99,
+        "precision_at_k_cleanlab": 0.9,
+        "pair_fdr": 0.05,
+        "pairs_fixed": 120,
+        "pairs_fdr": 7,
+        "pairs_jaccard_fixed": 0.1,
+        "pairs_jaccard_fdr": 0.5,
+        **{"arch_a": "mem_mlp", "arch_b": "mem_cnn", "spearman_arch": 0.42, "top_mem_fraction": 0.1},
+        **{"top_mem_jaccard_arch": 0.3, "pairs_jaccard_arch": 0.2, "pairs_a": 12, "pairs_b": 9},
+        **{"mean_mem_difference_arch": 0.013, "test_accuracy_gap_arch": -0.011},
+    }
+    report.write_json(checks, out / "validation.json")
+    findings = report.render_report(out).read_text()
+    findings = findings[: findings.index('id="stage-1"')]
+    rows = dict(report.validation_rows(checks))
+    assert rows["finding flipped labels"] == (
+        "130 flips: AUROC of mem 0.610 (precision at k 0.25); best peer score cleanlab 0.990 (precision at k 0.90)"
+    )
+    assert rows["pairs, FDR ≤ 0.05"] == (
+        "7 of the 120 pairs at the fixed cut-offs; split-half Jaccard 0.50 (fixed cut-offs: 0.10)"
+    )
+    assert rows["mem_mlp vs mem_cnn"].startswith("Spearman of mem 0.420; Jaccard of the top 10% by mem 0.30")
+    assert "mean mem difference +0.013 beside a test accuracy gap of -0.011" in rows["mem_mlp vs mem_cnn"]
+    for label in rows:
+        assert report.html.escape(label) in findings, "in the headline table, before stage 1"
