@@ -150,12 +150,13 @@ def test_cancelled_task_is_resubmitted_a_signalled_one_requeued_and_the_store_eq
         cwd=ROOT,
     )
     running: list[str] = []
+    recorded = store / "slurm" / "tasks.json"  # written once sbatch returns, which can be after the tasks start
     deadline = time.time() + 300
-    while len(running) < 2 and time.time() < deadline and driver.poll() is None:
+    while not (len(running) == 2 and recorded.exists()) and time.time() < deadline and driver.poll() is None:
         out = subprocess.run(["squeue", "-h", "-r", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout
         running = out.split()
         time.sleep(0.2)
-    assert len(running) == 2 and (store / "slurm" / "tasks.json").exists(), f"both tasks should run: {running}"
+    assert len(running) == 2 and recorded.exists(), f"both tasks should run, and be recorded: {running}"
     time.sleep(1.0)  # mid-run: started, not finished
     cancelled, signalled = sorted(running)
     subprocess.run(["scancel", cancelled], check=True)
