@@ -190,7 +190,7 @@ def headline_sentence(s: dict) -> str:
     frac = f"{s['frac_mem_ge_0.25']:.1%}" + (f" (95% CI {lo:.1%} to {hi:.1%})" if lo is not None else "")
     text = (
         f"Of {s['n_train']:,} {s.get('data_name', s['dataset'])} training examples, {frac} are memorized "
-        f"(mem ≥ 0.25; each estimate ±{s['mean_mem_se']:.2f} on average, from {s['num_models']:,} {s['arch']} models)."
+        f"(mem ≥ 0.25; each estimate ±{s['mean_mem_se']:.2g} on average, from {s['num_models']:,} {s['arch']} models)."
     )
     u = _main_threshold(s)
     if u:
