@@ -250,9 +250,10 @@ class StackedOptimizer:
         self.steps += 1 if active is None else active
         nesterov = cfg.nesterov and cfg.momentum > 0
         copies = self.copies or [None] * len(self.params)
+        every_sgd = active is None and cfg.optimizer == "sgd"  # the common step: two passes, copies refreshed
         for p, g, st, copy_to in zip(self.params, grads, self.state, copies):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            if active is None and cfg.optimizer == "sgd":
+            if every_sgd:
                 _sgd_step(p, g, st, lr.view(shape), momentum.view(shape), cfg.weight_decay, nesterov, copy_to)
                 continue
             keep = None if active is None else active.view(shape)
@@ -277,7 +278,7 @@ class StackedOptimizer:
             _assign(buf, buf_new, keep)
             update = d_p + mom * buf_new if nesterov else buf_new
             p.sub_(rate * update * keep)
-        if self.copies is not None and not (active is None and cfg.optimizer == "sgd"):
+        if self.copies is not None and not every_sgd:
             torch._foreach_copy_(self.copies, self.params)
 
 
@@ -363,10 +364,10 @@ class StackedMLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (K, B, ...) -> logits (K, B, classes)."""
-        h = x.reshape(x.shape[0], x.shape[1], -1)
+        h = x.reshape(x.shape[0], x.shape[1], -1).to(self.leaves[0].dtype)
         last = len(self.weights) - 1
         for i in range(last + 1):
-            h = torch.baddbmm(self.leaves[2 * i + 1], h.to(self.leaves[0].dtype), self.leaves[2 * i])
+            h = torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i])
             if i < last:
                 h = torch.relu(h)
         return h

@@ -85,7 +85,7 @@ class GroupTask(submitit.helpers.Checkpointable):
 
         from .data import load_dataset
         from .engine import NeuralLearner
-        from .runner import run_group
+        from .runner import check_same_precision, run_group
 
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         cfg = Config.from_dict(self.cfg)
@@ -93,13 +93,7 @@ class GroupTask(submitit.helpers.Checkpointable):
         if store.meta.get("fingerprint") != self.fingerprint:
             raise SlurmError(f"{self.store} was replaced by another store after this task was submitted")
         learner = NeuralLearner(cfg, load_dataset(cfg))
-        made_in = store.meta.get("precision")  # resolved where the store was made (memlib.runner)
-        if made_in and learner.precision != made_in:
-            raise SlurmError(
-                f"this node trains in {learner.precision} (precision: {cfg.precision}), but {self.store} holds "
-                f"models trained in {made_in}, as precision resolved where the run was submitted. Set precision: "
-                f"{made_in} in the profile (auto resolves per machine, and these nodes differ from that one)."
-            )
+        check_same_precision(Path(self.store), store.meta, learner.precision, cfg)  # as recorded where submitted
         trained = run_group(store, learner, self.jobs, cfg.group_size, wait=True) or 0
         print(f"rows {describe_rows(j.row for j in self.jobs)}: {trained} models trained", flush=True)
         return trained

@@ -282,16 +282,18 @@ def race_campaign(work: Path, ref: dict, trials: int) -> dict:
     return out
 
 
-def _tagged(tag: str) -> list[int]:
+def tagged_processes(tag: str) -> list[int]:
+    """Live processes whose environment carries `tag` (tests/test_concurrency.py uses it too)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
+                environ = (proc / "environ").read_bytes()
                 state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if tag.encode() in (proc / "environ").read_bytes() and state != "Z":
-                    found.append(int(proc.name))
             except OSError:
                 continue
+            if tag.encode() in environ and state != "Z":
+                found.append(int(proc.name))
     return found
 
 
@@ -323,9 +325,9 @@ def orphan_campaign(work: Path, delays: list[float]) -> dict:
         proc.kill()
         proc.wait()
         deadline = time.time() + 10
-        while _tagged(tag) and time.time() < deadline:
+        while tagged_processes(tag) and time.time() < deadline:
             time.sleep(0.2)
-        left = _tagged(tag)
+        left = tagged_processes(tag)
         survivors += len(left)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):

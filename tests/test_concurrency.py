@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_dataset
+from faults import tagged_processes
 
 import memlib
 from memlib import claims
@@ -111,21 +112,6 @@ def test_overlapping_row_ranges_train_every_row_exactly_once(tmp_path):
         assert open_subset_store(cfg, data, create=False).done() == 40
 
 
-def _tagged(tag: str) -> list[int]:
-    """Live processes whose environment carries `tag`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                environ = (proc / "environ").read_bytes()
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if tag.encode() in environ and state != "Z":
-                found.append(int(proc.name))
-    return found
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for proc in Path("/proc").iterdir():
@@ -162,9 +148,9 @@ def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.time() + 15
-        while _tagged(tag) and time.time() < deadline:
+        while tagged_processes(tag) and time.time() < deadline:
             time.sleep(0.2)
-        survivors = _tagged(tag)
+        survivors = tagged_processes(tag)
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)
         assert not survivors, f"{len(survivors)} workers outlived their parent killed {delay:.1f} s after spawning"
