@@ -51,7 +51,7 @@ reproduce: $(STAMP) ## run the whole study on PROFILE (default digits) and rende
 	  echo "== $$nb ($(PROFILE))"; \
 	  $(PAPERMILL) notebooks/$$nb.ipynb "$$out/$$nb.ipynb" -f "$$out/parameters.yaml" \
 	    --cwd notebooks --no-progress-bar --log-output 2>&1 \
-	    | { grep --line-buffered -E "model/s|s/model|Error|Exception" || true; } \
+	    | { grep --line-buffered -E "model/s|s/model|Error|Exception|regime" || true; } \
 	    || { echo "!! $$nb failed: open $$out/$$nb.ipynb to see where"; exit 1; }; \
 	done; \
 	$(MEMLIB) report "$(PROFILE)"; \

@@ -35,6 +35,7 @@ _HOME = {
     "memorization": "estimation",
     "se_curve": "estimation",
     "split_half": "estimation",
+    "store_fit": "runner",
     "marginal_utility": "experiments",
     "open_subset_store": "runner",
     "train_subsets": "runner",

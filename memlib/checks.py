@@ -15,7 +15,8 @@ from .engine import resolve_device
 from .estimation import PUBLISHED_SOURCES
 from .experiments import check_retrain_store
 from .models import build_model, check_arch
-from .runner import open_subset_store, subset_store_path, subset_store_spec
+from .regime import summary_line
+from .runner import open_subset_store, store_fit, subset_store_path, subset_store_spec
 from .store import SPEC_FILE, refuse_unspecified
 
 
@@ -67,9 +68,12 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         if not resolve(path).is_file():
             raise ConfigError(f"{name}: {resolve(path)} does not exist. {PUBLISHED_SOURCES}")
     path = subset_store_path(cfg)
-    done = 0
+    done, regime = 0, "no finished models yet (stage 1 says after its first group)"
     if (path / SPEC_FILE).exists():  # an existing store must match this config and data, and every row verify
-        done = open_subset_store(cfg, data, create=False).done()
+        store = open_subset_store(cfg, data, create=False)
+        done = store.done()
+        if done:  # do the finished models fit what they trained on (the paper's regime)?
+            regime = f"{done} finished models: {summary_line(store_fit(cfg, store, data))}"
     else:
         refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
         check_disk_fits(cfg, data)
@@ -81,6 +85,7 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         "models": cfg.num_models,
         "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
         "models already finished": done,
+        "regime": regime,
         "retrained models already finished (stage 3)": retrained,
         "results": display_path(cfg.out_dir),
     }

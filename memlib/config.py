@@ -110,6 +110,7 @@ class Config:
     published_pairs: str | None = None
     published_cscores: str | None = None
     pair_fdr: float = 0.05  # false discovery rate of the statistically controlled pair set
+    fit_target: float = 0.99  # in-sample accuracy below which a report says its models are not in the paper's regime
     # filtering and retraining (stage 3)
     utility_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
     retrain_models: int = 8
@@ -246,6 +247,11 @@ class Config:
                 raise ConfigError(f"{name} must lie in (0, 1] (the paper uses 0.15 and 0.25), got {value}")
         if not 0.0 <= self.label_noise < 1.0:
             raise ConfigError(f"label_noise must lie in [0, 1) (a fraction of the training pool): {self.label_noise}")
+        if not 0.5 <= self.fit_target <= 1.0:
+            raise ConfigError(
+                f"fit_target must lie in [0.5, 1] (the in-sample accuracy of the paper's regime; default 0.99), "
+                f"got {self.fit_target}"
+            )
         if not 0.0 < self.pair_fdr < 1.0:
             raise ConfigError(f"pair_fdr must lie strictly between 0 and 1 (for example 0.05), got {self.pair_fdr}")
         if self.compare_arch is not None and self.compare_arch == self.arch:

@@ -193,3 +193,35 @@ def training_overview(test_acc: np.ndarray, out_counts: np.ndarray, path=None) -
     axes[1].set_title(f"Held-out models per training example (min {int(out_counts.min())})")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def fit_overview(per_example: np.ndarray, fit: dict, flipped: np.ndarray | None = None, path=None) -> plt.Figure:
+    """Is this the paper's regime? In-sample accuracy per example (clean vs flipped) and per class, vs held-out."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
+    flipped = np.zeros(len(per_example), dtype=bool) if flipped is None else np.asarray(flipped, dtype=bool)
+    bins = np.linspace(0, 1, 21)
+    ax.hist(per_example[~flipped], bins=bins, color="#2c3e50", alpha=0.8, label=f"clean ({(~flipped).sum():,})")
+    if flipped.any():
+        ax.hist(per_example[flipped], bins=bins, color="#c0392b", alpha=0.8, label=f"flipped ({flipped.sum():,})")
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of the models trained on it that fit it")
+    ax.set_ylabel("training examples")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("In-sample accuracy per training example", fontsize=10)
+    classes = list(fit["in_sample_acc_per_class"])
+    values = [fit["in_sample_acc_per_class"][c] or 0.0 for c in classes]
+    ax2.bar(range(len(classes)), values, color="#2c3e50", label="in-sample (clean)")
+    ax2.axhline(fit["fit_target"], color="#27ae60", ls="--", lw=1.2, label=f"fit target {fit['fit_target']:g}")
+    ax2.axhline(fit["held_out_acc"], color="#7f8c8d", ls=":", lw=1.5, label=f"held-out {fit['held_out_acc']:.3f}")
+    if fit.get("in_sample_acc_flipped") is not None:
+        ax2.axhline(fit["in_sample_acc_flipped"], color="#c0392b", ls="-.", lw=1.2, label="in-sample, flipped")
+    low = min([*values, fit["held_out_acc"], fit.get("in_sample_acc_flipped") or 1.0])
+    ax2.set_ylim(max(0.0, low - 0.05), 1.005)
+    ax2.set_xticks(range(len(classes)))
+    ax2.set_xticklabels(classes, rotation=45 if len(classes) > 10 or max(map(len, classes)) > 3 else 0, ha="right",
+                        fontsize=7 if len(classes) > 20 else 8)  # fmt: skip
+    ax2.legend(loc="lower left", fontsize=7)
+    verdict = "in the paper's regime" if fit["in_regime"] else "NOT in the paper's regime"
+    ax2.set_title(f"Per class, against held-out accuracy: {verdict}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -63,3 +63,28 @@ def arch_scatter(a: Estimates, b: Estimates, names: tuple[str, str], consistency
     )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def proxy_curves(agreement: dict, path=None) -> plt.Figure:
+    """Each score from t models against mem from the other half of the models (and, with flips, its AUROC)."""
+    curve = agreement["curve"]
+    names = [k[len("spearman_") :] for k in curve if k.startswith("spearman_")]
+    flips = any(k.startswith("auroc_") for k in curve)
+    fig, axes = plt.subplots(1, 2 if flips else 1, figsize=(11 if flips else 6, 4.2), squeeze=False)
+    t = curve["models"]
+    for name in names:
+        style = {"lw": 2.8, "color": "#c0392b", "zorder": 5} if name == "mem" else {"lw": 1.3}
+        axes[0, 0].plot(t, curve[f"spearman_{name}"], "o-", ms=3, label=name, **style)
+        if flips:
+            axes[0, 1].plot(t, curve[f"auroc_{name}"], "o-", ms=3, label=name, **style)
+    axes[0, 0].set_ylabel(f"Spearman with mem from {curve['reference_models']} other models")
+    axes[0, 0].set_title("Agreement with memorization", fontsize=10)
+    if flips:
+        axes[0, 1].set_ylabel("AUROC for the flipped labels")
+        axes[0, 1].set_title("Finding the flips", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("models the score is computed from")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -18,6 +18,8 @@ import pandas as pd
 
 from .config import Config, display_path, project_root
 from .estimation import Estimates
+from .regime import caveat as regime_caveat
+from .regime import summary_line as regime_line
 
 STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
 ENVIRONMENT_FILE = "environment.json"
@@ -55,10 +57,12 @@ def summarize(
     split: dict,
     subset_test_acc: np.ndarray,
     data_name: str | None = None,
+    fit: dict | None = None,
 ) -> dict[str, Any]:
     """The headline figures of a run, each with its uncertainty, all computed from its artifacts.
 
     `data_name` (the loaded Dataset's name) is how the report names the data; `dataset` keeps the config's value.
+    `fit` (memlib.regime.fit_report of the stage-1 store) says whether the models are in the paper's regime.
     """
     full = utility[utility["kind"] == "full"].iloc[0]
     util = []
@@ -124,6 +128,7 @@ def summarize(
             "utility": util,
             "pairs_removal": pairs,
             "split_half": {k: v for k, v in split.items() if not isinstance(v, np.ndarray)},
+            **({"fit": fit} if fit is not None else {}),
         }
     )
 
@@ -164,8 +169,11 @@ def _main_threshold(s: dict) -> dict | None:
 
 
 def caveats(s: dict) -> list[str]:
-    """Plain warnings about what the numbers of a summary.json can and cannot say."""
+    """Plain warnings about what the numbers of a summary.json can and cannot say; the regime's comes first."""
     notes = []
+    regime = regime_caveat(s["fit"]) if s.get("fit") else None
+    if regime:
+        notes.append(regime)
     if s["min_models_out"] < MIN_MODELS_OUT:
         notes.append(
             f"These numbers mean nothing: each training example is left out of as few as {s['min_models_out']} "
@@ -217,6 +225,7 @@ def headline(s: dict) -> list[tuple[str, str]]:
     th = s["thresholds"]
     rows = [
         ("data", f"{s.get('data_name', s['dataset'])}: {s['n_train']:,} train / {s['n_test']:,} test examples"),
+        *([("regime", regime_line(s["fit"]))] if s.get("fit") else []),
         (
             "models",
             f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets ({s.get('mask_design', 'random')} "
@@ -290,6 +299,9 @@ def validation_rows(v: dict) -> list[tuple[str, str]]:
                 ),
             )
         )
+    proxy = proxy_row(v)
+    if proxy:
+        rows.append(proxy)
     if "pairs_fdr" in v:
         rows.append(
             (
@@ -310,6 +322,33 @@ def validation_rows(v: dict) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def proxy_row(v: dict, models: int = 8) -> tuple[str, str] | None:
+    """The proxy comparison in one row: the best peer's agreement with mem, and both from `models` models."""
+    spearman = {k[len("proxy_spearman_") :]: x for k, x in v.items() if k.startswith("proxy_spearman_")}
+    spearman = {k: x for k, x in spearman.items() if x is not None and np.isfinite(x)}
+    if not spearman:
+        return None
+    best = max(spearman, key=spearman.get)
+    text = (
+        f"best proxy {best.replace('_', ' ')}: Spearman with mem {_num(spearman[best], '.3f')} (Pearson "
+        f"{_num(v.get(f'proxy_pearson_{best}'), '.3f')}), same models"
+    )
+    t = v.get("proxy_curve_models") or []
+    if t:
+        i = min(range(len(t)), key=lambda j: abs(t[j] - models))
+        near = v.get(f"proxy_curve_spearman_{best}", [None] * len(t))[i]
+        own = v.get("proxy_curve_spearman_mem", [None] * len(t))[i]
+        at = {k: (v.get(f"proxy_curve_spearman_{k}") or [None] * len(t))[i] for k in spearman}
+        top = max(spearman, key=lambda k: at[k] if at[k] is not None and np.isfinite(at[k]) else -1)
+        top_value = v[f"proxy_curve_spearman_{top}"][i]
+        text += (
+            f"; from {t[i]} models, against mem from {v['proxy_curve_reference_models']} others: "
+            f"{best.replace('_', ' ')} {_num(near, '.3f')}, mem itself {_num(own, '.3f')}"
+            + (f", best {top.replace('_', ' ')} {_num(top_value, '.3f')}" if top != best else "")
+        )
+    return ("cheap proxies of mem", text)
 
 
 def table(df: pd.DataFrame, digits: int = 3):

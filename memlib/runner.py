@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
 from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device, resolve_precision
 from .lifeline import start as lifeline_start
 from .noise import dataset_flips
+from .regime import fit_report, summary_line
 from .signals import COLUMNS as SIGNAL_COLUMNS
 from .store import CLAIMS_DIR, SPEC_FILE, ArraySpec, Store, StoreError, check_compatible
 
@@ -259,6 +260,7 @@ def run_jobs(
     learner=None,
     workers: int | None = None,
     desc: str = "training",
+    first_group: Callable[[], str | None] | None = None,
 ) -> int:
     """Run the jobs whose rows are not completed, group by group, with a progress bar; returns models trained.
 
@@ -269,6 +271,8 @@ def run_jobs(
     its share of the cores and its own copy of the data and learner; results land in the shared memory-mapped
     store. With a `learner` given (a test's exact learner), or on a GPU, groups run in this process, on `data`.
     With `executor: slurm` (and no learner given) every group is a SLURM array task (memlib.slurm.run_array).
+    `first_group`, called once after the first group this call trains, may return a line to print (stage 1's
+    early word on whether the models fit what they train on).
     """
     if cfg.executor == "slurm" and learner is None:
         from .slurm import run_array
@@ -291,6 +295,7 @@ def run_jobs(
                 held += [group] if n is None else []
                 trained += n or 0
                 bar.update(n or 0)
+                first_group = _report_first(first_group, n, bar)
             for group in held:
                 n = run_group(store, learner, group, k, wait=True) or 0
                 trained += n
@@ -321,19 +326,65 @@ def run_jobs(
                     else:
                         trained += n
                         bar.update(n)
+                        first_group = _report_first(first_group, n, bar)
     finally:
         bar.close()
         store.reload()
     return trained
 
 
+def _report_first(hook: Callable[[], str | None] | None, n: int | None, bar) -> Callable[[], str | None] | None:
+    """Call the first-group hook once a group has trained (printing its line); returns the hook still to call."""
+    if hook is None or not n:
+        return hook
+    line = hook()
+    if line:
+        bar.write(line, file=sys.stderr)
+    return None
+
+
+def store_fit(cfg: Config, store: Store, data: Dataset, rows: np.ndarray | None = None) -> dict:
+    """The regime of a stage-1 store's finished rows (or `rows`): memlib.regime.fit_report on its arrays."""
+    rows = np.flatnonzero(store.completed) if rows is None else rows
+    flips = dataset_flips(data)
+    return fit_report(
+        np.asarray(store["masks"][rows]),
+        np.asarray(store["train_correct"][rows]),
+        np.asarray(store["test_correct"][rows]),
+        data.y_train,
+        data.classes,
+        cfg.fit_target,
+        flips.indicator(data.n_train) if flips is not None else None,
+    )
+
+
+def early_fit_line(cfg: Config, store: Store, data: Dataset) -> str | None:
+    """After stage 1's first group: do its models fit what they train on? A warning line when they do not."""
+    store.reload()
+    rows = np.flatnonzero(store.completed)
+    if not len(rows):
+        return None
+    fit = store_fit(cfg, store, data, rows)
+    if fit["in_regime"]:
+        return f"first {len(rows)} models: {summary_line(fit)}"
+    return (
+        f"warning: the first {len(rows)} models are not in the paper's regime: {summary_line(fit)}. Their "
+        "memorization estimates will understate memorization; stop (Ctrl-C, finished models are kept) and train "
+        "longer (see the report's caveat), or let it run."
+    )
+
+
 def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
-    """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained)."""
+    """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained).
+
+    After the first group it trains, it prints whether the finished models fit what they trained on.
+    """
     check_out_counts(cfg, data.n_train)
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
-    store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models")
+    hook = (lambda: early_fit_line(cfg, store, data)) if cfg.executor != "slurm" or learner is not None else None
+    store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models", first_group=hook)
     return store
 
 

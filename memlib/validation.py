@@ -186,6 +186,105 @@ def pair_sets_split_half(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Memorization against its cheap proxies
+# ---------------------------------------------------------------------------------------------------
+
+
+def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """Spearman and Pearson of two scores over the examples where both are finite, and how many those are."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan"), float("nan"), int(ok.sum())
+    return float(stats.spearmanr(a[ok], b[ok]).statistic), float(np.corrcoef(a[ok], b[ok])[0, 1]), int(ok.sum())
+
+
+def signed_scores(
+    masks: np.ndarray,
+    train_correct: np.ndarray,
+    signals: dict[str, np.ndarray],
+    topk_prob: np.ndarray,
+    topk_class: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    epochs: int,
+) -> dict[str, np.ndarray]:
+    """mem and every peer score from these runs alone, signed so that higher means more memorized/suspicious.
+
+    Undefined values (an example no run trained on, or none left out) are NaN, not ranked last.
+    """
+    scores = {"mem": memorization(masks, train_correct).value}
+    probs = out_of_sample_probs(masks, topk_prob, topk_class, num_classes)
+    scores["cleanlab"] = probs[np.arange(len(labels)), labels]  # cleanlab's self-confidence score
+    scores["cleanlab"][(~np.asarray(masks, dtype=bool)).sum(0) == 0] = np.nan
+    scores.update(training_scores(masks, signals, epochs))
+    return {name: SUSPICIOUS[name][0] * np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+
+
+def proxy_agreement(
+    masks: np.ndarray,
+    train_correct: np.ndarray,
+    signals: dict[str, np.ndarray],
+    topk_prob: np.ndarray,
+    topk_class: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    epochs: int,
+    flipped: np.ndarray | None = None,
+    counts: list[int] | None = None,
+) -> dict:
+    """Can a cheap proxy stand in for mem? Agreement of every score with mem, and against the number of models.
+
+    `with_mem`: each peer score from all T runs against mem from the same runs (Spearman, Pearson).
+    `curve`: each score (mem included) from the first t runs, for t in `counts` (up to T/2), against mem from
+    the last T/2 runs, a reference that shares no model with it: Spearman over the examples both define, and
+    the fraction of examples the t runs define (mem needs a run in and a run out). With `flipped`, also each
+    score's AUROC for the flips from t runs. All scores are signed as `validation.recovery` ranks them.
+    """
+    total = len(masks)
+    rows = np.arange(total)
+    take = lambda r: (  # noqa: E731
+        masks[r],
+        train_correct[r],
+        {k: v[r] for k, v in signals.items()},
+        topk_prob[r],
+        topk_class[r],
+    )
+    full = signed_scores(*take(rows), labels, num_classes, epochs)
+    with_mem = {}
+    for name, score in full.items():
+        if name != "mem":
+            rho, r, _ = _correlations(score, full["mem"])
+            with_mem[name] = {"spearman": rho, "pearson": r}
+    half = total // 2
+    reference = memorization(masks[total - half :], train_correct[total - half :]).value if half else None
+    if counts is None:
+        counts = sorted({*(2**i for i in range(int(np.log2(max(half, 1))) + 1)), half}) if half else []
+    curve: dict[str, list] = {"models": [], "reference_models": half}
+    for t in counts:
+        part = signed_scores(*take(rows[:t]), labels, num_classes, epochs)
+        curve["models"].append(int(t))
+        for name, score in part.items():
+            rho, _, defined = _correlations(score, reference)
+            curve.setdefault(f"spearman_{name}", []).append(rho)
+            curve.setdefault(f"defined_{name}", []).append(defined / len(labels))
+            if flipped is not None and np.any(flipped):
+                curve.setdefault(f"auroc_{name}", []).append(auroc(np.nan_to_num(score, nan=-np.inf), flipped))
+    return {"with_mem": with_mem, "curve": curve}
+
+
+def proxy_summary(agreement: dict) -> dict:
+    """The plain-named figures of `proxy_agreement` that go into validation.json."""
+    out = {}
+    for name, v in agreement["with_mem"].items():
+        out[f"proxy_spearman_{name}"] = v["spearman"]
+        out[f"proxy_pearson_{name}"] = v["pearson"]
+    curve = agreement["curve"]
+    out["proxy_curve_reference_models"] = curve["reference_models"]
+    out.update({f"proxy_curve_{k}": v for k, v in curve.items() if k != "reference_models"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # Convergence
 # ---------------------------------------------------------------------------------------------------
 
