@@ -44,13 +44,18 @@ def test_fit_report_on_a_case_counted_by_hand():
     assert perfect["in_regime"] and regime.caveat(perfect) is None
 
 
-def test_an_under_fitted_store_gets_the_caveat_first_and_a_fitted_one_none(smoke, digits, tmp_path):
+def test_an_under_fitted_store_gets_the_caveat_first_and_a_fitted_one_none(smoke, digits, tmp_path, capsys):
     under = smoke.replace(epochs=1, width=8, lr=0.01)
     store = memlib.train_subsets(under, digits)
+    said = capsys.readouterr().err
+    assert "warning: the first 8 models are not in the paper's regime" in said, "said after the first group"
+    checked = memlib.check(under, digits)["regime"]
+    assert checked.startswith("40 finished models") and "NOT in the paper's regime" in checked
     fit_under = memlib.store_fit(under, store, digits)
     assert not fit_under["in_regime"] and fit_under["in_sample_acc_clean"] < 0.99
     exact = smoke.replace(profile="exact")  # 1-nearest-neighbour fits every example it trains on
     fit_exact = memlib.store_fit(exact, memlib.train_subsets(exact, digits, NearestNeighbourLearner(digits)), digits)
+    assert "first 8 models: in-sample accuracy 1.0000" in capsys.readouterr().err
     assert fit_exact["in_regime"] and fit_exact["in_sample_acc_clean"] == 1.0
 
     for name, fit, shown in (("under", fit_under, True), ("exact", fit_exact, False)):
