@@ -63,10 +63,10 @@ def fit_epochs(masks: np.ndarray, learned: np.ndarray, flipped: np.ndarray | Non
 def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> dict:
     """Train one recipe (resuming its store) and read off its regime, flip recovery and stability."""
     name = "-".join(f"{k}{v}" for k, v in changes.items()) or "as-shipped"
+    spread = 0.9 if changes.get("mask_design", base.mask_design) == "balanced" else 0.6  # random masks scatter
     cfg = base.replace(
-        **changes,
+        **{"min_out": min(base.min_out, int(models * (1 - base.subset_ratio) * spread)), **changes},
         num_models=models,
-        min_out=min(base.min_out, int(models * (1 - base.subset_ratio) * 0.9)),
         profile=f"{base.profile}-{name}".replace(".", "p"),
         results_dir="results/regime",
     )
