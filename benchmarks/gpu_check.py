@@ -60,7 +60,7 @@ SIZES = {
         tp_models=8, tp_epochs=10, big_models=1000, big_group=500, big_epochs=10, peak_windows=5,
         recipe_models=2000, recipe_group=250, recipe_train=None, recipe_epochs=10, recipe_min_out=500,
         cnn_models=16, cnn_steps=50, resnet_models=8, resnet_steps=20, resnet_train=50_000, resnet_batch=None,
-        noisy_models=800, noisy_group=200, noisy_train=None, noisy_epochs=None, noisy_min_out=None,
+        noisy_models=None, noisy_group=200, noisy_train=None, noisy_epochs=None, noisy_min_out=None,
         synthetic_train=60_000, synthetic_test=10_000,
     ),
     "tiny": dict(
@@ -526,11 +526,12 @@ def part_noisy(args, save) -> None:
         return
     s = _sizes(args)
     changes = dict(data_dir=args.data_dir, results_dir=str(Path(args.work) / "results"), device=args.device)
-    changes.update(num_models=s["noisy_models"], group_size=s["noisy_group"], executor="local", workers=1)
-    for key, name in (("noisy_train", "train_size"), ("noisy_epochs", "epochs"), ("noisy_min_out", "min_out")):
-        if s[key] is not None:
-            changes[name] = s[key]
-    cfg = memlib.load_profile("fashion-mnist-noisy").replace(**changes)
+    changes.update(executor="local", workers=1)
+    names = {"noisy_models": "num_models", "noisy_train": "train_size", "noisy_epochs": "epochs"}
+    names.update(noisy_min_out="min_out")
+    changes.update({name: s[key] for key, name in names.items() if s[key] is not None})  # else the profile's
+    profile = memlib.load_profile("fashion-mnist-noisy")
+    cfg = profile.replace(**changes, group_size=min(s["noisy_group"], changes.get("num_models", profile.num_models)))
     t0 = time.perf_counter()
     memlib.check(cfg)  # the notebooks' preflight (it loads the data itself)
     save(seconds_preflight=round(time.perf_counter() - t0, 2), stages="1 (train) and 2 (estimate, split halves)")
