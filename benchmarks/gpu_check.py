@@ -332,6 +332,17 @@ def _skip_without_data(args, save) -> bool:
     return True
 
 
+def _streamed(cmd: list[str], env: dict) -> tuple[int, str]:
+    """Run `cmd`, its output copied line by line to ours (the log, even if the part is killed), and kept."""
+    lines = []
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    return proc.returncode, "".join(lines)
+
+
 def part_tests(args, save) -> None:
     """The device-parametrized engine tests on this device (pytest -m device), counted from pytest's junit XML."""
     xml = Path(args.work) / "tests.xml"
@@ -340,10 +351,9 @@ def part_tests(args, save) -> None:
     cmd = [sys.executable, "-m", "pytest", "-m", "device", *TEST_FILES, "-q", "-rs", "-p", "no:cacheprovider"]
     cmd += [f"--junitxml={xml}", *(["-k", args.tests_k] if args.tests_k else [])]
     save(command=" ".join(cmd[1:]), tf32="off (tests/conftest.py)", devices=device)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(proc.stdout, flush=True)
+    returncode, _ = _streamed(cmd, env)
     if not xml.exists():
-        save(status="failed", reason=f"pytest wrote no report (exit status {proc.returncode})")
+        save(status="failed", reason=f"pytest wrote no report (exit status {returncode})")
         return
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     failed, skips = [], set()
@@ -357,8 +367,8 @@ def part_tests(args, save) -> None:
             for node in case.findall("skipped"):
                 skips.add(node.get("message") or "")
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    save(**counts, passed=passed, failed=failed, skip_reasons=sorted(skips), exit_status=proc.returncode)
-    if counts["failures"] or counts["errors"] or proc.returncode not in (0, 5):
+    save(**counts, passed=passed, failed=failed, skip_reasons=sorted(skips), exit_status=returncode)
+    if counts["failures"] or counts["errors"] or returncode not in (0, 5):
         save(status="failed", reason=f"{len(failed)} test(s) failed")
     elif passed == 0:
         save(status="skipped", reason="; ".join(sorted(skips)) or "no test ran")
@@ -415,14 +425,13 @@ def _throughput(args, extra: list[str], save, key: str, peak_windows: int | None
         env["MEMLIB_DATA_DIR"] = args.data_dir
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(proc.stdout, flush=True)
+    returncode, text = _streamed(cmd, env)
     res = {"command": " ".join(["python", *cmd[1:]]), "wall_s": round(time.perf_counter() - start, 1)}
-    res.update(parse_throughput(proc.stdout), exit_status=proc.returncode)
-    res["data"] = "digits (Fashion-MNIST not found)" if "using digits" in proc.stdout else args.data_kind
+    res.update(parse_throughput(text), exit_status=returncode)
+    res["data"] = "digits (Fashion-MNIST not found)" if "using digits" in text else args.data_kind
     save(**{key: res})
-    if proc.returncode != 0:
-        raise RuntimeError(f"train_throughput.py exited with status {proc.returncode} ({key}): see the log")
+    if returncode != 0:
+        raise RuntimeError(f"train_throughput.py exited with status {returncode} ({key}): see the log")
     return res
 
 
