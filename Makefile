@@ -23,7 +23,7 @@ export MEMLIB_EXECUTOR := $(strip $(EXECUTOR))
 endif
 NEED_PROFILE = @test -n "$(strip $(PROFILE))" || { echo "error: PROFILE is empty: give a profile name or YAML path"; exit 2; }
 
-.PHONY: help setup reproduce report check test lint format lab bench clean-results
+.PHONY: help setup reproduce report check test lint format lab bench gpu-check clean-results
 
 help: ## list the targets
 	@echo "usage: make TARGET [PROFILE=name or path/to/profile.yaml] [EXECUTOR=local|slurm]    (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"
@@ -86,6 +86,13 @@ lab: $(STAMP) ## JupyterLab on the notebooks, prepared with PROFILE's parameters
 bench: $(STAMP) ## benchmark scripts: speed ratios measured side by side (a few minutes)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/estimate_scale.py
+
+# gpu-check needs no .venv: a GPU machine has torch but no network to build one, so it runs with .venv's python
+# where there is one, else with $(PYTHON). DEVICE=cpu runs the same parts at tiny sizes.
+DEVICE ?= cuda
+GPU_PY = $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
+gpu-check: ## prove and time the GPU path in one call (5 min; DEVICE=cpu: tiny sizes); JSON and log in $OUT or results/gpu-check
+	$(GPU_PY) benchmarks/gpu_check.py --device $(DEVICE) $(if $(filter cpu,$(DEVICE)),--tiny)
 
 clean-results: $(STAMP) ## delete <results>/PROFILE (its stores too: finished models are lost), nothing else
 	$(NEED_PROFILE)

@@ -3,6 +3,8 @@
     python benchmarks/train_throughput.py                  # the released demo's MLP on Fashion-MNIST
     python benchmarks/train_throughput.py --arch mem_cnn   # the profiles' CNN
     python benchmarks/train_throughput.py --synthetic-cifar --models 2 --steps 20   # CIFAR-shaped, random data
+    python benchmarks/train_throughput.py --arch mem_cnn --width 32 --paths engine,engine:vmap --steps 20
+                                                           # one model at a time against a vmap group
 
 The recipe (google-research/heldout-influence-estimation's MNIST demo): MLP 784-512-256-10, SGD with
 momentum 0.9, lr 0.1, batch 128, 10 epochs, on 70% of a 10,000-example Fashion-MNIST pool (digits when
@@ -63,11 +65,13 @@ def recipe(args) -> tuple[memlib.Config, Dataset]:
     if args.synthetic_cifar:
         cfg = memlib.load_profile("cifar10").replace(**{**base, "batch_size": 512, "lr": 0.2, "schedule": "onecycle"})
         cfg = cfg.replace(num_models=max(args.models, 10), epochs=args.epochs, nesterov=True, weight_decay=5e-4)
+        cfg = _overrides(cfg, args)
+        n, m = args.synthetic_train, max(args.synthetic_train // 5, 1)
         rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, size=(50_000 + 10_000, 3, 32, 32), dtype=np.uint8).astype(np.float32) / 255
-        y = rng.integers(0, 10, size=60_000).astype(np.int64)
-        data = Dataset("synthetic-cifar", x[:50_000], y[:50_000], x[50_000:], y[50_000:],
-                       np.arange(50_000), np.arange(10_000), [str(c) for c in range(10)])  # fmt: skip
+        x = rng.integers(0, 256, size=(n + m, 3, 32, 32), dtype=np.uint8).astype(np.float32) / 255
+        y = rng.integers(0, 10, size=n + m).astype(np.int64)
+        data = Dataset("synthetic-cifar", x[:n], y[:n], x[n:], y[n:],
+                       np.arange(n), np.arange(m), [str(c) for c in range(10)])  # fmt: skip
         return cfg, data
     arch = args.arch or "mem_mlp_mnist"
     width = None if arch == "mem_mlp_mnist" else memlib.load_profile("fashion-mnist").width  # 784-512-256-10 fixed
@@ -81,7 +85,14 @@ def recipe(args) -> tuple[memlib.Config, Dataset]:
         arch = args.arch or "mem_mlp"
         cfg = memlib.load_profile("digits").replace(**base, arch=arch)
         data = memlib.load_dataset(cfg)
-    return cfg, data
+    return _overrides(cfg, args), data
+
+
+def _overrides(cfg: memlib.Config, args) -> memlib.Config:
+    """--width and --batch-size, where given, over the recipe's."""
+    if args.width is not None:
+        cfg = cfg.replace(width=args.width)
+    return cfg if args.batch_size is None else cfg.replace(batch_size=args.batch_size)
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, windows: int = 5, seconds: float = 0.6) -> float:
@@ -115,7 +126,8 @@ def loop_path(cfg: memlib.Config, data: Dataset, runs, device) -> list[float]:
         torch.manual_seed(seed)
         model = memlib.models.build_model(cfg, c, h, data.num_classes).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-        loader = DataLoader(TensorDataset(xt[idx], torch.as_tensor(data.y_train[idx])), batch_size=128, shuffle=True)
+        subset = TensorDataset(xt[idx], torch.as_tensor(data.y_train[idx]))
+        loader = DataLoader(subset, batch_size=cfg.batch_size, shuffle=True)
         model.train()
         for _ in range(cfg.epochs):
             for xb, yb in loader:
@@ -163,7 +175,8 @@ def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> 
     if path == "peak":
         barrier.wait()
         dev = resolve_device(cfg.device)
-        queue.put({"fp32": matmul_rate(torch.float32, dev), "bf16": matmul_rate(torch.bfloat16, dev)})
+        w = args.peak_windows
+        queue.put({"fp32": matmul_rate(torch.float32, dev, w), "bf16": matmul_rate(torch.bfloat16, dev, w)})
         return
     NeuralLearner(cfg, data)  # warm caches (data on the device, timm registry) outside the timing
     barrier.wait()
@@ -174,12 +187,32 @@ def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> 
     queue.put({"seconds": time.perf_counter() - start, "accs": accs})
 
 
+class _Inline:
+    """The barrier and the queue of the one worker that --inline runs in this process."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def wait(self) -> None:
+        pass
+
+    def put(self, item) -> None:
+        self.items.append(item)
+
+
 def measure(args, path: str, procs: int) -> dict:
-    """Run `path` in `procs` processes started together; wall time from the common start to the last finish."""
+    """Run `path` in `procs` processes started together; wall time from the common start to the last finish.
+
+    With --inline (one process), `path` runs in this process instead: no process to start per path."""
+    threads = max(1, (os.cpu_count() or 1) // procs) if args.threads is None else args.threads
+    if args.inline:
+        box = _Inline()
+        _worker(args, path, list(range(args.models)), threads, box, box)
+        r = box.items[0]
+        return r if path == "peak" else {"wall": r["seconds"], "accs": r["accs"]}
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(procs + 1), ctx.Queue()
     shares = [list(range(args.models))[p::procs] for p in range(procs)]
-    threads = max(1, (os.cpu_count() or 1) // procs) if args.threads is None else args.threads
     workers = [ctx.Process(target=_worker, args=(args, path, shares[p], threads, barrier, queue)) for p in range(procs)]
     for w in workers:
         w.start()
@@ -226,6 +259,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: 10 (the recipe), 30 (--synthetic-cifar)")
     parser.add_argument("--arch", default=None, help="a timm name (default: the recipe's MLP)")
     parser.add_argument("--synthetic-cifar", action="store_true", help="32x32x3 random images, the cifar network")
+    parser.add_argument("--synthetic-train", type=int, default=50_000, help="--synthetic-cifar's training images")
+    parser.add_argument("--width", type=int, default=None, help="the network's width (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 128 (the recipe), 512 (cifar)")
     parser.add_argument("--steps", type=int, default=None, help="train only this many steps per group (timing)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="the engine's precision (auto, fp32, bf16)")
@@ -233,6 +269,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=None, help="processes (default: cores on a CPU, 1 on a GPU)")
     parser.add_argument("--threads", type=int, default=None, help="threads per process (default cores / procs)")
     parser.add_argument("--paths", default=None, help="comma list, e.g. loop,previous,engine,engine:vmap")
+    parser.add_argument("--inline", action="store_true", help="one process: run the paths in this one, in turn")
+    parser.add_argument("--peak-windows", type=int, default=5, help="0.6 s windows of the matmul peak (best counts)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the paths this many times in turn; each path's best round counts"
     )
@@ -240,7 +278,9 @@ def main() -> None:
     args.epochs = args.epochs or (30 if args.synthetic_cifar else 10)
     cfg, data = recipe(args)
     device = resolve_device(cfg.device)
-    procs = args.procs or (1 if device.type == "cuda" else (os.cpu_count() or 1))
+    procs = args.procs or (1 if device.type == "cuda" or args.inline else (os.cpu_count() or 1))
+    if args.inline and procs != 1:
+        parser.error("--inline runs one process: leave out --procs or give --procs 1")
     paths = args.paths.split(",") if args.paths else (["previous", "engine"] if args.synthetic_cifar else list(PATHS))
     engine = NeuralLearner(cfg, data)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

@@ -5,12 +5,60 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)  # profiles and notebooks are found from the project root
 
 import memlib  # noqa: E402
 from memlib.data import Dataset  # noqa: E402
+
+# Devices: the engine's equivalence tests take the `device` fixture and run on every device listed here, always
+# on the CPU and on CUDA when torch sees a GPU (otherwise reported as skipped, with the reason). Each case carries
+# the `device` mark, so `pytest -m device` selects them; MEMLIB_TEST_DEVICES=cuda (a comma list) keeps only those
+# devices (benchmarks/gpu_check.py runs them so on the device it checks).
+#
+# Tolerances: every fp32 bound in these tests is the CPU's and holds on CUDA as written, with TF32 switched off
+# (the fixture below turns off TF32 in cuBLAS matmuls and cuDNN convolutions, the latter on by default in
+# PyTorch), so that fp32 means fp32 on both. The bf16 working-copy test stays exact on CUDA (the same bf16 kernels
+# on the same inputs), and the store stays bit-identical whatever the layout (the same group, the same kernels).
+# On CUDA these are expectations, not yet measured: no GPU has run them yet.
+DEVICE_ENV = "MEMLIB_TEST_DEVICES"
+CUDA_SKIP = "no CUDA device: torch.cuda.is_available() is False here (the CUDA cases run where there is a GPU)"
+
+
+def _device_params() -> list:
+    wanted = [d.strip() for d in os.environ.get(DEVICE_ENV, "cpu,cuda").split(",")]
+    params = []
+    for name in ("cpu", "cuda"):
+        if name in wanted:
+            marks = [pytest.mark.device]
+            if name == "cuda" and not torch.cuda.is_available():
+                marks.append(pytest.mark.skip(reason=CUDA_SKIP))
+            params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+DEVICES = _device_params()
+
+
+def pytest_configure(config) -> None:
+    # registered here rather than in pyproject.toml, whose every change marks .venv out of date for make
+    config.addinivalue_line("markers", "device: parametrized over the devices (conftest.DEVICES: cpu, cuda)")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each device the engine runs on ("cpu", "cuda"); on CUDA with TF32 off for the duration of the test."""
+    if request.param != "cuda":
+        yield request.param
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield request.param
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""The engine: a stacked group trains each model as it would train alone, with its own mask and seed."""
+"""The engine: a stacked group trains each model as it would train alone, with its own mask and seed.
+
+The equivalence tests take conftest's `device` fixture: they run on the CPU, and on CUDA where there is a GPU
+(with TF32 off; conftest says which tolerances are meant to hold there).
+"""
 
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ def fp32(smoke):
     "optimizer,lr,augment", [("sgd", 0.1, "none"), ("sgd", 0.1, "flip_crop"), ("adam", 1e-3, "none")]
 )
 @pytest.mark.parametrize("path", ["stacked", "vmap"])
-def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, optimizer, lr, augment, path):
-    cfg = fp32.replace(optimizer=optimizer, lr=lr, augment=augment, epochs=2)
+def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, optimizer, lr, augment, path, device):
+    cfg = fp32.replace(optimizer=optimizer, lr=lr, augment=augment, epochs=2, device=device)
     runs = _runs(cfg, digits, range(4))
     sizes = {len(batch_bounds(len(idx), cfg.batch_size)) for idx, _ in runs}
     assert len(sizes) > 1, "the test needs runs with different numbers of batches per epoch"
@@ -56,8 +60,8 @@ def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, opti
         assert moved > 1e-4, "training changed the weights"
 
 
-def test_vmap_group_keeps_batchnorm_statistics_per_model(smoke, digits):
-    cfg = smoke.replace(device="cpu", precision="fp32", arch="mem_cnn", width=4, epochs=1, augment="flip_crop")
+def test_vmap_group_keeps_batchnorm_statistics_per_model(smoke, digits, device):
+    cfg = smoke.replace(device=device, precision="fp32", arch="mem_cnn", width=4, epochs=1, augment="flip_crop")
     runs = _runs(cfg, digits, range(3))
     group = NeuralLearner(cfg, digits, path="vmap").fit_group(runs, steps=3)
     alone = NeuralLearner(cfg, digits, path="single").fit_group(runs, steps=3)
@@ -67,7 +71,7 @@ def test_vmap_group_keeps_batchnorm_statistics_per_model(smoke, digits):
     assert not torch.equal(group.state_dicts()[0]["0.1.running_mean"], group.state_dicts()[1]["0.1.running_mean"])
 
 
-def test_group_gives_each_run_the_mask_and_seed_of_its_index(smoke, digits, tmp_path):
+def test_group_gives_each_run_the_mask_and_seed_of_its_index(smoke, digits, tmp_path, device):
     cfg = smoke.replace(results_dir=str(tmp_path), group_size=4, num_models=12, min_out=2)
     jobs = subset_jobs(cfg, digits.n_train, range(12))
     masks = subset_masks(cfg, digits.n_train)
@@ -79,15 +83,15 @@ def test_group_gives_each_run_the_mask_and_seed_of_its_index(smoke, digits, tmp_
     assert group_rows([9, 2, 3, 11], 4) == [[2, 3], [9, 11]]
     # a run's outcome is the same whether it trains in its group or alone (fp32, same thread count)
     torch.set_num_threads(1)
-    fp = cfg.replace(device="cpu", precision="fp32", epochs=2)
+    fp = cfg.replace(device=device, precision="fp32", epochs=2)
     runs = [(np.flatnonzero(j.mask), j.seed) for j in jobs[4:8]]
     together = NeuralLearner(fp, digits).fit_eval_group(runs)
     alone = NeuralLearner(fp, digits).fit_eval_group([runs[2]])[0]
     np.testing.assert_allclose(together[2].test_prob, alone.test_prob, atol=1e-4)
 
 
-def test_stage_one_store_is_identical_for_any_worker_layout(smoke, digits, tmp_path):
-    cfg = smoke.replace(device="cpu", num_models=12, min_out=2, group_size=4, epochs=2, mask_design="balanced")
+def test_stage_one_store_is_identical_for_any_worker_layout(smoke, digits, tmp_path, device):
+    cfg = smoke.replace(device=device, num_models=12, min_out=2, group_size=4, epochs=2, mask_design="balanced")
     a = memlib.train_subsets(cfg.replace(results_dir=str(tmp_path / "a")), digits)
     # the same rows, trained group by group in two separate calls (as two machines would)
     b_cfg = cfg.replace(results_dir=str(tmp_path / "b"))
@@ -97,16 +101,17 @@ def test_stage_one_store_is_identical_for_any_worker_layout(smoke, digits, tmp_p
         np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), name)
 
 
-def test_uint8_resident_images_convert_to_the_standardized_floats(digits):
+def test_uint8_resident_images_convert_to_the_standardized_floats(digits, device):
     import dataclasses
 
     as_bytes = dataclasses.replace(digits, x_train=np.rint(digits.x_train * 255).astype(np.float32) / 255)
-    train, _ = device_data(as_bytes, torch.device("cpu"), compact=True)
-    plain, _ = device_data(as_bytes, torch.device("cpu"), compact=False)
+    train, _ = device_data(as_bytes, torch.device(device), compact=True)
+    plain, _ = device_data(as_bytes, torch.device(device), compact=False)
     assert train.compact and train.x.dtype == torch.uint8 and not plain.compact
-    idx = torch.tensor([[0, 5, 7], [3, 3, 1]])
+    assert train.x.device.type == device and train.images(slice(0, 2)).device.type == device
+    idx = torch.tensor([[0, 5, 7], [3, 3, 1]], device=device)
     torch.testing.assert_close(train.images(idx), plain.images(idx), rtol=0, atol=1e-5)
-    noisy = DeviceData(digits.x_train + 1e-3, digits.y_train, 0.0, 1.0, "cpu", compact=True)
+    noisy = DeviceData(digits.x_train + 1e-3, digits.y_train, 0.0, 1.0, device, compact=True)
     assert not noisy.compact, "values that are not whole multiples of 1/255 stay float"
 
 
@@ -122,13 +127,13 @@ def test_schedule_table_is_torchs_own_schedule(fp32):
     assert lrs.max() == pytest.approx(cfg.lr, rel=1e-3) and moms.min() == pytest.approx(0.85, rel=1e-3)
 
 
-def test_a_model_that_sits_out_a_step_keeps_its_weights_and_momentum(fp32):
-    p = torch.ones(3, 2, requires_grad=True)
+def test_a_model_that_sits_out_a_step_keeps_its_weights_and_momentum(fp32, device):
+    p = torch.ones(3, 2, requires_grad=True, device=device)
     opt = StackedOptimizer(fp32.replace(weight_decay=0.1), [p])
-    lr, mom = torch.full((3,), 0.5), torch.full((3,), 0.9)
-    opt.step([torch.ones(3, 2)], lr, mom, None)
+    lr, mom = torch.full((3,), 0.5, device=device), torch.full((3,), 0.9, device=device)
+    opt.step([torch.ones(3, 2, device=device)], lr, mom, None)
     before, buf = p.detach().clone(), opt.state[0]["buf"].clone()
-    opt.step([torch.ones(3, 2)], lr, mom, torch.tensor([True, False, True]))
+    opt.step([torch.ones(3, 2, device=device)], lr, mom, torch.tensor([True, False, True], device=device))
     assert torch.equal(p[1], before[1]) and torch.equal(opt.state[0]["buf"][1], buf[1])
     assert not torch.equal(p[0], before[0])
 
@@ -148,8 +153,8 @@ def test_paths_and_precision_are_chosen_per_architecture_and_device(smoke, digit
     assert resolve_precision("auto", cpu) in ("bf16", "fp32")
 
 
-def test_bf16_engine_learns_as_well_as_fp32(smoke, digits):
-    cfg = smoke.replace(device="cpu", epochs=6, width=64)
+def test_bf16_engine_learns_as_well_as_fp32(smoke, digits, device):
+    cfg = smoke.replace(device=device, epochs=6, width=64)
     runs = _runs(cfg, digits, range(4))
     acc = {}
     for precision in ("fp32", "bf16"):
@@ -158,17 +163,17 @@ def test_bf16_engine_learns_as_well_as_fp32(smoke, digits):
     assert acc["fp32"] > 0.85 and abs(acc["bf16"] - acc["fp32"]) < 0.03, acc
 
 
-def test_bf16_working_copies_give_autocasts_exact_gradients(digits):
+def test_bf16_working_copies_give_autocasts_exact_gradients(digits, device):
     from memlib.engine import StackedMLP
     from memlib.models import build_model
 
     cfg = memlib.load_profile("smoke")
-    models = [build_model(cfg, 1, 8, 10) for _ in range(3)]
+    models = [build_model(cfg, 1, 8, 10).to(device) for _ in range(3)]
     working, master = StackedMLP(models, torch.bfloat16), StackedMLP(models, torch.float32)
-    x, y = torch.randn(3, 16, 1, 8, 8), torch.randint(0, 10, (48,))
+    x, y = torch.randn(3, 16, 1, 8, 8, device=device), torch.randint(0, 10, (48,), device=device)
     loss = torch.nn.functional.cross_entropy(working(x).float().flatten(0, 1), y)
     grads = torch.autograd.grad(loss, working.leaves)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         logits = master(x)
     ref = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y), master.leaves)
     assert all(g.dtype == torch.bfloat16 for g in grads)
@@ -177,24 +182,25 @@ def test_bf16_working_copies_give_autocasts_exact_gradients(digits):
     # an optimizer step updates the fp32 weights and refreshes their working copies
     before = [p.clone() for p in working.params]
     opt = StackedOptimizer(cfg.replace(precision="bf16"), working.params, working.leaves)
-    opt.step(grads, torch.full((3,), 0.1), torch.full((3,), 0.9), None)
+    opt.step(grads, torch.full((3,), 0.1, device=device), torch.full((3,), 0.9, device=device), None)
     for p, leaf, b in zip(working.params, working.leaves, before):
         assert p.dtype == torch.float32 and not torch.equal(p, b)
         assert torch.equal(leaf, p.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.0), (True, 5e-4)])
-def test_sgd_step_of_models_that_all_step_is_torchs_sgd_per_model(fp32, nesterov, weight_decay):
+def test_sgd_step_of_models_that_all_step_is_torchs_sgd_per_model(fp32, nesterov, weight_decay, device):
     cfg = fp32.replace(nesterov=nesterov, weight_decay=weight_decay)
     torch.manual_seed(0)
-    start = torch.randn(3, 5, 4)
+    start = torch.randn(3, 5, 4).to(device)
     ours = start.clone()
     opt = StackedOptimizer(cfg, [ours])
     refs = [start[k].clone().requires_grad_() for k in range(3)]
     sgds = [torch.optim.SGD([r], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay) for r in refs]
     for step in range(5):
-        g = torch.randn(3, 5, 4).to(torch.bfloat16)  # bf16 gradients are widened as they are read
-        lr, mom = torch.tensor([0.1, 0.2, 0.05]) * (1 + step), torch.tensor([0.9, 0.85, 0.95])  # each model its own
+        g = torch.randn(3, 5, 4).to(device, torch.bfloat16)  # bf16 gradients are widened as they are read
+        lr = torch.tensor([0.1, 0.2, 0.05], device=device) * (1 + step)  # each model its own
+        mom = torch.tensor([0.9, 0.85, 0.95], device=device)
         for k, (ref, sgd) in enumerate(zip(refs, sgds)):
             sgd.param_groups[0].update(lr=float(lr[k]), momentum=float(mom[k]))
             ref.grad = g[k].float()
