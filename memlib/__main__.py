@@ -8,6 +8,7 @@ submit and status are for a SLURM cluster (see memlib.slurm and the README).
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import shutil
 import sys
@@ -216,7 +217,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StoreError, SlurmError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk: full, read-only, or not ours
+        if exc.errno not in DISK_ERRORS:
+            raise
+        kept = models_kept(cfg) if cfg is not None else 0
+        print(f"error: {disk_message(exc, args.profile, kept)}", file=sys.stderr)
+        return 2
     return 0
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_message(exc: OSError, profile: str, kept: int) -> str:
+    """One paragraph for a write the disk refused: what happened, that finished models are kept, how to go on."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"the disk is full ({exc.strerror}) writing{where}"
+        fix = "Free some space (or choose a results_dir on a larger disk) and rerun the same command"
+    else:
+        what = f"cannot write{where} ({exc.strerror}: a read-only folder or mount, or no permission)"
+        fix = "Make the results folder writable (or choose another results_dir) and rerun the same command"
+    return (
+        f"{what}. Nothing finished was lost ({kept} models kept): {fix}; it resumes where it stopped "
+        f"(`python -m memlib check {profile}` says what is finished)."
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError, display_path, resolve
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, user_code_error
 from .design import check_out_counts
 from .engine import resolve_device
 from .estimation import PUBLISHED_SOURCES
@@ -33,7 +33,7 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
     check_arch(cfg.arch, cfg.model_module)
     if cfg.compare_arch:
         check_arch(cfg.compare_arch, cfg.model_module)
-    check_results_dir(cfg)
+    writable = check_results_dir(cfg)
     if data is None:
         data = load_dataset(cfg)
     check_design_fits(cfg, data)
@@ -47,6 +47,11 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         with torch.no_grad():
             logits = model.eval()(torch.as_tensor(data.x_train[:2]))
     except Exception as exc:  # timm models raise many kinds of error on an input they cannot take
+        if _user_file(cfg):
+            raise ConfigError(
+                user_code_error(exc, f"architecture {cfg.arch} in {display_path(_user_file(cfg))}", _user_file(cfg))
+                + f" (its forward pass on 2 images of {c}x{h}x{w})"
+            ) from None
         raise ConfigError(
             f"arch {cfg.arch!r} does not accept {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc}). "
             "Choose an architecture for this image size (memlib's mem_mlp, mem_cnn, mem_resnet18 take any)."
@@ -87,7 +92,8 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         "models already finished": done,
         "regime": regime,
         "retrained models already finished (stage 3)": retrained,
-        "results": display_path(cfg.out_dir),
+        "results": display_path(cfg.out_dir)
+        + ("" if writable else " (read-only: every model is finished, so the stages that only read can run)"),
     }
 
 
@@ -98,9 +104,27 @@ def _build(cfg: Config, data: Dataset):
     except ConfigError:
         raise
     except Exception as exc:
+        if _user_file(cfg):
+            raise ConfigError(
+                user_code_error(exc, f"architecture {cfg.arch} in {display_path(_user_file(cfg))}", _user_file(cfg))
+                + f" (built for {c}x{h}x{w} images and {data.num_classes} classes)"
+            ) from None
         raise ConfigError(
             f"arch {cfg.arch!r} cannot be built for {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _user_file(cfg: Config) -> str | None:
+    """The file of the architecture's entry function, if it is the user's model_module (not memlib or timm)."""
+    if not cfg.model_module:
+        return None
+    import timm
+
+    try:
+        file = timm.models.model_entrypoint(cfg.arch).__code__.co_filename
+    except (RuntimeError, AttributeError):
+        return None
+    return file if Path(file).resolve() == resolve(cfg.model_module).resolve() else None
 
 
 def available_memory() -> int:
@@ -170,14 +194,32 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_results_dir(cfg: Config) -> None:
-    """ConfigError unless <results_dir>/<profile> is a folder that can be written, or can be created. Writes nothing."""
+def check_results_dir(cfg: Config) -> bool:
+    """ConfigError unless <results_dir>/<profile> is a folder that can be written, or can be created. Writes nothing.
+
+    A folder that cannot be written but holds a finished stage-1 store passes (returns False): its stores can
+    still be read (by `check` and the stages that only read them). Returns True where it can be written.
+    """
     target = cfg.out_dir
     for path in (target, *target.parents):
         if path.exists():
             if not path.is_dir():
                 raise ConfigError(f"results_dir: {path} is a file, not a folder; choose another results_dir")
             if not os.access(path, os.W_OK | os.X_OK):
+                if path == target and _finished(subset_store_path(cfg)):
+                    return False
                 action = "write in" if path == target else f"create {target} in"
-                raise ConfigError(f"results_dir: cannot {action} {path} (no permission); choose another results_dir")
-            return
+                raise ConfigError(
+                    f"results_dir: cannot {action} {path} (read-only, or no permission); choose another results_dir"
+                )
+            return True
+    return True
+
+
+def _finished(store: Path) -> bool:
+    """Whether the store at `store` has every row marked finished (read from its completed-mask only)."""
+    try:
+        done = np.load(store / "completed.npy", mmap_mode="r")
+        return bool(len(done)) and bool(np.all(done))
+    except (OSError, ValueError, EOFError):
+        return False

@@ -132,7 +132,7 @@ class Config:
         if unknown:
             hints = []
             for k in unknown:
-                close = difflib.get_close_matches(k, cls.keys(), n=1)
+                close = difflib.get_close_matches(k, cls.keys(), n=1) if isinstance(k, str) else []
                 hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
         cfg = cls(**_numbers_from_strings(values))
@@ -219,6 +219,13 @@ class Config:
             )
         if self.width is not None and self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}")
+        if self.image_size is not None and not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size must be null (keep the images' own size) or a side length in pixels in "
+                f"[1, {MAX_IMAGE_SIZE}] (e.g. 32), got {self.image_size}"
+            )
+        _check_dataset_keys(self)
+        _check_results_dir_value(self.results_dir)
         if not 0 < self.lr <= 10:
             raise ConfigError(f"lr must lie in (0, 10] (the profiles use 0.01-0.4), got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -271,6 +278,54 @@ class Config:
                 f"only about {expected_out:.0f} models, fewer than min_out={self.min_out}. Raise num_models to "
                 f"well above {need} (random subsets scatter around the mean), or lower min_out."
             )
+
+
+MAX_IMAGE_SIZE = 4096  # image_size: a 4096 x 4096 RGB image is 200 MB as float32; larger is surely a typo
+# The data keys each kind of dataset reads (a user's function gets the whole config, so it may read any).
+DATA_KEYS = ("data_dir", "data_path", "image_size", "download")
+READS = {
+    "digits": (),
+    "fashion-mnist": ("data_dir", "download"),
+    "mnist": ("data_dir", "download"),
+    "cifar10": ("data_dir", "download"),
+    "cifar100": ("data_dir", "download"),
+    "npz": ("data_path",),
+    "imagefolder": ("data_path", "image_size"),
+    "torchvision": ("data_dir", "download", "image_size"),
+}
+
+
+def _check_dataset_keys(cfg: Config) -> None:
+    """ConfigError for a data key the chosen dataset would silently ignore (e.g. data_path with digits)."""
+    kind = "torchvision" if cfg.dataset.startswith("torchvision:") else cfg.dataset
+    if kind not in READS:
+        return  # a user's function (it gets the config), or an unknown name (refused when it is loaded)
+    unused = [k for k in DATA_KEYS if getattr(cfg, k) not in (None, False) and k not in READS[kind]]
+    if unused:
+        readers = {k: [d for d, keys in READS.items() if k in keys] for k in unused}
+        said = "; ".join(f"{k}: {getattr(cfg, k)!r} is read only by dataset: {', '.join(readers[k])}" for k in unused)
+        raise ConfigError(
+            f"dataset: {cfg.dataset} does not use {', '.join(unused)}, so the profile's value would be ignored "
+            f"({said}). Remove {', '.join(unused)} from the profile (or set it to null), or choose the dataset "
+            "that reads it."
+        )
+
+
+def _check_results_dir_value(results_dir: str) -> None:
+    """ConfigError for a results_dir that is the filesystem root, or a relative path that climbs out of the project."""
+    path = Path(results_dir).expanduser()
+    if not str(results_dir).strip():
+        raise ConfigError("results_dir is empty: give a folder, e.g. results (relative to the project root)")
+    if path.is_absolute() and Path(os.path.normpath(path)) == Path(path.anchor):
+        raise ConfigError(
+            f"results_dir: {results_dir!r} is the root of the filesystem; results go to <results_dir>/<profile>, so "
+            "choose a folder of your own, e.g. results or /scratch/$USER/memlib"
+        )
+    if not path.is_absolute() and os.path.normpath(path).split(os.sep)[0] == "..":
+        raise ConfigError(
+            f"results_dir: {results_dir!r} climbs out of the project (relative paths are taken from the project root). "
+            "Give a folder inside it (e.g. results), or an absolute path if you mean a folder elsewhere."
+        )
 
 
 # Fields that decide the subset models (and so the contents of the stage-1 store).
@@ -380,13 +435,20 @@ def resolve(path: str | Path) -> Path:
 def profile_path(profile: str) -> Path:
     """Path of configs/<profile>.yaml, or a ConfigError that lists the profiles there are."""
     path = Path(profile).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"profile {profile} is a folder: give a YAML file (a name in configs/ or a .yaml path)")
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"profile file {path} does not exist: give a name in configs/ or a path to a YAML file")
         return path.resolve()
+    if path.is_file() or "/" in profile or os.sep in profile:
+        raise ConfigError(
+            f"profile {profile} is not a .yaml file: a profile is a name in configs/ (e.g. digits) or a path to a "
+            "YAML file ending in .yaml"
+        )
     configs = project_root() / "configs"
     path = configs / f"{profile}.yaml"
-    if not path.exists():
+    if not path.is_file():
         known = sorted(p.stem for p in configs.glob("*.yaml"))
         raise ConfigError(f"no profile '{profile}': {path} does not exist. Known profiles: {', '.join(known)}")
     return path
@@ -406,20 +468,82 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are all different (YAML would silently keep the last of a repeated key)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key (a list or a mapping): SafeLoader says so itself
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (lines {first} and {key_node.start_mark.line + 1}); keep one of them",
+                key_node.start_mark,
+            )
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file's contents, with 1e-3 read as a number."""
-    return yaml.load(Path(path).read_text(), Loader=_Loader)
+    """A YAML file's contents, with 1e-3 read as a number; a file that is not text, or repeats a key, is refused."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path} is a folder, not a YAML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+        if "\0" in text:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "a NUL byte")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not a text file (byte {exc.start} is not UTF-8 text: {exc.reason}). A profile is a YAML text "
+            "file of `name: value` lines; check that the right file was given"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+KINDS = {int: "a number", float: "a number", bool: "true or false", type(None): "empty", tuple: "a list"}
+# The profile argument as the user gave it (a name or a path), by profile name: messages offer commands with it.
+GIVEN_AS: dict[str, str] = {}
+
+
+def profile_argument(cfg: Config) -> str:
+    """How to name this config's profile on the command line: as the user gave it, else its name or a path."""
+    if cfg.profile in GIVEN_AS:
+        return GIVEN_AS[cfg.profile]
+    if (project_root() / "configs" / f"{cfg.profile}.yaml").is_file():
+        return cfg.profile
+    return f"path/to/{cfg.profile}.yaml"  # a profile given as a path, in a process that did not read it
 
 
 def load_profile(profile: str) -> Config:
     """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
     path = profile_path(profile)
-    try:
-        values = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    values = read_yaml(path)
+    values = {} if values is None else values
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must be a mapping of parameter names to values")
+        raise ConfigError(
+            f"{path} must be a mapping of parameter names to values (`name: value` lines), not a "
+            f"{type(values).__name__}"
+        )
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(
+            f"{path}: key {odd[0]!r} is not a name (YAML reads it as {KINDS.get(type(odd[0]), 'a value')}); every key "
+            f"is a parameter name such as epochs (known keys: {', '.join(Config.keys())})"
+        )
     if not PLAIN_NAME.fullmatch(path.stem):
         raise ConfigError(f"{path}: a profile file's name must be plain (no '/', '.' or '..'), got {path.stem!r}")
     if values.get("profile", path.stem) != path.stem:
@@ -430,7 +554,9 @@ def load_profile(profile: str) -> Config:
         if override not in EXECUTORS:
             raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)} (or unset), got {override!r}")
         values["executor"] = override
-    return Config.from_dict(values, source=str(path))
+    cfg = Config.from_dict(values, source=str(path))
+    GIVEN_AS[cfg.profile] = profile
+    return cfg
 
 
 def display_path(path: str | Path) -> str:

@@ -11,6 +11,7 @@ import inspect
 import os
 import pickle
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,29 +82,138 @@ class Dataset:
 
     def describe(self) -> dict:
         """A one-row summary for display."""
-        return {
+        out = {
             "dataset": self.name,
             "read from": self.source or "(not recorded)",
             "train examples": self.n_train,
             "test examples": self.n_test,
             "image shape": "x".join(map(str, self.image_shape)),
+            "images in memory": f"{(self.x_train.nbytes + self.x_test.nbytes) / 2**20:,.1f} MiB",
             "classes": self.num_classes,
         }
+        absent = sorted(set(range(self.num_classes)) - set(np.unique(self.y_train).tolist()))
+        if absent:
+            out["classes without training examples"] = ", ".join(self.classes[c] for c in absent[:10]) + (
+                f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+            )
+        return out
 
-    def validate(self) -> None:
-        """Check shapes, dtypes and labels; raise DataError on anything inconsistent."""
-        for split, x, y, idx in (
-            ("train", self.x_train, self.y_train, self.train_index),
-            ("test", self.x_test, self.y_test, self.test_index),
-        ):
+    def validate(self, where: str | None = None, every_class: bool = False) -> None:
+        """Check types, shapes, lengths, labels, indices and pixels; raise DataError naming the array and the fix."""
+        where = where or self.source or self.name
+        for split in ("train", "test"):
+            for kind in ("x", "y"):
+                a = getattr(self, f"{kind}_{split}")
+                if not isinstance(a, np.ndarray):
+                    raise DataError(f"{where}: {kind}_{split} must be a numpy array, got {type(a).__name__}")
+            x = getattr(self, f"x_{split}")
             if x.ndim != 4 or x.dtype != np.float32:
-                raise DataError(f"{self.name} {split} images must be float32 (N, C, H, W), got {x.dtype} {x.shape}")
-            if not (len(x) == len(y) == len(idx)):
-                raise DataError(f"{self.name} {split}: {len(x)} images, {len(y)} labels, {len(idx)} indices")
-            if y.dtype != np.int64 or y.min() < 0 or y.max() >= self.num_classes:
-                raise DataError(f"{self.name} {split} labels must be int64 in [0, {self.num_classes})")
-            if np.any(np.diff(idx) <= 0):
-                raise DataError(f"{self.name} {split} indices must be strictly increasing (original order)")
+                raise DataError(
+                    f"{where}: x_{split} must be float32 images (N, C, H, W), got {x.dtype} {x.shape}; convert with "
+                    "memlib.data.as_images"
+                )
+            y = getattr(self, f"y_{split}")
+            if y.dtype != np.int64:
+                raise DataError(f"{where}: y_{split} must be int64 labels, got {y.dtype}; convert: y.astype(np.int64)")
+        check_arrays(
+            where,
+            {"x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test},
+            {"train_index": self.train_index, "test_index": self.test_index},
+            self.classes,
+            every_class=every_class,
+        )
+
+
+MAX_LISTED = 5  # positions named in a message
+
+
+def _positions(bad: np.ndarray, name: str) -> str:
+    """`name[i]` for the first few positions where `bad` is true, and how many there are in all."""
+    where = np.argwhere(bad)
+    shown = ", ".join(f"{name}[{', '.join(map(str, w))}]" for w in where[:MAX_LISTED])
+    return shown + (f" and {len(where) - MAX_LISTED:,} more" if len(where) > MAX_LISTED else "")
+
+
+def check_arrays(
+    where: str,
+    arrays: dict[str, np.ndarray],
+    indices: dict[str, np.ndarray | None],
+    classes: list[str],
+    every_class: bool = False,
+) -> None:
+    """DataError naming `where`, the array, the position and the fix, for anything that would train wrongly.
+
+    `arrays` holds x_train, y_train, x_test, y_test (images already (N, C, H, W)); `indices` the original index
+    arrays (None: 0..N-1). Lengths must match and no split be empty; pixels must be finite; labels integers in
+    [0, len(classes)), each class with a training example if `every_class`; indices whole, increasing (so no
+    repeats) and one per example.
+    """
+    for split in ("train", "test"):
+        x, y, idx = arrays[f"x_{split}"], arrays[f"y_{split}"], indices.get(f"{split}_index")
+        if y.ndim != 1:
+            raise DataError(f"{where}: y_{split} must be one label per example (shape (N,)), got shape {y.shape}")
+        if len(x) != len(y):
+            raise DataError(
+                f"{where}: x_{split} holds {len(x):,} examples but y_{split} {len(y):,} labels. Every example needs "
+                f"exactly one label: fix the arrays (memlib never trims them to fit)"
+            )
+        if len(x) == 0:
+            raise DataError(f"{where}: the {split} split is empty (x_{split} has 0 examples); give it examples")
+        if min(x.shape[1:], default=0) < 1:
+            raise DataError(f"{where}: x_{split} examples have shape {x.shape[1:]}, with no pixels")
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{where}: y_{split} must hold whole numbers 0..K-1, got dtype {y.dtype}")
+        out = (y < 0) | (y >= len(classes))
+        if out.any():
+            raise DataError(
+                f"{where}: labels must lie in [0, {len(classes)}) ({len(classes)} classes), but "
+                f"{_positions(out, f'y_{split}')} {'is' if out.sum() == 1 else 'are'} outside (e.g. "
+                f"{int(y[out][0])}). Fix those labels, or give class names for every label"
+            )
+        if idx is not None:
+            idx = np.asarray(idx)
+            name = f"{split}_index"
+            if idx.ndim != 1 or len(idx) != len(y) or idx.dtype.kind not in "iu":
+                raise DataError(
+                    f"{where}: {name} must hold one whole-number original index per {split} example ({len(y):,}), "
+                    f"got {idx.dtype} of shape {idx.shape}"
+                )
+            if len(idx) and idx.min() < 0:
+                raise DataError(f"{where}: {name} holds negative indices ({_positions(idx < 0, name)})")
+            step = np.diff(idx) <= 0
+            if step.any():
+                i = int(np.argmax(step))
+                kind = "repeats" if idx[i] == idx[i + 1] else "goes down"
+                raise DataError(
+                    f"{where}: {name} must be strictly increasing (each original index once, in order), but it "
+                    f"{kind} at {name}[{i + 1}] ({idx[i]} then {idx[i + 1]}). Sort the examples by their original index"
+                    " and drop repeated ones"
+                )
+        if x.dtype.kind == "f":
+            for start in range(0, len(x), 4096):  # in blocks: no full-size temporary array
+                bad = ~np.isfinite(x[start : start + 4096])
+                if bad.any():
+                    first = tuple(np.argwhere(bad)[0])
+                    first = (first[0] + start, *first[1:])
+                    at = ", ".join(map(str, first))
+                    raise DataError(
+                        f"{where}: x_{split} holds values that are not finite numbers: x_{split}[{at}] "
+                        f"is {x[first]} ({int(np.count_nonzero(~np.isfinite(x))):,} such values in x_{split}). They "
+                        "would train every model to NaN: replace or drop those examples"
+                    )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{where}: x_train examples are {arrays['x_train'].shape[1:]}, x_test examples "
+            f"{arrays['x_test'].shape[1:]}: both splits need the same image shape"
+        )
+    if every_class:
+        absent = sorted(set(range(len(classes))) - set(np.unique(arrays["y_train"]).tolist()))
+        if absent:
+            names = ", ".join(f"{c} ({classes[c]!r})" for c in absent[:10]) + (" ..." if len(absent) > 10 else "")
+            raise DataError(
+                f"{where}: {len(absent)} of {len(classes)} classes have no training example: {names}. A model cannot "
+                "learn a class it never sees: give each class training examples, or remove it from the class list"
+            )
 
 
 DIGITS_TEST_SIZE = 500
@@ -263,8 +373,21 @@ def _pool(n_total: int, train_size: int | None) -> np.ndarray:
 
 
 def _as_dataset(
-    name, x_train, y_train, x_test, y_test, classes, train_size, source="", train_index=None, test_index=None
+    name,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    classes,
+    train_size,
+    source="",
+    train_index=None,
+    test_index=None,
+    every_class=False,
 ) -> Dataset:
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    indices = {"train_index": train_index, "test_index": test_index}
+    check_arrays(source or name, arrays, indices, list(classes), every_class)
     pool = _pool(len(y_train), train_size)
     train_index = np.arange(len(y_train)) if train_index is None else np.asarray(train_index, dtype=np.int64)
     test_index = np.arange(len(y_test)) if test_index is None else np.asarray(test_index, dtype=np.int64)
@@ -474,8 +597,31 @@ def as_labels(y_train: np.ndarray, y_test: np.ndarray, classes) -> tuple[np.ndar
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(classes).reshape(-1).tolist()]
     for split, y in (("train", y_train), ("test", y_test)):
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise DataError(f"{split} labels lie in [{y.min()}, {y.max()}] but there are {len(classes)} classes")
+            out = (y < 0) | (y >= len(classes))
+            raise DataError(
+                f"{split} labels lie in [{y.min()}, {y.max()}] but there are {len(classes)} classes: "
+                f"{_positions(out, f'y_{split}')} {'is' if out.sum() == 1 else 'are'} outside [0, {len(classes)}). "
+                "Fix those labels, or give a name for every class"
+            )
     return y_train.astype(np.int64), y_test.astype(np.int64), classes
+
+
+def check_label_gaps(where: str, y_train: np.ndarray, y_test: np.ndarray) -> None:
+    """DataError if integer labels given without class names skip a number (0, 1, 2, 7 would make 8 classes)."""
+    used = np.union1d(np.unique(y_train), np.unique(y_test))
+    top = int(used.max(initial=0))
+    missing = sorted(set(range(top + 1)) - set(used.tolist()))
+    if missing:
+        rare = min(used.tolist(), key=lambda c: np.count_nonzero(y_train == c) + np.count_nonzero(y_test == c))
+        at = np.flatnonzero(y_train == rare)
+        first = f"y_train[{at[0]}]" if len(at) else f"y_test[{np.flatnonzero(y_test == rare)[0]}]"
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise DataError(
+            f"{where}: the labels are {', '.join(map(str, used.tolist()[:12]))}{' ...' if len(used) > 12 else ''} but "
+            f"never {shown}. Without a `classes` array labels are read as 0..K-1, so this would be {top + 1} classes, "
+            f"{len(missing)} of them empty (the rarest label, {rare}, first appears at {first}: a typo?). Number the "
+            f"labels 0..{len(used) - 1}, use string labels, or add a `classes` array naming all {top + 1} classes"
+        )
 
 
 def _data_path(cfg: Config, kind: str) -> Path:
@@ -503,10 +649,16 @@ def load_npz_dataset(cfg: Config) -> Dataset:
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; it holds {', '.join(sorted(arrays)) or 'nothing'}")
-    x_train, x_test = as_images(arrays["x_train"], "x_train"), as_images(arrays["x_test"], "x_test")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{path}: x_train examples are {x_train.shape[1:]}, x_test examples {x_test.shape[1:]}")
-    y_train, y_test, classes = as_labels(arrays["y_train"], arrays["y_test"], arrays.get("classes"))
+    check_memory(f"{path}: x_train and x_test as float32", 4 * (arrays["x_train"].size + arrays["x_test"].size))
+    try:
+        x_train, x_test = as_images(arrays["x_train"], "x_train"), as_images(arrays["x_test"], "x_test")
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise DataError(f"x_train examples are {x_train.shape[1:]}, x_test examples {x_test.shape[1:]}")
+        y_train, y_test, classes = as_labels(arrays["y_train"], arrays["y_test"], arrays.get("classes"))
+    except DataError as exc:
+        raise DataError(f"{display_path(path)}: {exc}") from None
+    if "classes" not in arrays and arrays["y_train"].dtype.kind in "iu":
+        check_label_gaps(display_path(path), y_train, y_test)
     return _as_dataset(
         path.stem,
         x_train,
@@ -518,7 +670,34 @@ def load_npz_dataset(cfg: Config) -> Dataset:
         display_path(path),
         arrays.get("train_index"),
         arrays.get("test_index"),
+        every_class=True,
     )
+
+
+def check_memory(what: str, need: int) -> None:
+    """DataError, before anything is allocated, if `need` bytes would not fit in the memory free here."""
+    from .checks import available_memory  # lazily: checks imports this module
+
+    free = available_memory()
+    if need > 0.8 * free:
+        raise DataError(
+            f"{what} would take {need / 2**30:,.1f} GiB of memory; {free / 2**30:,.1f} GiB is free here. Use a smaller "
+            "image_size, fewer images, or a machine with more memory"
+        )
+
+
+def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
+    """(width, height) of each image, from its header only (nothing is decoded)."""
+    from PIL import Image
+
+    sizes = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                sizes.append(im.size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{file} is not a readable image ({exc})") from exc
+    return sizes
 
 
 def _read_images(files: list[Path], size: int | None, mode: str) -> np.ndarray:
@@ -532,43 +711,73 @@ def _read_images(files: list[Path], size: int | None, mode: str) -> np.ndarray:
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 out.append(np.asarray(im, dtype=np.uint8))
-        except OSError as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DataError(f"{file} is not a readable image ({exc})") from exc
-    shapes = {a.shape for a in out}
-    if len(shapes) > 1:
-        raise DataError(f"images of different sizes ({sorted(shapes)[:3]} ...): set image_size: N to resize them")
     return np.stack(out)
 
 
 def load_imagefolder_dataset(cfg: Config) -> Dataset:
-    """torchvision's ImageFolder layout: data_path/train/<class>/* and data_path/test/<class>/*, sorted by name."""
+    """torchvision's ImageFolder layout: data_path/train/<class>/* and data_path/test/<class>/*, sorted by name.
+
+    The classes are the folders of train/, each of which must hold images. Image sizes are read from the files'
+    headers first, so mixed sizes without image_size, or images too large for memory, are refused before decoding.
+    """
     from PIL import Image
 
     root = _data_path(cfg, "imagefolder")
     files: dict[str, list[tuple[Path, str]]] = {}
+    folders: dict[str, list[Path]] = {}
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise DataError(f"{root} has no {split}/ folder: the layout is {split}/<class name>/<image files>")
+        folders[split] = sorted(p for p in (root / split).iterdir() if p.is_dir())
         files[split] = [
-            (f, d.name)
-            for d in sorted(p for p in (root / split).iterdir() if p.is_dir())
-            for f in sorted(d.iterdir())
-            if f.suffix.lower() in IMAGE_EXTENSIONS
+            (f, d.name) for d in folders[split] for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS
         ]
         if not files[split]:
             raise DataError(f"{root / split} holds no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
-    classes = sorted({c for _, c in files["train"]})
+    classes = [d.name for d in folders["train"]]
+    empty = [c for c in classes if not any(name == c for _, name in files["train"])]
+    if empty:
+        raise DataError(
+            f"{root}/train: the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+            f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}), so the class would have "
+            "no training example. Add its images, or remove the folder (from test/ too)"
+        )
     unknown = sorted({c for _, c in files["test"]} - set(classes))
     if unknown:
         raise DataError(f"{root}/test has classes that train/ lacks: {', '.join(unknown)}")
+    sizes = {s: _image_sizes([f for f, _ in files[s]]) for s in files}  # every file opens as an image
     with Image.open(files["train"][0][0]) as first:
         gray = first.mode in ("1", "L", "I", "I;16")
     mode = "L" if gray else "RGB"
+    if cfg.image_size is None:
+        distinct = sorted(set(sizes["train"]) | set(sizes["test"]))
+        if len(distinct) > 1:
+            raise DataError(
+                f"{root}: images of different sizes ({', '.join(f'{w}x{h}' for w, h in distinct[:3])} ...): set "
+                "image_size: N in the profile to resize them to N x N"
+            )
+        width, height = distinct[0]
+    else:
+        width = height = cfg.image_size
+    n = len(files["train"]) + len(files["test"])
+    channels = 1 if gray else 3
+    need = n * width * height * channels * 6  # float32 images, and the uint8 ones they are made from
+    check_memory(f"{n:,} images of {width}x{height}x{channels} from {display_path(root)}", need)
     lookup = {c: i for i, c in enumerate(classes)}
     x = {s: as_images(_read_images([f for f, _ in files[s]], cfg.image_size, mode)) for s in files}
     y = {s: np.array([lookup[c] for _, c in files[s]], dtype=np.int64) for s in files}
     return _as_dataset(
-        root.name, x["train"], y["train"], x["test"], y["test"], classes, cfg.train_size, display_path(root)
+        root.name,
+        x["train"],
+        y["train"],
+        x["test"],
+        y["test"],
+        classes,
+        cfg.train_size,
+        display_path(root),
+        every_class=True,
     )
 
 
@@ -623,6 +832,30 @@ def _torchvision_arrays(ds, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     return as_images(np.stack(xs)), np.array(ys, dtype=np.int64)
 
 
+def user_code_error(exc: BaseException, what: str, file: str | Path | None) -> str:
+    """'your <what> raised <Error>: <message> at line N (`code`)', from the deepest frame in `file`.
+
+    `what` names the code and its file, e.g. `function load in my/data.py`.
+
+    A syntax error names its own line; an error raised deeper (in a library the user's code called) names the
+    user's line that called it. No memlib frame is shown: the message is about the user's code.
+    """
+    file = Path(file).resolve() if file else None
+    line, code = None, ""
+    if isinstance(exc, SyntaxError):
+        line, code = exc.lineno, (exc.text or "").strip()
+        file = Path(exc.filename).resolve() if exc.filename else file
+        text = f"has a syntax error ({exc.msg})"
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if file is not None and Path(frame.filename).resolve() == file:
+                line, code = frame.lineno, (frame.line or "").strip()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"raised {type(exc).__name__}" + (f": {detail}" if detail else "")
+    at = f" at line {line}" + (f" (`{code}`)" if code else "") if line else ""
+    return f"your {what} {text}{at}. Fix it there and rerun; memlib itself did not fail"
+
+
 def _import_file(path: Path, what: str):
     """Import a Python file once per process (by its path), as a module of its own."""
     path = path.resolve()
@@ -636,9 +869,10 @@ def _import_file(path: Path, what: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except Exception as exc:  # the user's file raised on import, or does not parse
         del sys.modules[name]
-        raise
+        key = what.split(":", 1)[0]  # dataset or model_module
+        raise ConfigError(user_code_error(exc, f"file {display_path(path)} (the profile's {key})", path)) from None
     return module
 
 
@@ -652,7 +886,12 @@ def import_user_module(ref: str, what: str):
     try:
         return importlib.import_module(ref)
     except ImportError as exc:
-        raise ConfigError(f"{what}: cannot import {ref!r} ({exc}); give a path to a .py file instead") from exc
+        raise ConfigError(f"{what}: cannot import {ref!r} ({exc}); give a path to a .py file instead") from None
+    except Exception as exc:  # the module raised on import, or does not parse
+        spec = importlib.util.find_spec(ref) if "." not in ref else None
+        file = spec.origin if spec else None
+        key = what.split(":", 1)[0]
+        raise ConfigError(user_code_error(exc, f"module {ref} (the profile's {key})", file)) from None
 
 
 def load_user_dataset(cfg: Config) -> Dataset:
@@ -662,11 +901,35 @@ def load_user_dataset(cfg: Config) -> Dataset:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ConfigError(f"dataset: {cfg.dataset}: {ref} has no function {func_name!r}")
-    data = func(cfg) if inspect.signature(func).parameters else func()
+    file = getattr(getattr(func, "__code__", None), "co_filename", None) or getattr(module, "__file__", None)
+    what = f"function {func_name} in {display_path(file) if file else ref}"
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        signature = None
+    args: tuple = (cfg,)
+    if signature is not None:
+        try:
+            signature.bind(cfg)
+        except TypeError:
+            try:
+                signature.bind()
+                args = ()
+            except TypeError:
+                raise ConfigError(
+                    f"your {what} takes {signature}; memlib calls it with one "
+                    "argument (the config) or none: give it the signature (cfg) or ()"
+                ) from None
+    try:
+        data = func(*args)
+    except Exception as exc:
+        raise DataError(user_code_error(exc, what, file)) from None
+    where = f"your {what}"
     if not isinstance(data, Dataset):
-        raise DataError(f"{cfg.dataset} returned {type(data).__name__}, not a memlib.Dataset")
+        raise DataError(f"{where} returned {type(data).__name__}, not a memlib.Dataset")
     if not data.source:
         data.source = f"{cfg.dataset}()"
+    data.validate(where, every_class=True)
     return data
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .claims import Lease, claim, wait_claim
-from .config import Config, display_path
+from .config import Config, display_path, profile_argument
 from .data import Dataset, load_dataset
 from .design import Job, check_out_counts, group_rows, subset_jobs, subset_masks
 from .engine import TOPK_CLASSES, NeuralLearner, Outcome, resolve_device, resolve_precision
@@ -79,15 +79,29 @@ def data_record(data: Dataset) -> dict[str, str]:
     }
 
 
-def stored_meta(path: Path) -> dict[str, Any] | None:
-    """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable."""
+def stored_meta(path: Path, fix: str | None = None) -> dict[str, Any] | None:
+    """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable.
+
+    `fix` is the repair command the message offers where repair can rebuild the spec from the config (stage 1's
+    store: it keeps every finished row that verifies), so the message never says to delete work it can recover.
+    """
     file = Path(path) / SPEC_FILE
     if not file.exists():
         return None
     try:
-        return json.loads(file.read_text()).get("meta", {})
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{file} is unreadable ({exc}): delete {path} and rerun.") from exc
+        meta = json.loads(file.read_text()).get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError("its meta is not a mapping")
+        return meta
+    except (OSError, ValueError, AttributeError) as exc:
+        if fix is None:
+            how = f"Move {display_path(path)} away and rerun the stage that made it (it cannot be read without it)."
+        else:
+            how = (
+                f"Run `{fix}`: it rewrites it from the profile and keeps every finished model that verifies under it "
+                f"(none is retrained). If another profile made this store, move {display_path(path)} away instead."
+            )
+        raise StoreError(f"{display_path(file)} is unreadable ({exc}). Nothing was changed. {how}") from None
 
 
 def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
@@ -132,7 +146,7 @@ def subset_store_path(cfg: Config) -> Path:
 
 def repair_command(cfg: Config) -> str:
     """The command that clears a profile's bad rows (the message of every bad-row error offers it)."""
-    return f"python -m memlib repair {cfg.profile}"
+    return f"python -m memlib repair {profile_argument(cfg)}"
 
 
 def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
@@ -144,7 +158,7 @@ def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
     flips = dataset_flips(data)
     if flips is not None:  # the flipped labels are recorded with the store (its fingerprint has label_noise)
         meta["label_noise"] = {"fraction": cfg.label_noise, **flips.record()}
-    old = stored_meta(subset_store_path(cfg))
+    old = stored_meta(subset_store_path(cfg), repair_command(cfg))
     if old is not None:
         check_same_data(subset_store_path(cfg), old, data)
     if create:  # a store trains in one precision: `auto` resolves per machine, so a store records what it became

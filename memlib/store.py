@@ -118,7 +118,7 @@ class Store:
             if not create:
                 raise StoreError(f"no store at {path}: run the training stage first")
             cls._create(path, spec, meta)
-        check_compatible(path, spec, meta)
+        check_compatible(path, spec, meta, fix)
         problems = inspect_files(path, spec)
         fix = fix or f"Store.repair({str(path)!r})"  # a caller with a profile offers `python -m memlib repair`
         if problems:
@@ -187,20 +187,48 @@ class Store:
         self.write_rows({row: values})
 
     def write_rows(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
-        """Write several rows' arrays and checksums durably, then mark them all completed together."""
+        """Write several rows' arrays and checksums durably, then mark them all completed together.
+
+        Rows are written with ordinary file writes (the memory maps see them at once), not through the maps: a
+        disk that fills up is then an error with a message, not a bus error that kills the process.
+        """
         if not self.writable:
             raise StoreError(f"{self.path} was opened read-only")
-        names = data_names(self.arrays)
-        for row, values in rows.items():
-            for name, value in values.items():
-                self.arrays[name][row] = value
-        for name in names:
-            self.arrays[name].flush()
-        for row in rows:
-            self.arrays[CHECKSUMS][row] = self.row_checksums(row)
-        self.arrays[CHECKSUMS].flush()
-        self.completed[list(rows)] = True
-        self.completed.flush()
+        try:
+            columns: dict[str, dict[int, np.ndarray]] = {}
+            for row, values in rows.items():
+                for name, value in values.items():
+                    columns.setdefault(name, {})[row] = value
+            for name, values in columns.items():
+                self._write(name, values)
+            self._write(CHECKSUMS, {row: self.row_checksums(row) for row in rows})
+            self._write(COMPLETED, {row: True for row in rows})
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StoreError(
+                f"the disk holding {self.path} is full ({exc.strerror}): the results of rows {describe_rows(rows)} "
+                f"could not be written, so they are not marked finished; the {self.done()} finished rows are kept "
+                "and verify. Free some space (or move results_dir to a larger disk) and rerun the same command: "
+                "training resumes with the unfinished rows."
+            ) from None
+
+    def _write(self, name: str, rows: dict[int, Any]) -> None:
+        """Write whole rows of one array at their offsets in its file, then flush them to the disk."""
+        arr = self.arrays[name]
+        row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+        fd = os.open(self.path / f"{name}.npy", os.O_WRONLY)
+        try:
+            for row, value in rows.items():
+                buf = np.empty(arr.shape[1:], dtype=arr.dtype)
+                buf[...] = value  # the same casts and broadcasting as `arr[row] = value`
+                data, offset = memoryview(np.ascontiguousarray(buf)).cast("B"), arr.offset + row * row_bytes
+                while len(data):
+                    written = os.pwrite(fd, data, offset)
+                    data, offset = data[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def row_checksums(self, row: int) -> np.ndarray:
         """The checksums of `row` as stored now (one per data array, in `data_names` order)."""
@@ -270,6 +298,13 @@ class Store:
         path = Path(path)
         if not path.is_dir():
             raise StoreError(f"no store at {path}: nothing to repair")
+        locked = [p for p in (path, *path.glob("*.npy")) if not os.access(p, os.W_OK)]
+        if locked:
+            raise StoreError(
+                f"repair must write in {path}, but {locked[0]} cannot be written here (a read-only folder or mount, "
+                "or no permission). Nothing was changed. Make it writable (or copy the results folder to a writable "
+                "place and point results_dir there), then rerun repair."
+            )
         adopt = upgrade = False
         try:
             doc = json.loads((path / SPEC_FILE).read_text())
@@ -412,14 +447,18 @@ def _write_spec(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) ->
     os.replace(tmp, path / SPEC_FILE)
 
 
-def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) -> None:
-    """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing."""
+def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any], fix: str | None = None) -> None:
+    """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing.
+
+    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`).
+    """
+    fix = fix if fix and fix.startswith("python -m memlib repair") else "python -m memlib repair PROFILE"
     try:
         doc = json.loads((path / SPEC_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(
             f"{path / SPEC_FILE} is unreadable ({exc}). Nothing was changed. If this config made the store, "
-            f"`python -m memlib repair PROFILE` rewrites it and keeps the rows that verify; otherwise move {path} away."
+            f"`{fix}` rewrites it and keeps the rows that verify; otherwise move {path} away."
         ) from exc
     old_meta = doc.get("meta", {})
     if old_meta.get("fingerprint") != meta.get("fingerprint"):
@@ -435,7 +474,7 @@ def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any
     if CHECKSUMS not in old_spec and old_spec == {k: v for k, v in new_spec.items() if k != CHECKSUMS}:
         raise StoreError(
             f"the store at {path} was made before stored rows carried checksums. Nothing was changed. Run "
-            "`python -m memlib repair PROFILE` once: it keeps its finished rows (their masks are checked against "
+            f"`{fix}` once: it keeps its finished rows (their masks are checked against "
             "their seeds) and adds their checksums."
         )
     if old_spec != new_spec:

@@ -101,7 +101,8 @@ def test_bad_rows_are_refused_before_work(tmp_path, capsys, finished, rows):
 
 def test_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
     path = tmp_path / "smoke.yaml"
-    path.write_text(open("configs/smoke.yaml").read() + "lr: 1e-3\nweight_decay: 5e-4\nnum_models: 4e1\n")
+    smoke = open("configs/smoke.yaml").read().replace("num_models: 40\n", "")  # a key given twice is refused
+    path.write_text(smoke + "lr: 1e-3\nweight_decay: 5e-4\nnum_models: 4e1\n")
     cfg = memlib.load_profile(str(path))
     assert (cfg.lr, cfg.weight_decay, cfg.num_models) == (0.001, 0.0005, 40)
 

@@ -126,6 +126,49 @@ def test_read_only_store_writes_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_a_full_disk_ends_with_a_message_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """Rows are written with file writes, so a full disk is an OSError (ENOSPC), not a bus error under a map."""
+    import errno
+
+    store, spec = make(tmp_path)
+    store.write_row(0, {"x": np.ones(3, np.float32), "ok": np.ones(5, bool)})
+    real = os.pwrite
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StoreError, match=r"disk holding .* is full .* rows 1-2 .* rerun the same command"):
+        store.write_rows({r: {"x": np.full(3, r, np.float32), "ok": np.ones(5, bool)} for r in (1, 2)})
+    monkeypatch.setattr(os, "pwrite", real)
+    again = Store.open(tmp_path / "s", spec, store.meta)  # every finished row verifies; the others are pending
+    assert again.pending() == [1, 2, 3]
+    again.write_rows({r: {"x": np.full(3, r, np.float32), "ok": np.ones(5, bool)} for r in (1, 2)})
+    again = Store.open(tmp_path / "s", spec, store.meta)
+    assert again.pending() == [3]
+    np.testing.assert_array_equal(again["x"][:3], [[1, 1, 1], [1, 1, 1], [2, 2, 2]])
+
+
+def test_written_rows_equal_what_a_memory_map_would_hold(tmp_path):
+    """Values are cast and broadcast as `arr[row] = value` would (a scalar fills a row, float64 becomes float32)."""
+    store, spec = make(tmp_path)
+    store.write_rows({1: {"x": 0.5, "ok": np.array([1, 0, 1, 0, 1])}, 3: {"x": np.arange(3.0)}})
+    again = Store.open(tmp_path / "s", spec, store.meta)
+    np.testing.assert_array_equal(again["x"][[1, 3]], [[0.5] * 3, [0, 1, 2]])
+    np.testing.assert_array_equal(again["ok"][1], [True, False, True, False, True])
+    assert again.pending() == [0, 2]
+
+
+def test_repair_on_a_read_only_folder_changes_nothing(tmp_path, monkeypatch):
+    store, spec = full(tmp_path)
+    before = snapshot(tmp_path)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: not mode & os.W_OK and real(p, mode, **kw))
+    with pytest.raises(StoreError, match="cannot be written here .* Nothing was changed"):
+        Store.repair(tmp_path / "s", spec, META)
+    assert snapshot(tmp_path) == before
+
+
 def test_unreadable_spec_is_reported(tmp_path):
     store, spec = make(tmp_path)
     (store.path / "spec.json").write_text("{not json")
