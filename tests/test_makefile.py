@@ -42,7 +42,8 @@ def toy_profile(tmp_path: Path, name: str = "toy", **extra) -> Path:
 
 
 def test_clean_results_refuses_an_empty_or_unknown_profile():
-    for profile, says in (("", "PROFILE is empty"), ("smoke ../configs", "not a .yaml file"), ("nonexistent", "no profile")):
+    cases = (("", "PROFILE is empty"), ("smoke ../configs", "not a .yaml file"), ("nonexistent", "no profile"))
+    for profile, says in cases:
         res = make("clean-results", f"PROFILE={profile}")
         assert res.returncode != 0 and says in res.stdout + res.stderr, profile
     assert (ROOT / "results" / "README.md").exists() and (ROOT / "configs" / "smoke.yaml").exists()
