@@ -3,7 +3,8 @@
 Stages, and the modules that serve them (imports run one way, left to right):
 config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
 Stage 5 adds noise (label flips, applied by data.load_dataset), signals (recorded by the engine), peers and
-validation (after estimation) and plots_validation.
+validation (after estimation) and plots_validation. regime (whether the models fit what they train on, the
+paper's regime) reads only arrays; runner, checks and report use it.
 
 The names below load their module on first use, so `import memlib` is light (a spawned worker imports it
 before it can arm its parent-death signal; see memlib.lifeline).
