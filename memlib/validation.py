@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -198,34 +199,50 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     return float(stats.spearmanr(a[ok], b[ok]).statistic), float(np.corrcoef(a[ok], b[ok])[0, 1]), int(ok.sum())
 
 
-def signed_scores(
-    masks: np.ndarray,
-    train_correct: np.ndarray,
-    signals: dict[str, np.ndarray],
-    topk_prob: np.ndarray,
-    topk_class: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    epochs: int,
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class PeerRuns:
+    """What mem and the peer scores are computed from: per run its mask, train correctness, training signals
+    (memlib.signals, by name) and top-k class probabilities of every training example."""
+
+    masks: np.ndarray
+    train_correct: np.ndarray
+    signals: dict[str, np.ndarray]
+    topk_prob: np.ndarray
+    topk_class: np.ndarray
+
+    @classmethod
+    def from_store(cls, store: Store) -> PeerRuns:
+        return cls(
+            np.asarray(store["masks"]),
+            np.asarray(store["train_correct"]),
+            {name: np.asarray(store[f"signal_{name}"]) for name in SIGNAL_COLUMNS},
+            np.asarray(store["train_topk_prob"]),
+            np.asarray(store["train_topk_class"]),
+        )
+
+    def rows(self, rows: np.ndarray | slice) -> PeerRuns:
+        """The same arrays for some of the runs."""
+        signals = {k: v[rows] for k, v in self.signals.items()}
+        return PeerRuns(
+            self.masks[rows], self.train_correct[rows], signals, self.topk_prob[rows], self.topk_class[rows]
+        )
+
+
+def signed_scores(runs: PeerRuns, labels: np.ndarray, num_classes: int, epochs: int) -> dict[str, np.ndarray]:
     """mem and every peer score from these runs alone, signed so that higher means more memorized/suspicious.
 
     Undefined values (an example no run trained on, or none left out) are NaN, not ranked last.
     """
-    scores = {"mem": memorization(masks, train_correct).value}
-    probs = out_of_sample_probs(masks, topk_prob, topk_class, num_classes)
+    scores = {"mem": memorization(runs.masks, runs.train_correct).value}
+    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, num_classes)
     scores["cleanlab"] = probs[np.arange(len(labels)), labels]  # cleanlab's self-confidence score
-    scores["cleanlab"][(~np.asarray(masks, dtype=bool)).sum(0) == 0] = np.nan
-    scores.update(training_scores(masks, signals, epochs))
+    scores["cleanlab"][(~np.asarray(runs.masks, dtype=bool)).sum(0) == 0] = np.nan
+    scores.update(training_scores(runs.masks, runs.signals, epochs))
     return {name: SUSPICIOUS[name][0] * np.asarray(v, dtype=np.float64) for name, v in scores.items()}
 
 
 def proxy_agreement(
-    masks: np.ndarray,
-    train_correct: np.ndarray,
-    signals: dict[str, np.ndarray],
-    topk_prob: np.ndarray,
-    topk_class: np.ndarray,
+    runs: PeerRuns,
     labels: np.ndarray,
     num_classes: int,
     epochs: int,
@@ -240,28 +257,21 @@ def proxy_agreement(
     the fraction of examples the t runs define (mem needs a run in and a run out). With `flipped`, also each
     score's AUROC for the flips from t runs. All scores are signed as `validation.recovery` ranks them.
     """
-    total = len(masks)
-    rows = np.arange(total)
-    take = lambda r: (  # noqa: E731
-        masks[r],
-        train_correct[r],
-        {k: v[r] for k, v in signals.items()},
-        topk_prob[r],
-        topk_class[r],
-    )
-    full = signed_scores(*take(rows), labels, num_classes, epochs)
+    total = len(runs.masks)
+    full = signed_scores(runs, labels, num_classes, epochs)
     with_mem = {}
     for name, score in full.items():
         if name != "mem":
             rho, r, _ = _correlations(score, full["mem"])
             with_mem[name] = {"spearman": rho, "pearson": r}
     half = total // 2
-    reference = memorization(masks[total - half :], train_correct[total - half :]).value if half else None
+    last = runs.rows(slice(total - half, None))
+    reference = memorization(last.masks, last.train_correct).value if half else None
     if counts is None:
         counts = sorted({*(2**i for i in range(int(np.log2(max(half, 1))) + 1)), half}) if half else []
     curve: dict[str, list] = {"models": [], "reference_models": half}
     for t in counts:
-        part = signed_scores(*take(rows[:t]), labels, num_classes, epochs)
+        part = signed_scores(runs.rows(slice(0, t)), labels, num_classes, epochs)
         curve["models"].append(int(t))
         for name, score in part.items():
             rho, _, defined = _correlations(score, reference)
@@ -371,13 +381,12 @@ def compare_architecture(cfg: Config, data: Dataset, est: Estimates, store: Stor
 
 def scores_from_store(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, np.ndarray, np.ndarray]:
     """mem and every peer score per training example (raw values), cleanlab's issue mask, and the OOS probs."""
-    masks = np.asarray(store["masks"])
-    signals = {name: store[f"signal_{name}"] for name in SIGNAL_COLUMNS}
+    runs = PeerRuns.from_store(store)
     scores = {"mem": est.mem.value}
-    probs = out_of_sample_probs(masks, store["train_topk_prob"], store["train_topk_class"], data.num_classes)
+    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, data.num_classes)
     quality, issues = cleanlab_scores(data.y_train, probs)
     scores["cleanlab"] = quality
-    scores.update(training_scores(masks, signals, cfg.epochs))
+    scores.update(training_scores(runs.masks, runs.signals, cfg.epochs))
     return scores, issues, probs
 
 

@@ -90,7 +90,8 @@ def test_proxy_agreement_on_scores_whose_agreement_is_known():
     }
     topk_class = np.broadcast_to(np.arange(classes, dtype=np.uint8), (runs, n, classes)).copy()
     topk_prob = np.full((runs, n, classes), 1 / classes, dtype=np.float16)
-    agreement = validation.proxy_agreement(masks, correct, signals, topk_prob, topk_class, labels, classes, 5)
+    runs = validation.PeerRuns(masks, correct, signals, topk_prob, topk_class)
+    agreement = validation.proxy_agreement(runs, labels, classes, 5)
     assert agreement["with_mem"]["loss"]["spearman"] == pytest.approx(1.0)
     assert agreement["with_mem"]["loss"]["pearson"] == pytest.approx(1.0)
     assert abs(agreement["with_mem"]["aum"]["spearman"]) < 0.5
