@@ -357,14 +357,16 @@ def _report_first(hook: Callable[[], str | None] | None, n: int | None, bar) -> 
     return None
 
 
-def store_fit(cfg: Config, store: Store, data: Dataset, rows: np.ndarray | None = None) -> dict:
+def store_fit(cfg: Config, store: Store, data: Dataset, rows: np.ndarray | slice | None = None) -> dict:
     """The regime of a stage-1 store's finished rows (or `rows`): memlib.regime.fit_report on its arrays."""
     rows = np.flatnonzero(store.completed) if rows is None else rows
+    if len(rows) == store.rows:  # every row: the memory-mapped arrays as they are (read in chunks, not copied)
+        rows = slice(None)
     flips = dataset_flips(data)
     return fit_report(
-        np.asarray(store["masks"][rows]),
-        np.asarray(store["train_correct"][rows]),
-        np.asarray(store["test_correct"][rows]),
+        store["masks"][rows],
+        store["train_correct"][rows],
+        store["test_correct"][rows],
         data.y_train,
         data.classes,
         cfg.fit_target,
