@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .peers import in_model_means
+
 # What the caveat tells a user to change, in the order worth trying (measured in docs/regime.md).
 ADVICE = (
     "train until the models fit their subsets: raise `epochs` and set `weight_decay: 0` (the fashion-mnist "
@@ -31,17 +33,9 @@ def in_sample_accuracy(masks: np.ndarray, train_correct: np.ndarray, chunk: int 
     return out
 
 
-def in_sample_by_example(masks: np.ndarray, train_correct: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def in_sample_by_example(masks: np.ndarray, train_correct: np.ndarray) -> np.ndarray:
     """Per training example, the fraction of the models that trained on it that classify it correctly."""
-    n = masks.shape[1]
-    out = np.full(n, np.nan)
-    for s in range(0, n, chunk):
-        m = np.asarray(masks[:, s : s + chunk], dtype=bool)
-        c = np.asarray(train_correct[:, s : s + chunk], dtype=bool)
-        counts = m.sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + chunk] = np.where(counts > 0, (m & c).sum(0) / counts, np.nan)
-    return out
+    return in_model_means(masks, train_correct)
 
 
 def fit_report(
