@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_dataset
-from faults import tagged_processes
+from faults import spawned_workers, tagged_processes
 
 import memlib
 from memlib import claims
@@ -112,18 +112,6 @@ def test_overlapping_row_ranges_train_every_row_exactly_once(tmp_path):
         assert open_subset_store(cfg, data, create=False).done() == 40
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(proc.name))
-            except (OSError, ValueError):
-                continue
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
@@ -138,12 +126,14 @@ def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
             [sys.executable, "-m", "memlib", "train", str(profile)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"stderr{delay}", "w"),
         )
         deadline = time.time() + 120
-        while not _children(parent.pid) and time.time() < deadline and parent.poll() is None:
+        while not spawned_workers(parent.pid) and time.time() < deadline and parent.poll() is None:
             time.sleep(0.01)
-        assert _children(parent.pid), "the parent never started its workers"
+        assert spawned_workers(parent.pid), (
+            f"the parent never started its workers (exit {parent.poll()}): {(tmp_path / f'stderr{delay}').read_text()}"
+        )
         time.sleep(delay + random.uniform(0, 0.1))
         parent.send_signal(signal.SIGKILL)
         parent.wait()
