@@ -47,11 +47,9 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         with torch.no_grad():
             logits = model.eval()(torch.as_tensor(data.x_train[:2]))
     except Exception as exc:  # timm models raise many kinds of error on an input they cannot take
-        if _user_file(cfg):
-            raise ConfigError(
-                user_code_error(exc, f"architecture {cfg.arch} in {display_path(_user_file(cfg))}", _user_file(cfg))
-                + f" (its forward pass on 2 images of {c}x{h}x{w})"
-            ) from None
+        mine = _user_model_error(cfg, exc, f"its forward pass on 2 images of {c}x{h}x{w}")
+        if mine is not None:
+            raise mine from None
         raise ConfigError(
             f"arch {cfg.arch!r} does not accept {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc}). "
             "Choose an architecture for this image size (memlib's mem_mlp, mem_cnn, mem_resnet18 take any)."
@@ -104,14 +102,20 @@ def _build(cfg: Config, data: Dataset):
     except ConfigError:
         raise
     except Exception as exc:
-        if _user_file(cfg):
-            raise ConfigError(
-                user_code_error(exc, f"architecture {cfg.arch} in {display_path(_user_file(cfg))}", _user_file(cfg))
-                + f" (built for {c}x{h}x{w} images and {data.num_classes} classes)"
-            ) from None
+        mine = _user_model_error(cfg, exc, f"built for {c}x{h}x{w} images and {data.num_classes} classes")
+        if mine is not None:
+            raise mine from None
         raise ConfigError(
             f"arch {cfg.arch!r} cannot be built for {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _user_model_error(cfg: Config, exc: BaseException, context: str) -> ConfigError | None:
+    """The error for the user's own architecture failing (their file and line), or None if it is not theirs."""
+    file = _user_file(cfg)
+    if file is None:
+        return None
+    return ConfigError(user_code_error(exc, f"architecture {cfg.arch} in {display_path(file)}", file) + f" ({context})")
 
 
 def _user_file(cfg: Config) -> str | None:
