@@ -7,7 +7,7 @@ validation (after estimation) and plots_validation. regime (whether the models f
 paper's regime) reads only arrays; runner, checks and report use it.
 
 The names below load their module on first use, so `import memlib` is light (a spawned worker imports it
-before it can arm its parent-death signal; see memlib.lifeline).
+before it can arm its parent-death signal; see memlib.runs.lifeline).
 """
 
 import importlib
@@ -19,29 +19,29 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 __version__ = "0.1.0"
 
 _HOME = {
-    "check": "checks",
+    "check": "stages.check",
     "Config": "config",
     "ConfigError": "config",
     "load_profile": "config",
-    "DataError": "data",
-    "Dataset": "data",
-    "load_dataset": "data",
-    "NearestNeighbourLearner": "engine",
-    "NeuralLearner": "engine",
-    "Estimates": "estimation",
-    "compare_published": "estimation",
-    "estimate": "estimation",
-    "high_influence_pairs": "estimation",
-    "influence": "estimation",
-    "memorization": "estimation",
-    "se_curve": "estimation",
-    "split_half": "estimation",
-    "store_fit": "runner",
-    "marginal_utility": "experiments",
-    "open_subset_store": "runner",
-    "train_subsets": "runner",
-    "Store": "store",
-    "StoreError": "store",
+    "DataError": "data.datasets",
+    "Dataset": "data.datasets",
+    "load_dataset": "data.datasets",
+    "NearestNeighbourLearner": "train.engine",
+    "NeuralLearner": "train.engine",
+    "Estimates": "analysis.estimation",
+    "compare_published": "analysis.estimation",
+    "estimate": "analysis.estimation",
+    "high_influence_pairs": "analysis.estimation",
+    "influence": "analysis.estimation",
+    "memorization": "analysis.estimation",
+    "se_curve": "analysis.estimation",
+    "split_half": "analysis.estimation",
+    "store_fit": "stages.train",
+    "marginal_utility": "stages.utility",
+    "open_subset_store": "runs.subsets",
+    "train_subsets": "stages.train",
+    "Store": "runs.store",
+    "StoreError": "runs.store",
 }
 
 __all__ = sorted(_HOME)

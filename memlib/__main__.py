@@ -2,7 +2,7 @@
 
 check, train, repair, report, submit and status are for people; out-dir, kept and clean serve the Makefile,
 so that every target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
-submit and status are for a SLURM cluster (see memlib.slurm and the README).
+submit and status are for a SLURM cluster (see memlib.runs.slurm and the README).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 # memlib's modules are imported inside main(): a spawned worker imports this module (as the parent's main)
-# before it arms its parent-death signal, so it must stay light (see memlib.lifeline).
+# before it arms its parent-death signal, so it must stay light (see memlib.runs.lifeline).
 
 
 def parse_rows(text: str, num_models: int) -> range:
@@ -53,7 +53,7 @@ def models_kept(cfg) -> int:
     """Finished models in the profile's stores (stage 1 and stage 3), read from their completed-masks."""
     import numpy as np
 
-    from .store import COMPLETED
+    from .runs.store import COMPLETED
 
     kept = 0
     for store in ("store", "retrain"):
@@ -119,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .config import ConfigError, display_path, load_profile
-    from .data import DataError
-    from .slurm import SlurmError
-    from .store import StoreError
+    from .data.datasets import DataError
+    from .runs.slurm import SlurmError
+    from .runs.store import StoreError
 
     cfg = None
     try:
         cfg = load_profile(args.profile)
         if args.command == "check":
-            from .checks import check
+            from .stages.check import check
 
             info = check(cfg)
             print(f"profile '{cfg.profile}' is ready:")
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in info.items():
                 print(f"  {k:<{width}} {v}")
         elif args.command == "train":
-            from .checks import check
-            from .data import load_dataset
-            from .runner import train_subsets
+            from .data.datasets import load_dataset
+            from .stages.check import check
+            from .stages.train import train_subsets
 
             rows = parse_rows(args.rows, cfg.num_models) if args.rows is not None else None
             data = load_dataset(cfg)
@@ -149,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"({store.trained} trained {where})"
             )
         elif args.command == "submit":
-            from .checks import check
-            from .data import load_dataset
-            from .design import check_out_counts, subset_jobs
-            from .runner import open_subset_store
-            from .slurm import submit_array
+            from .data.datasets import load_dataset
+            from .runs.slurm import submit_array
+            from .runs.subsets import open_subset_store
+            from .stages.check import check
+            from .train.design import check_out_counts, subset_jobs
 
             data = load_dataset(cfg)
             check(cfg, data)
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train`) with executor: slurm reattaches to these tasks, resubmits failed ones and goes on."
             )
         elif args.command == "status":
-            from .slurm import open_store, status_text
-            from .store import SPEC_FILE
+            from .runs.slurm import open_store, status_text
+            from .runs.store import SPEC_FILE
 
             paths = [p for p in (cfg.out_dir / "store", cfg.out_dir / "retrain") if (p / SPEC_FILE).exists()]
             if not paths:
@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in paths:
                 print(status_text(open_store(path, writable=False)))
         elif args.command == "repair":
-            from .data import load_dataset
-            from .runner import repair_subset_store, subset_store_path
-            from .store import Store, describe_rows
+            from .data.datasets import load_dataset
+            from .runs.store import Store, describe_rows
+            from .runs.subsets import repair_subset_store, subset_store_path
 
             repaired = {subset_store_path(cfg): repair_subset_store(cfg, load_dataset(cfg))}
             if (cfg.out_dir / "retrain").is_dir():  # stage 3's store: its own spec says what it holds
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(repaired.values()):
                 print(f"Rerun training (`python -m memlib train {args.profile}`, or the notebooks) to redo just those.")
         elif args.command == "report":
-            from .report import render_report
+            from .report.render import render_report
 
             path = render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'")
             print(display_path(path))

@@ -9,8 +9,8 @@ import torch
 
 import memlib
 from memlib.config import ConfigError
-from memlib.engine import random_crop_flip
-from memlib.models import MEMLIB_ARCHS, build_model
+from memlib.train.engine import random_crop_flip
+from memlib.train.models import MEMLIB_ARCHS, build_model
 
 
 def test_digits_split_keeps_original_order(digits):
@@ -74,7 +74,7 @@ def test_augmented_training_runs(smoke, digits):
 
 
 def test_mnist_paper_profile_is_the_released_demos_recipe():
-    from memlib.engine import _optimizer, _schedule
+    from memlib.train.engine import _optimizer, _schedule
 
     cfg = memlib.load_profile("mnist-paper")
     assert (cfg.num_models, cfg.subset_ratio, cfg.epochs, cfg.batch_size) == (2000, 0.7, 10, 128)

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import memlib
-from memlib.design import derive_seed, group_rows, subset_jobs, subset_masks
-from memlib.engine import (
+from memlib.runs.group import job_groups
+from memlib.seeds import derive_seed
+from memlib.train.design import group_rows, subset_jobs, subset_masks
+from memlib.train.engine import (
     DeviceData,
     NeuralLearner,
     StackedOptimizer,
@@ -23,7 +25,6 @@ from memlib.engine import (
     resolve_precision,
     schedule_table,
 )
-from memlib.runner import job_groups
 
 
 def _runs(cfg, data, rows):
@@ -139,7 +140,7 @@ def test_a_model_that_sits_out_a_step_keeps_its_weights_and_momentum(fp32, devic
 
 
 def test_paths_and_precision_are_chosen_per_architecture_and_device(smoke, digits):
-    from memlib.models import build_model
+    from memlib.train.models import build_model
 
     mlp = build_model(smoke, 1, 8, 10)
     cnn = build_model(smoke.replace(arch="mem_cnn"), 1, 8, 10)
@@ -164,8 +165,8 @@ def test_bf16_engine_learns_as_well_as_fp32(smoke, digits, device):
 
 
 def test_bf16_working_copies_give_autocasts_exact_gradients(digits, device):
-    from memlib.engine import StackedMLP
-    from memlib.models import build_model
+    from memlib.train.engine import StackedMLP
+    from memlib.train.models import build_model
 
     cfg = memlib.load_profile("smoke")
     models = [build_model(cfg, 1, 8, 10).to(device) for _ in range(3)]

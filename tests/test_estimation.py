@@ -10,9 +10,7 @@ import pytest
 from conftest import tiny_dataset
 
 import memlib
-from memlib.design import subset_jobs, subset_mask
-from memlib.engine import NearestNeighbourLearner, Outcome
-from memlib.estimation import (
+from memlib.analysis.estimation import (
     estimate_from_arrays,
     export_influence,
     high_influence_pairs,
@@ -21,8 +19,11 @@ from memlib.estimation import (
     is_binary,
     memorization,
 )
-from memlib.runner import run_jobs, subset_store_spec
-from memlib.store import Store
+from memlib.runs.local import run_jobs
+from memlib.runs.store import Store
+from memlib.runs.subsets import subset_store_spec
+from memlib.train.design import subset_jobs, subset_mask
+from memlib.train.engine import NearestNeighbourLearner, Outcome
 
 
 def random_masks(t: int, n: int, seed: int = 0) -> np.ndarray:

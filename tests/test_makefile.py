@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 
 from memlib.__main__ import main
-from memlib.report import STAGES
+from memlib.report.render import STAGES
 
 VENV = Path(sys.prefix)
 

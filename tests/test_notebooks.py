@@ -14,7 +14,7 @@ import pytest
 
 import memlib
 from memlib.config import Config
-from memlib.report import STAGES, render_report
+from memlib.report.render import STAGES, render_report
 
 NOTEBOOKS = [Path("notebooks") / f"{s}.ipynb" for s in STAGES]
 

@@ -9,8 +9,9 @@ import pytest
 from test_report import write_run
 
 import memlib
-from memlib import regime, report, validation
-from memlib.engine import NearestNeighbourLearner
+from memlib.analysis import regime, validation
+from memlib.report import render as report
+from memlib.train.engine import NearestNeighbourLearner
 
 
 def test_fit_report_on_a_case_counted_by_hand():

@@ -15,8 +15,8 @@ from conftest import ROOT
 from test_experiments import fake_estimates
 
 import memlib
-from memlib import report
-from memlib.experiments import summarize as summarize_utility
+from memlib.report import render as report
+from memlib.stages.utility import summarize as summarize_utility
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memlib.estimation import influence
-from memlib.peers import cleanlab_scores, in_model_means, out_of_sample_probs, suspicion, training_scores
-from memlib.signals import NOT_SEEN
-from memlib.validation import (
+from memlib.analysis.estimation import influence
+from memlib.analysis.peers import cleanlab_scores, in_model_means, out_of_sample_probs, suspicion, training_scores
+from memlib.analysis.validation import (
     auroc,
     average_precision,
     benjamini_hochberg,
@@ -18,6 +17,7 @@ from memlib.validation import (
     precision_at_k,
     recovery,
 )
+from memlib.train.signals import NOT_SEEN
 
 
 def test_ranking_metrics_on_scores_whose_values_are_known():
@@ -123,7 +123,7 @@ def test_cleanlab_flags_the_example_whose_label_its_probabilities_contradict():
 @pytest.mark.slow
 def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, digits):
     import memlib
-    from memlib.validation import compare_architecture
+    from memlib.analysis.validation import compare_architecture
 
     cfg = smoke.replace(
         num_models=12, min_out=2, mask_design="balanced", epochs=1, group_size=4, width=8, compare_arch="mem_cnn"

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .config import Config
-from .data import Dataset
+from ..config import Config
+from ..data.datasets import Dataset
+from ..runs.store import Store
+from ..stages.train import train_subsets
+from ..train.signals import COLUMNS as SIGNAL_COLUMNS
 from .estimation import Estimates, Pairs, estimate, high_influence_pairs, influence, memorization
-from .noise import dataset_flips
 from .peers import SUSPICIOUS, cleanlab_scores, out_of_sample_probs, suspicion, training_scores
-from .runner import train_subsets
-from .signals import COLUMNS as SIGNAL_COLUMNS
-from .store import Store
 
 # ---------------------------------------------------------------------------------------------------
 # Ranking metrics
@@ -202,7 +201,7 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
 @dataclass(frozen=True)
 class PeerRuns:
     """What mem and the peer scores are computed from: per run its mask, train correctness, training signals
-    (memlib.signals, by name) and top-k class probabilities of every training example."""
+    (memlib.train.signals, by name) and top-k class probabilities of every training example."""
 
     masks: np.ndarray
     train_correct: np.ndarray
@@ -399,7 +398,7 @@ def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
     """
     store.require_complete()
     scores, issues, _ = scores_from_store(cfg, store, data, est)
-    flips = dataset_flips(data)
+    flips = data.flips
     flipped = flips.indicator(data.n_train) if flips is not None else np.zeros(data.n_train, dtype=bool)
     signed = {name: suspicion(name, s) for name, s in scores.items()}
     rows = recovery(signed, flipped) if flipped.any() else []
@@ -458,7 +457,7 @@ def export(path, est: Estimates, result: dict, data: Dataset) -> None:
     pairs = result["fdr_pairs"]
     extra = {
         "tr_flipped": result["flipped"],
-        "tr_labels_clean": getattr(data, "y_train_clean", data.y_train),
+        "tr_labels_clean": data.y_train_clean,
         "tr_cleanlab_issue": result["cleanlab_issues"],
         **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result["scores"].items()},
         "fdr_tr_idx": est.tr_index[pairs.tr_pos],

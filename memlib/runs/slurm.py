@@ -38,8 +38,8 @@ from typing import Any
 import submitit
 from tqdm import tqdm
 
-from .config import Config, display_path
-from .design import Job
+from ..config import Config, display_path
+from ..train.design import Job
 from .store import SPEC_FILE, ArraySpec, Store, describe_rows
 
 RECORD_DIR = "slurm"
@@ -83,9 +83,10 @@ class GroupTask(submitit.helpers.Checkpointable):
     def __call__(self) -> int:
         import torch
 
-        from .data import load_dataset
-        from .engine import NeuralLearner
-        from .runner import check_same_precision, run_group
+        from ..data.datasets import load_dataset
+        from ..train.engine import NeuralLearner
+        from .group import run_group
+        from .subsets import check_same_precision
 
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         cfg = Config.from_dict(self.cfg)

@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .config import TRAINING_KEYS, Config, display_path
-from .data import Dataset
-from .design import Job, derive_seed
-from .estimation import Estimates
-from .runner import check_same_data, data_record, repair_command, run_jobs, stored_meta
-from .store import COMPLETED, Store, StoreError
+from ..analysis.estimation import Estimates
+from ..config import TRAINING_KEYS, Config, display_path
+from ..data.datasets import Dataset
+from ..runs.local import run_jobs
+from ..runs.store import COMPLETED, Store, StoreError
+from ..runs.subsets import check_same_data, data_record, repair_command, stored_meta
+from ..seeds import derive_seed
+from ..train.design import Job
 
 
 @dataclass(frozen=True)

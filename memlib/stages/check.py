@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, display_path, resolve
-from .data import Dataset, load_dataset, user_code_error
-from .design import check_out_counts
-from .engine import resolve_device
-from .estimation import PUBLISHED_SOURCES
-from .experiments import check_retrain_store
-from .models import build_model, check_arch
-from .regime import summary_line
-from .runner import open_subset_store, store_fit, subset_store_path, subset_store_spec
-from .store import SPEC_FILE, refuse_unspecified
+from ..analysis.estimation import PUBLISHED_SOURCES
+from ..analysis.regime import summary_line
+from ..config import Config, ConfigError, display_path, resolve
+from ..data import datasets
+from ..data.datasets import Dataset, load_dataset, user_code_error
+from ..runs.store import SPEC_FILE, refuse_unspecified
+from ..runs.subsets import open_subset_store, subset_store_path, subset_store_spec
+from ..train.design import check_out_counts
+from ..train.engine import resolve_device
+from ..train.models import build_model, check_arch
+from .train import store_fit
+from .utility import check_retrain_store
 
 
 def check(cfg: Config, data: Dataset | None = None) -> dict:
@@ -127,17 +129,6 @@ def _user_file(cfg: Config) -> str | None:
     return file if Path(file).resolve() == resolve(cfg.model_module).resolve() else None
 
 
-def available_memory() -> int:
-    """Bytes of memory free for new work (MemAvailable on Linux, else physical memory)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -148,7 +139,7 @@ def check_design_fits(cfg: Config, data: Dataset) -> None:
     need = 2 * cfg.num_models * n  # the masks (bools) and one copy while they are stacked
     if cfg.mask_design == "balanced":
         need += cfg.num_models * min(n, 4096) * 12  # a chunk's random keys (float32) and their order (int64)
-    free = available_memory()
+    free = datasets.available_memory()
     if need > 0.8 * free:
         raise ConfigError(
             f"the masks of num_models={cfg.num_models:,} runs x {n:,} training examples need about {_gib(need)} "
@@ -167,7 +158,7 @@ def check_model_fits(cfg: Config, parameters: int) -> None:
         free, _ = torch.cuda.mem_get_info(device)
         where = f"on {device}"
     else:
-        free, where = available_memory(), "in memory"
+        free, where = datasets.available_memory(), "in memory"
     if need > 0.8 * free:
         raise ConfigError(
             f"{cfg.arch} with width={cfg.width} has {parameters:,} parameters; {copies} models at once "

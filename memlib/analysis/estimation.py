@@ -32,9 +32,9 @@ from numpy.typing import DTypeLike
 from scipy import stats
 from tqdm import tqdm
 
-from .config import Config, resolve
-from .data import Dataset
-from .store import Store
+from ..config import Config, resolve
+from ..data.datasets import Dataset
+from ..runs.store import Store
 
 
 @dataclass

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Config, ConfigError
-
-
-def derive_seed(base: int, *stream: int) -> int:
-    """A 63-bit seed from (base, stream...), independent across streams: the run index gives the seed."""
-    state = np.random.SeedSequence([base, *stream]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+from ..config import Config, ConfigError
+from ..seeds import derive_seed
 
 
 def run_seed(cfg: Config, row: int) -> int:

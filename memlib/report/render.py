@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config, display_path, project_root
-from .estimation import Estimates
-from .regime import caveat as regime_caveat
-from .regime import summary_line as regime_line
+from ..analysis.estimation import Estimates
+from ..analysis.regime import caveat as regime_caveat
+from ..analysis.regime import summary_line as regime_line
+from ..config import Config, display_path, project_root
 
 STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
 ENVIRONMENT_FILE = "environment.json"
@@ -62,7 +62,7 @@ def summarize(
     """The headline figures of a run, each with its uncertainty, all computed from its artifacts.
 
     `data_name` (the loaded Dataset's name) is how the report names the data; `dataset` keeps the config's value.
-    `fit` (memlib.regime.fit_report of the stage-1 store) says whether the models are in the paper's regime.
+    `fit` (memlib.analysis.regime.fit_report of the stage-1 store) says whether the models are in the paper's regime.
     """
     full = utility[utility["kind"] == "full"].iloc[0]
     util = []
@@ -419,7 +419,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
 
     import torch
 
-    from .engine import resolve_device, resolve_precision
+    from ..train.engine import resolve_device, resolve_precision
 
     versions = {}
     for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "papermill"):

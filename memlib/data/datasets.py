@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, display_path, resolve
+from ..config import Config, ConfigError, display_path, resolve
+from .noise import LabelFlips, flips_for
 
 
 class DataError(RuntimeError):
@@ -38,6 +40,22 @@ class Dataset:
     test_index: np.ndarray
     classes: list[str]
     source: str = ""  # what was read: files or folder (shown by `check` and recorded by the store)
+    flips: LabelFlips | None = None  # injected label noise: which training labels were flipped (None: clean)
+
+    @property
+    def y_train_clean(self) -> np.ndarray:
+        """The training labels before any injected noise (y_train itself when there is none)."""
+        if self.flips is None:
+            return self.y_train
+        y = self.y_train.copy()
+        y[self.flips.positions] = self.flips.clean
+        return y
+
+    def with_flips(self, flips: LabelFlips) -> Dataset:
+        """This dataset with `flips` applied to its training labels (and recorded, even when there are none)."""
+        y = self.y_train.copy()
+        y[flips.positions] = flips.noisy
+        return dataclasses.replace(self, y_train=y, flips=flips)
 
     @property
     def n_train(self) -> int:
@@ -110,7 +128,7 @@ class Dataset:
             if x.ndim != 4 or x.dtype != np.float32:
                 raise DataError(
                     f"{where}: x_{split} must be float32 images (N, C, H, W), got {x.dtype} {x.shape}; convert with "
-                    "memlib.data.as_images"
+                    "memlib.data.datasets.as_images"
                 )
             y = getattr(self, f"y_{split}")
             if y.dtype != np.int64:
@@ -676,7 +694,6 @@ def load_npz_dataset(cfg: Config) -> Dataset:
 
 def check_memory(what: str, need: int) -> None:
     """DataError, before anything is allocated, if `need` bytes would not fit in the memory free here."""
-    from .checks import available_memory  # lazily: checks imports this module
 
     free = available_memory()
     if need > 0.8 * free:
@@ -969,8 +986,18 @@ def load_dataset(cfg: Config) -> Dataset:
         raise DataError(f"data_path: {resolve(cfg.data_path)} does not exist")
     data = loader(cfg)
     data.validate()
-    from .noise import with_label_noise  # lazily: noise draws its flips with design's seeds
-
-    data = with_label_noise(cfg, data)
+    if cfg.label_noise > 0:
+        data = data.with_flips(flips_for(cfg, data.y_train, data.num_classes))
     data.fingerprint  # noqa: B018  (computed once here, where the data is loaded: the noisy labels' hash)
     return data
+
+
+def available_memory() -> int:
+    """Bytes of memory free for new work (MemAvailable on Linux, else physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

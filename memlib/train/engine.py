@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, ConfigError
-from .data import Dataset
+from ..config import Config, ConfigError
+from ..data.datasets import Dataset
 from .models import build_model
 from .signals import SignalRecorder
 
@@ -46,7 +46,7 @@ class Outcome:
     train_prob: np.ndarray
     test_correct: np.ndarray
     test_prob: np.ndarray
-    signals: dict[str, np.ndarray] | None = None  # per-example training signals (memlib.signals)
+    signals: dict[str, np.ndarray] | None = None  # per-example training signals (memlib.train.signals)
     train_topk_prob: np.ndarray | None = None  # (n, k) the k most probable classes' probabilities
     train_topk_class: np.ndarray | None = None  # (n, k) and those classes
 
@@ -689,7 +689,7 @@ class NeuralLearner:
     def fit_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None, signals: list | None = None):
         """The trained models: a list of nn.Module (single path) or one stacked object (stacked, vmap).
 
-        With a `signals` list, each model's training signals (memlib.signals) are appended to it, in order.
+        With a `signals` list, each model's training signals (memlib.train.signals) are appended to it, in order.
         """
         generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]

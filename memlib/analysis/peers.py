@@ -1,6 +1,6 @@
 """Peer scores from the same runs: what researchers use instead of memorization, beside it.
 
-Each is an average over the models that trained on an example of a signal memlib.signals recorded during
+Each is an average over the models that trained on an example of a signal memlib.train.signals recorded during
 training, except cleanlab's, which come from out-of-sample class probabilities: averaged over the models
 that did NOT train on the example, rebuilt from each model's stored top-k class probabilities.
 `SUSPICIOUS` gives each score's sign such that a higher signed score means more likely mislabeled.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .signals import NOT_SEEN
+from ..train.signals import NOT_SEEN
 
 # score name -> (sign that makes "higher = more suspicious", what it is)
 SUSPICIOUS: dict[str, tuple[int, str]] = {

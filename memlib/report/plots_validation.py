@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .estimation import Estimates
+from ..analysis.estimation import Estimates
+from ..analysis.validation import auroc, roc_points
 from .plots import _save
-from .validation import auroc, roc_points
 
 
 def roc_curves(scores: dict[str, np.ndarray], flipped: np.ndarray, path=None) -> plt.Figure:

@@ -8,17 +8,13 @@ replacement and, for each, an offset in 1..C-1, so the new label (y + offset) mo
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .design import derive_seed
-
-if TYPE_CHECKING:  # data imports this module lazily; the type is only for annotations
-    from .data import Dataset
+from ..config import Config
+from ..seeds import derive_seed
 
 NOISE_STREAM = 5  # derive_seed stream of the flips (0: random masks, 1: runs, 2-3: retraining, 4: balanced masks)
 
@@ -65,24 +61,3 @@ def label_flips(seed: int, fraction: float, labels: np.ndarray, num_classes: int
 def flips_for(cfg: Config, clean_labels: np.ndarray, num_classes: int) -> LabelFlips:
     """The flips a config injects into a training pool with these clean labels (none when label_noise is 0)."""
     return label_flips(cfg.seed, cfg.label_noise, clean_labels, num_classes)
-
-
-def with_label_noise(cfg: Config, data: Dataset) -> Dataset:
-    """The dataset with the config's flips applied to its training labels (the same object when there are none).
-
-    The clean labels are kept on the returned dataset as `y_train_clean` (an attribute, so Dataset is unchanged).
-    """
-    if cfg.label_noise <= 0:
-        return data
-    flips = flips_for(cfg, data.y_train, data.num_classes)
-    y = data.y_train.copy()
-    y[flips.positions] = flips.noisy
-    noisy = dataclasses.replace(data, y_train=y)
-    noisy.y_train_clean = data.y_train  # type: ignore[attr-defined]
-    noisy.label_flips = flips  # type: ignore[attr-defined]
-    return noisy
-
-
-def dataset_flips(data: Dataset) -> LabelFlips | None:
-    """The flips applied to a loaded dataset, or None if its labels are the clean ones."""
-    return getattr(data, "label_flips", None)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import Dataset
-from .estimation import Estimates
+from ..analysis.estimation import Estimates
+from ..data.datasets import Dataset
 
 sns.set_theme(context="notebook", style="whitegrid")
 PALETTE = {"mem": "#c0392b", "random": "#7f8c8d", "pairs": "#c0392b", "pairs_random": "#7f8c8d", "full": "#2c3e50"}
