@@ -56,7 +56,7 @@ def test_a_store_does_not_mix_precisions_when_auto_resolves_otherwise(smoke, mon
     memlib.train_subsets(smoke, data, learner=memlib.NearestNeighbourLearner(data), rows=range(4))
     made_in = memlib.runs.subsets.stored_meta(smoke.out_dir / "store")["precision"]
     other = "fp32" if made_in == "bf16" else "bf16"
-    monkeypatch.setattr(memlib.runs.local, "resolve_precision", lambda name, device: other)  # another machine
+    monkeypatch.setattr(memlib.runs.subsets, "resolve_precision", lambda name, device: other)  # another machine
     before = snapshot(smoke.out_dir)
     with pytest.raises(
         StoreError, match=f"trained in {made_in}, but on this machine precision: auto trains in {other}"
