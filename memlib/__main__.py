@@ -70,7 +70,7 @@ def models_kept(cfg) -> int:
 
 
 def write_params(cfg, path: Path) -> Path:
-    """Every key of the config as plain YAML (numbers as numbers), for `papermill -f`."""
+    """Every key of the config as plain YAML (numbers as numbers): the notebooks' `params` file."""
     import yaml
 
     path = Path(path)

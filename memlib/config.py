@@ -1,9 +1,14 @@
 """Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
 
-The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
-every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields; `make`
-hands the notebooks every field of the loaded profile (`python -m memlib out-dir PROFILE --params FILE`
-writes them for `papermill -f`), so the notebooks get exactly what `check` checked.
+The field defaults are the `digits` profile, and the only place a default is written: configs/digits.yaml
+names the profile, and the notebooks' parameters cell holds just `profile` and `params` (a YAML file of
+values). A profile YAML overrides any subset of the fields. `make` writes every field of the loaded profile
+to <results_dir>/<profile>/parameters.yaml (`python -m memlib out-dir PROFILE --params FILE`) and hands the
+notebooks that file as `params`; each builds its config with `load_profile(profile, params)`, so the
+notebooks get exactly what `check` checked.
+
+A new setting is a field of Config (with its default and a comment), a line of RULES if its values have a range,
+and a name in TRAINING_KEYS if it decides what the subset models are; no notebook or profile has to name it.
 """
 
 from __future__ import annotations
@@ -129,21 +134,10 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the parameters") -> Config:
         """Build and validate a Config; unknown keys are an error that suggests the closest known key."""
-        unknown = [k for k in values if k not in cls.keys()]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, cls.keys(), n=1) if isinstance(k, str) else []
-                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
+        _refuse_unknown_keys(values, source)
         cfg = cls(**_numbers_from_strings(values))
         cfg.validate()
         return cfg
-
-    @classmethod
-    def from_namespace(cls, namespace: dict[str, Any]) -> Config:
-        """Build a Config from a notebook's globals (the papermill parameters cell)."""
-        return cls.from_dict({k: namespace[k] for k in cls.keys() if k in namespace})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -586,9 +580,19 @@ def profile_argument(cfg: Config) -> str:
     return f"path/to/{cfg.profile}.yaml"  # a profile given as a path, in a process that did not read it
 
 
-def load_profile(profile: str) -> Config:
-    """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
-    path = profile_path(profile)
+def _refuse_unknown_keys(values: dict[str, Any], source: str) -> None:
+    """ConfigError for keys that are not fields of Config, each with the closest known key."""
+    unknown = [k for k in values if k not in Config.keys()]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, Config.keys(), n=1) if isinstance(k, str) else []
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(Config.keys())}.")
+
+
+def _read_values(path: Path) -> dict[str, Any]:
+    """A YAML file of `name: value` lines as a dict ({} for an empty file); anything else is a ConfigError."""
     values = read_yaml(path)
     values = {} if values is None else values
     if not isinstance(values, dict):
@@ -602,6 +606,18 @@ def load_profile(profile: str) -> Config:
             f"{path}: key {odd[0]!r} is not a name (YAML reads it as {KINDS.get(type(odd[0]), 'a value')}); every key "
             f"is a parameter name such as epochs (known keys: {', '.join(Config.keys())})"
         )
+    return values
+
+
+def load_profile(profile: str, params: str | Path | None = None) -> Config:
+    """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, then `params`, and validate it.
+
+    params, a YAML file of values laid over the profile's, is how the notebooks get theirs: `make` writes every
+    value of the loaded profile to <results_dir>/<profile>/parameters.yaml (`python -m memlib out-dir PROFILE
+    --params parameters.yaml`) and hands papermill that path as the notebooks' `params`.
+    """
+    path = profile_path(profile)
+    values = _read_values(path)
     if not PLAIN_NAME.fullmatch(path.stem):
         raise ConfigError(f"{path}: a profile file's name must be plain (no '/', '.' or '..'), got {path.stem!r}")
     if values.get("profile", path.stem) != path.stem:
@@ -612,6 +628,13 @@ def load_profile(profile: str) -> Config:
         if override not in EXECUTORS:
             raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)} (or unset), got {override!r}")
         values["executor"] = override
+    if params is not None:
+        params = Path(params).expanduser()
+        extra = _read_values(params)
+        _refuse_unknown_keys(extra, str(params))
+        if extra.get("profile", path.stem) != path.stem:
+            raise ConfigError(f"{params} says profile: {extra['profile']!r}; it is given for profile {path.stem!r}")
+        values.update(extra)
     cfg = Config.from_dict(values, source=str(path))
     GIVEN_AS[cfg.profile] = profile
     return cfg
