@@ -50,7 +50,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert summary["num_models"] == 40
     assert summary["high_influence_pairs"] == len(np.load(out / "estimates.npz")["infl"])
     assert 0 <= summary["frac_mem_ge_0.25"] <= 1
-    for fig in ("memorized", "mem_hist", "pairs", "utility", "se_vs_models", "split_half"):
+    for fig in ("memorized", "mem_hist", "pairs", "utility", "split_half"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
     env = json.loads((out / "environment.json").read_text())
     assert env["versions"]["torch"] == version("torch") and env["versions"]["timm"] == version("timm")

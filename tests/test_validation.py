@@ -8,13 +8,13 @@ import pytest
 from memlib.estimation import influence
 from memlib.peers import cleanlab_scores, in_model_means, out_of_sample_probs, suspicion, training_scores
 from memlib.signals import NOT_SEEN
+from memlib.stability import paper_bound
 from memlib.validation import (
     auroc,
     average_precision,
     benjamini_hochberg,
     exceedance_p,
     fdr_pairs,
-    paper_bound,
     precision_at_k,
     recovery,
 )
