@@ -4,14 +4,13 @@
   precision at k = the number of flips).
 - Statistically controlled pairs: Benjamini-Hochberg over every candidate pair tested, beside the paper's
   fixed cut-offs, and the split-half Jaccard of both sets (memlib.stability).
+- Memorization against its cheap proxies, every score of the registry memlib.peers.PEERS.
 - Cross-architecture consistency (the paper's Figure 7).
 
 Convergence (the error of mem against the number of models, with the paper's bound) is memlib.stability's.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -20,9 +19,8 @@ from .config import Config
 from .data import Dataset
 from .estimation import Estimates, Pairs, estimate, influence, memorization
 from .noise import dataset_flips
-from .peers import SUSPICIOUS, cleanlab_scores, out_of_sample_probs, suspicion, training_scores
+from .peers import PeerInputs, PeerRuns, cleanlab_issues, descriptions, peer_scores, signed_scores, suspicion
 from .runner import train_subsets
-from .signals import COLUMNS as SIGNAL_COLUMNS
 from .stability import correlations, jaccard, split_half_from_arrays
 from .store import Store
 
@@ -165,48 +163,6 @@ def fdr_pairs(
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PeerRuns:
-    """What mem and the peer scores are computed from: per run its mask, train correctness, training signals
-    (memlib.signals, by name) and top-k class probabilities of every training example."""
-
-    masks: np.ndarray
-    train_correct: np.ndarray
-    signals: dict[str, np.ndarray]
-    topk_prob: np.ndarray
-    topk_class: np.ndarray
-
-    @classmethod
-    def from_store(cls, store: Store) -> PeerRuns:
-        return cls(
-            np.asarray(store["masks"]),
-            np.asarray(store["train_correct"]),
-            {name: np.asarray(store[f"signal_{name}"]) for name in SIGNAL_COLUMNS},
-            np.asarray(store["train_topk_prob"]),
-            np.asarray(store["train_topk_class"]),
-        )
-
-    def rows(self, rows: np.ndarray | slice) -> PeerRuns:
-        """The same arrays for some of the runs."""
-        signals = {k: v[rows] for k, v in self.signals.items()}
-        return PeerRuns(
-            self.masks[rows], self.train_correct[rows], signals, self.topk_prob[rows], self.topk_class[rows]
-        )
-
-
-def signed_scores(runs: PeerRuns, labels: np.ndarray, num_classes: int, epochs: int) -> dict[str, np.ndarray]:
-    """mem and every peer score from these runs alone, signed so that higher means more memorized/suspicious.
-
-    Undefined values (an example no run trained on, or none left out) are NaN, not ranked last.
-    """
-    scores = {"mem": memorization(runs.masks, runs.train_correct).value}
-    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, num_classes)
-    scores["cleanlab"] = probs[np.arange(len(labels)), labels]  # cleanlab's self-confidence score
-    scores["cleanlab"][(~np.asarray(runs.masks, dtype=bool)).sum(0) == 0] = np.nan
-    scores.update(training_scores(runs.masks, runs.signals, epochs))
-    return {name: SUSPICIOUS[name][0] * np.asarray(v, dtype=np.float64) for name, v in scores.items()}
-
-
 def proxy_agreement(
     runs: PeerRuns,
     labels: np.ndarray,
@@ -310,14 +266,12 @@ def compare_architecture(cfg: Config, data: Dataset, est: Estimates, store: Stor
 
 
 def scores_from_store(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, np.ndarray, np.ndarray]:
-    """mem and every peer score per training example (raw values), cleanlab's issue mask, and the OOS probs."""
-    runs = PeerRuns.from_store(store)
-    scores = {"mem": est.mem.value}
-    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, data.num_classes)
-    quality, issues = cleanlab_scores(data.y_train, probs)
-    scores["cleanlab"] = quality
-    scores.update(training_scores(runs.masks, runs.signals, cfg.epochs))
-    return scores, issues, probs
+    """Every score of the registry (memlib.peers.PEERS) per training example, raw (mem: stage 2's), cleanlab's
+    issue mask, and the out-of-sample class probabilities both cleanlab figures come from."""
+    inputs = PeerInputs(PeerRuns.from_store(store), data.y_train, data.num_classes, cfg.epochs)
+    scores = peer_scores(inputs, given={"mem": est.mem.value})
+    issues = cleanlab_issues(data.y_train, inputs.out_of_sample_probs)
+    return scores, issues, inputs.out_of_sample_probs
 
 
 def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
@@ -416,5 +370,5 @@ def export(path, est: Estimates, result: dict, data: Dataset) -> None:
 
 
 def score_descriptions() -> dict[str, str]:
-    """What each score is (for the report's table)."""
-    return {name: desc for name, (_, desc) in SUSPICIOUS.items()}
+    """What each score is (for the report's table): memlib.peers.PEERS's docs."""
+    return descriptions()
