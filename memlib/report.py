@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,43 @@ STAGE_TITLES = {
     "04_figures": "Stage 4: figures and headline numbers",
     "05_validate": "Stage 5: validating the estimates (label noise, peer scores, controlled pairs)",
 }
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of stage 4: its file in <results>/<profile>/figures/ and its caption."""
+
+    file: str
+    caption: str
+
+
+# Stage 4's figures, in the order 04_figures draws them: the notebook writes each to its file and shows its
+# caption under it; the report's findings show FINDINGS_FIGURES again, with the same captions.
+FIGURES: dict[str, Figure] = {
+    "memorized": Figure("memorized.png", "The most memorized training examples (label, original index, mem ± se)"),
+    "mem_hist": Figure("mem_hist.png", "Memorization estimates of every training example, with the threshold"),
+    "pairs": Figure("pairs.png", "High-influence pairs: training example | the test example it helps"),
+    "utility": Figure("utility.png", "Test accuracy after removing memorized vs random examples (95% CIs)"),
+    "pairs_removal": Figure(
+        "pairs_removal.png", "Accuracy on the pairs' test side after removing their train side vs as many random"
+    ),
+}
+FINDINGS_FIGURES = ("memorized", "utility", "pairs")
+
+
+def figure_path(out_dir: Path, name: str) -> Path:
+    """Where stage 4 writes the figure `name` of FIGURES."""
+    return Path(out_dir) / "figures" / FIGURES[name].file
+
+
+def show_figure(fig, name: str) -> None:
+    """In a notebook: the matplotlib figure `fig`, then its caption from FIGURES (the report's words)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    display(fig)
+    plt.close(fig)
+    display(Markdown(f"*{FIGURES[name].caption}*"))
 
 
 def _jsonable(x: Any) -> Any:
@@ -547,12 +585,9 @@ def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | Non
     for note in caveats(summary):
         parts.append(_banner(html.escape(note), "#d35400"))
     parts.append(f'<p style="font-size:1.15em;line-height:1.5">{html.escape(headline_sentence(summary))}</p>')
-    figures = out_dir / "figures"
     parts.append(
         '<div style="display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start">'
-        + _figure(figures / "memorized.png", "The most memorized training examples (label, original index, mem ± se)")
-        + _figure(figures / "utility.png", "Test accuracy after removing memorized vs random examples (95% CIs)")
-        + _figure(figures / "pairs.png", "High-influence pairs: training example | the test example it helps")
+        + "".join(_figure(figure_path(out_dir, name), FIGURES[name].caption) for name in FINDINGS_FIGURES)
         + "</div>"
     )
     checks = read_json(out_dir / "validation.json") if (out_dir / "validation.json").exists() else {}

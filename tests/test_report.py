@@ -158,3 +158,23 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     assert "mean mem difference +0.013 beside a test accuracy gap of -0.011" in rows["mem_mlp vs mem_cnn"]
     for label in rows:
         assert report.html.escape(label) in findings, "in the headline table, before stage 1"
+
+
+def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "smoke"
+    write_run(out)
+    for name in report.FIGURES:
+        fig = plt.figure(figsize=(1, 1))
+        report.figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(report.figure_path(out, name))
+        plt.close(fig)
+    findings = report.render_report(out).read_text()
+    findings = findings[: findings.index('id="stage-1"')]
+    assert findings.count("<img") == len(report.FINDINGS_FIGURES)
+    at = [findings.index(report.html.escape(report.FIGURES[name].caption)) for name in report.FINDINGS_FIGURES]
+    assert at == sorted(at), "each figure with its caption, in the table's order"
