@@ -36,27 +36,29 @@ def convergence(curve: Convergence, path=None) -> plt.Figure:
     standard-error formula, over every example (solid) and over the examples whose outcome varies (dashed),
     with the square root of the paper's bound and a 1/sqrt(t) line up to all the models. Right: Spearman.
     """
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5.4))
     t = curve.models
     colors = {"observed_rms": "#2980b9", "mean_se": "#27ae60"}
     ax.plot(t, curve.bound_rms, "-", color="#c0392b", label="paper's bound (square root)")
-    varying = f"the {curve.examples_varying:,} examples whose outcome varies"
+    dashed = f"dashed: the same, over the {curve.examples_varying:,} examples whose outcome varies"
     for key, marker, label in (
         ("observed_rms", "s", "observed: first t vs last t models, rms/√2"),
         ("mean_se", "o", "mean standard error (formula)"),
     ):
-        for suffix, style, which in (("", "-", "every example"), ("_varying", "--", varying)):
-            values = getattr(curve, key + suffix)
-            ok = np.isfinite(values)
-            alpha = 1.0 if suffix == "" else 0.6
-            ax.plot(t[ok], values[ok], marker + style, color=colors[key], alpha=alpha, label=f"{label}, {which}")
+        every, varying = getattr(curve, key), getattr(curve, f"{key}_varying")
+        ok = np.isfinite(every)
+        ax.plot(t[ok], every[ok], marker + "-", color=colors[key], label=label)
+        ok = np.isfinite(varying)
+        ax.plot(
+            t[ok], varying[ok], marker + "--", color=colors[key], alpha=0.6, label=dashed if key == "mean_se" else None
+        )
     reach = np.array([t[0], curve.total_models])
     ax.plot(reach, curve.mean_se[-1] * np.sqrt(t[-1] / reach), ":", color="gray", label="∝ 1/√t, up to all models")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"number of models t (of {curve.total_models:,})")
     ax.set_ylabel("rms error of a memorization estimate")
-    ax.legend(fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=8)
     ax2.plot(t, curve.spearman, "o-", color="#2c3e50")
     ax2.set_xscale("log")
     ax2.set_xlabel("two disjoint sets of t models each")
