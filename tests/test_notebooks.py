@@ -17,7 +17,7 @@ import yaml
 import memlib
 from memlib.__main__ import write_params
 from memlib.config import Config
-from memlib.report.render import STAGES, render_report
+from memlib.report.render import FIGURES, STAGES, figure_path, render_report
 
 NOTEBOOKS = [Path("notebooks") / f"{s}.ipynb" for s in STAGES]
 PROFILES = sorted(p.stem for p in Path("configs").glob("*.yaml"))
@@ -101,8 +101,8 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert summary["num_models"] == 40
     assert summary["high_influence_pairs"] == len(np.load(out / "estimates.npz")["infl"])
     assert 0 <= summary["frac_mem_ge_0.25"] <= 1
-    for fig in ("memorized", "mem_hist", "pairs", "utility", "se_vs_models", "split_half"):
-        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    for path in [figure_path(out, name) for name in FIGURES] + [out / "figures" / "split_half.png"]:
+        assert path.stat().st_size > 5000
     env = json.loads((out / "environment.json").read_text())
     assert env["versions"]["torch"] == version("torch") and env["versions"]["timm"] == version("timm")
     assert env["training_device"] == "cpu" and env["cpu_cores"] >= 1

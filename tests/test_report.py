@@ -158,3 +158,42 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     assert "mean mem difference +0.013 beside a test accuracy gap of -0.011" in rows["mem_mlp vs mem_cnn"]
     for label in rows:
         assert report.html.escape(label) in findings, "in the headline table, before stage 1"
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.5])
+def test_the_memorized_fraction_follows_mem_threshold(threshold):
+    mem = np.array([0.0, 0.1, 0.3, 0.6, 0.9] * 20)
+    runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
+    cfg = memlib.load_profile("smoke").replace(mem_threshold=threshold)
+    s = report.summarize(cfg, fake_estimates(mem), summarize_utility(runs), {}, np.array([0.9]))
+    frac = float(np.mean(mem >= threshold))  # 0.6 at 0.25, 0.4 at 0.5
+    half = 1.96 * np.sqrt(frac * (1 - frac) / len(mem))
+    assert [k for k in s if k.startswith("frac_mem_ge_")] == [
+        f"frac_mem_ge_{threshold:g}",
+        f"frac_mem_ge_{threshold:g}_ci95",
+    ]
+    assert s[f"frac_mem_ge_{threshold:g}"] == pytest.approx(frac)
+    assert s[f"frac_mem_ge_{threshold:g}_ci95"] == pytest.approx([frac - half, frac + half], abs=1e-6)
+    said = f"{frac:.1%} (95% CI {frac - half:.1%} to {frac + half:.1%})"
+    assert f"{said} are memorized (mem ≥ {threshold:g};" in report.headline_sentence(s)
+    assert dict(report.headline(s))["memorization"].startswith(f"{said} of training examples have mem ≥ {threshold:g}")
+
+
+def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "smoke"
+    write_run(out)
+    for name in report.FIGURES:
+        fig = plt.figure(figsize=(1, 1))
+        report.figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(report.figure_path(out, name))
+        plt.close(fig)
+    findings = report.render_report(out).read_text()
+    findings = findings[: findings.index('id="stage-1"')]
+    assert findings.count("<img") == len(report.FINDINGS_FIGURES)
+    at = [findings.index(report.html.escape(report.FIGURES[name].caption)) for name in report.FINDINGS_FIGURES]
+    assert at == sorted(at), "each figure with its caption, in the table's order"

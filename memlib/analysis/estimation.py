@@ -21,7 +21,6 @@ number of rows; export_influence writes the whole train x test matrix to disk th
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,65 +390,6 @@ def estimate(cfg: Config, store: Store, data: Dataset) -> Estimates:
     )
 
 
-def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
-    """Estimates from two disjoint halves of the runs (even and odd indices): Spearman of mem, Jaccard of pairs."""
-    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    halves = [slice(0, None, 2), slice(1, None, 2)]
-    est = [estimate_from_arrays(masks[h], trc[h], ttc[h], data, cfg.infl_threshold, cfg.mem_threshold) for h in halves]
-    a, b = est[0].pairs.keys(), est[1].pairs.keys()
-    union = a | b
-    with warnings.catch_warnings():  # constant halves (a noiseless learner) have no rank correlation: nan
-        warnings.simplefilter("ignore")
-        a_mem, b_mem = est[0].mem.value, est[1].mem.value
-        ok = np.isfinite(a_mem) & np.isfinite(b_mem)  # an example left out of no model of a half has no estimate
-        spearman = float(stats.spearmanr(a_mem[ok], b_mem[ok]).statistic)
-        pearson = float(np.corrcoef(a_mem[ok], b_mem[ok])[0, 1])
-    high_a = set(np.flatnonzero(est[0].mem.value >= cfg.mem_threshold).tolist())
-    high_b = set(np.flatnonzero(est[1].mem.value >= cfg.mem_threshold).tolist())
-    return {
-        "mem_a": est[0].mem.value,
-        "mem_b": est[1].mem.value,
-        "models_per_half": [int(len(masks[h])) for h in halves],
-        "mem_spearman": spearman,
-        "mem_pearson": pearson,
-        "examples_compared": int(ok.sum()),
-        "high_mem_jaccard": len(high_a & high_b) / max(len(high_a | high_b), 1),
-        "pairs_a": len(a),
-        "pairs_b": len(b),
-        "pairs_both": len(a & b),
-        "pairs_jaccard": len(a & b) / len(union) if union else float("nan"),
-    }
-
-
-def se_curve(masks: np.ndarray, outcomes: np.ndarray, counts: list[int] | None = None) -> dict[str, np.ndarray]:
-    """Memorization's error against the number of runs k: the mean standard error from the first k runs, and
-    the error seen between the first k and the last k runs (two disjoint estimates; rms difference / sqrt 2).
-
-    Both are averaged over the examples whose outcome varies across all runs (the rest have zero error).
-    If the standard errors are calibrated, the two curves agree.
-    """
-    total = len(masks)
-    if counts is None:
-        counts = sorted({int(c) for c in np.geomspace(min(20, total), total, 12)})
-    varies = np.asarray(outcomes).min(0) != np.asarray(outcomes).max(0)
-    mean_se, seen = [], []
-    for k in counts:
-        first = memorization(masks[:k], outcomes[:k])
-        mean_se.append(float(np.nanmean(first.se[varies])) if varies.any() else 0.0)
-        if 2 * k <= total:
-            last = memorization(masks[-k:], outcomes[-k:])
-            diff = (first.value - last.value)[varies]
-            seen.append(float(np.sqrt(np.nanmean(diff**2) / 2)) if varies.any() else 0.0)
-        else:
-            seen.append(np.nan)
-    return {
-        "models": np.array(counts),
-        "mean_se": np.array(mean_se),
-        "observed_error": np.array(seen),
-        "examples": int(varies.sum()),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------
 # Comparison with the authors' published estimates
 # ---------------------------------------------------------------------------------------------------
@@ -475,16 +415,17 @@ def _published(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]
 
 def compare_pairs(est: Estimates, published_path: str | Path) -> dict:
     """Overlap of the reproduced high-influence pairs with published ones (indices in original order)."""
+    from .stability import jaccard  # stability builds on this module's estimators
+
     pub = _published(published_path, ("tr_idx", "tt_idx", "infl", "mem"))
     ours = set(zip(est.tr_index[est.pairs.tr_pos].tolist(), est.tt_index[est.pairs.tt_pos].tolist()))
     theirs = set(zip(pub["tr_idx"].tolist(), pub["tt_idx"].tolist()))
-    both = ours & theirs
     their_tests, our_tests = {j for _, j in theirs}, {j for _, j in ours}
     return {
         "reproduced_pairs": len(ours),
         "published_pairs": len(theirs),
-        "pairs_in_both": len(both),
-        "pairs_jaccard": len(both) / len(ours | theirs) if ours | theirs else float("nan"),
+        "pairs_in_both": len(ours & theirs),
+        "pairs_jaccard": jaccard(ours, theirs),
         "published_test_examples": len(their_tests),
         "published_test_examples_recovered": len(their_tests & our_tests),
         "published_train_examples": len({i for i, _ in theirs}),

@@ -1,28 +1,147 @@
-"""Peer scores from the same runs: what researchers use instead of memorization, beside it.
+"""Scores from the same runs as memorization: what researchers use instead of it, beside it.
 
-Each is an average over the models that trained on an example of a signal memlib.train.signals recorded during
-training, except cleanlab's, which come from out-of-sample class probabilities: averaged over the models
-that did NOT train on the example, rebuilt from each model's stored top-k class probabilities.
-`SUSPICIOUS` gives each score's sign such that a higher signed score means more likely mislabeled.
+`PEERS` is the registry: per score its sign, what it is, and how it is computed from the runs (`PeerInputs`).
+Adding a score is one entry there; stage 5 ranks the flips by it, compares it with mem against the number of
+models, exports it and reports it, each by looping over the registry.
+
+The training scores average over the models that trained on an example a signal memlib.train.signals recorded
+during training; cleanlab's come from out-of-sample class probabilities: averaged over the models that did
+NOT train on the example, rebuilt from each model's stored top-k class probabilities. An undefined value (an
+example no run trained on, or none left out) is NaN.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
 
+from ..train.signals import COLUMNS as SIGNAL_COLUMNS
 from ..train.signals import NOT_SEEN
 
-# score name -> (sign that makes "higher = more suspicious", what it is)
-SUSPICIOUS: dict[str, tuple[int, str]] = {
-    "mem": (1, "memorization (this study)"),
-    "cleanlab": (-1, "cleanlab label quality (self-confidence), out-of-sample probabilities"),
-    "loss": (1, "mean training loss on the given label"),
-    "margin": (-1, "mean probability margin of the given label in training"),
-    "aum": (-1, "area under the margin (logits; Pleiss et al. 2020)"),
-    "el2n": (1, "EL2N early in training (Paul et al. 2021)"),
-    "forgetting": (1, "forgetting events (Toneva et al. 2019)"),
-    "learning_speed": (-1, "learning speed: accuracy over training epochs (C-score proxy, Jiang et al. 2021)"),
+
+@dataclass(frozen=True)
+class PeerRuns:
+    """What mem and the peer scores are computed from: per run its mask, train correctness, training signals
+    (memlib.train.signals, by name) and top-k class probabilities of every training example."""
+
+    masks: np.ndarray
+    train_correct: np.ndarray
+    signals: dict[str, np.ndarray]
+    topk_prob: np.ndarray
+    topk_class: np.ndarray
+
+    @classmethod
+    def from_store(cls, store) -> PeerRuns:
+        """The arrays of a subset store (memlib.runs.store.Store), read once."""
+        return cls(
+            np.asarray(store["masks"]),
+            np.asarray(store["train_correct"]),
+            {name: np.asarray(store[f"signal_{name}"]) for name in SIGNAL_COLUMNS},
+            np.asarray(store["train_topk_prob"]),
+            np.asarray(store["train_topk_class"]),
+        )
+
+    def rows(self, rows: np.ndarray | slice) -> PeerRuns:
+        """The same arrays for some of the runs."""
+        signals = {k: v[rows] for k, v in self.signals.items()}
+        return PeerRuns(
+            self.masks[rows], self.train_correct[rows], signals, self.topk_prob[rows], self.topk_class[rows]
+        )
+
+
+@dataclass
+class PeerInputs:
+    """Everything a score may use: the runs, the labels they trained on, the number of classes and of epochs,
+    and what several scores share, computed once (the out-of-sample probabilities)."""
+
+    runs: PeerRuns
+    labels: np.ndarray
+    num_classes: int
+    epochs: int
+
+    @cached_property
+    def out_of_sample_probs(self) -> np.ndarray:
+        """(n, C) class probabilities per example, averaged over the runs that left it out."""
+        return out_of_sample_probs(self.runs.masks, self.runs.topk_prob, self.runs.topk_class, self.num_classes)
+
+    def in_model_mean(self, signal: str) -> np.ndarray:
+        """Per example, the mean of a recorded training signal over the runs that trained on it."""
+        return in_model_means(self.runs.masks, self.runs.signals[signal])
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A per-example score: `sign` makes "higher = more memorized / more likely mislabeled"; `doc` says what it
+    is (the report's table); `score` computes it, raw (unsigned), from `PeerInputs`."""
+
+    sign: int
+    doc: str
+    score: Callable[[PeerInputs], np.ndarray]
+
+
+def _mem(x: PeerInputs) -> np.ndarray:
+    from .estimation import memorization  # here, not above: regime (and so the runner) imports this module
+
+    return memorization(x.runs.masks, x.runs.train_correct).value
+
+
+def _self_confidence(x: PeerInputs) -> np.ndarray:
+    """cleanlab's self-confidence: the out-of-sample probability of the given label, as
+    cleanlab.rank.get_label_quality_scores(method="self_confidence") computes it; NaN where no run left it out."""
+    score = x.out_of_sample_probs[np.arange(len(x.labels)), x.labels]
+    score[(~np.asarray(x.runs.masks, dtype=bool)).sum(0) == 0] = np.nan
+    return score
+
+
+# score name -> its sign, what it is, and how it is computed. mem is this study's; the others are its peers.
+PEERS: dict[str, Peer] = {
+    "mem": Peer(1, "memorization (this study)", _mem),
+    "cleanlab": Peer(-1, "cleanlab label quality (self-confidence), out-of-sample probabilities", _self_confidence),
+    "loss": Peer(1, "mean training loss on the given label", lambda x: x.in_model_mean("loss")),
+    "margin": Peer(-1, "mean probability margin of the given label in training", lambda x: x.in_model_mean("margin")),
+    "aum": Peer(-1, "area under the margin (logits; Pleiss et al. 2020)", lambda x: x.in_model_mean("aum")),
+    "el2n": Peer(1, "EL2N early in training (Paul et al. 2021)", lambda x: x.in_model_mean("el2n")),
+    "forgetting": Peer(1, "forgetting events (Toneva et al. 2019)", lambda x: x.in_model_mean("forgetting")),
+    "learning_speed": Peer(
+        -1,
+        "learning speed: accuracy over training epochs (C-score proxy, Jiang et al. 2021)",
+        lambda x: x.in_model_mean("correct_epochs") / x.epochs,
+    ),
 }
+
+
+def peer_scores(inputs: PeerInputs, given: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every registered score per training example, raw (unsigned), in the registry's order.
+
+    `given` supplies scores already computed (stage 5 passes stage 2's mem) instead of computing them again.
+    """
+    given = given or {}
+    return {name: np.asarray(given[name] if name in given else peer.score(inputs)) for name, peer in PEERS.items()}
+
+
+def signed(name: str, score: np.ndarray) -> np.ndarray:
+    """A registered score signed so that higher means more memorized / suspicious; NaN stays NaN."""
+    return PEERS[name].sign * np.asarray(score, dtype=np.float64)
+
+
+def signed_scores(runs: PeerRuns, labels: np.ndarray, num_classes: int, epochs: int) -> dict[str, np.ndarray]:
+    """mem and every peer score from these runs alone, signed (`signed`); undefined values are NaN."""
+    scores = peer_scores(PeerInputs(runs, labels, num_classes, epochs))
+    return {name: signed(name, score) for name, score in scores.items()}
+
+
+def suspicion(name: str, score: np.ndarray) -> np.ndarray:
+    """The score signed so that higher means more suspicious; NaN (no estimate) ranks as least suspicious."""
+    s = signed(name, score)
+    return np.where(np.isfinite(s), s, -np.inf)
+
+
+def descriptions() -> dict[str, str]:
+    """What each registered score is (for the report's table)."""
+    return {name: peer.doc for name, peer in PEERS.items()}
 
 
 def in_model_means(masks: np.ndarray, values: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -38,19 +157,6 @@ def in_model_means(masks: np.ndarray, values: np.ndarray, chunk: int = 4096) -> 
         with np.errstate(invalid="ignore", divide="ignore"):
             out[s : s + chunk] = np.nansum(v, 0) / counts
     return out
-
-
-def training_scores(masks: np.ndarray, signals: dict[str, np.ndarray], epochs: int) -> dict[str, np.ndarray]:
-    """Loss, margin, AUM, EL2N, forgetting and learning speed per example, from the stored signals."""
-    mean = {name: in_model_means(masks, signals[name]) for name in signals}
-    return {
-        "loss": mean["loss"],
-        "margin": mean["margin"],
-        "aum": mean["aum"],
-        "el2n": mean["el2n"],
-        "forgetting": mean["forgetting"],
-        "learning_speed": mean["correct_epochs"] / epochs,
-    }
 
 
 def out_of_sample_probs(
@@ -81,17 +187,8 @@ def out_of_sample_probs(
     return out
 
 
-def cleanlab_scores(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cleanlab's label-quality scores (self-confidence) and its `find_label_issues` mask, from the library."""
+def cleanlab_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """cleanlab's `find_label_issues` mask, from the library, given out-of-sample class probabilities."""
     from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
 
-    quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    issues = find_label_issues(labels, probs, n_jobs=1)
-    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
-
-
-def suspicion(name: str, score: np.ndarray) -> np.ndarray:
-    """The score signed so that higher means more suspicious; NaN (no estimate) ranks as least suspicious."""
-    signed = SUSPICIOUS[name][0] * np.asarray(score, dtype=np.float64)
-    return np.where(np.isfinite(signed), signed, -np.inf)
+    return np.asarray(find_label_issues(labels, probs, n_jobs=1), dtype=bool)

@@ -3,16 +3,14 @@
 - Label-noise recovery: how well each score ranks the injected flips first (AUROC, average precision,
   precision at k = the number of flips).
 - Statistically controlled pairs: Benjamini-Hochberg over every candidate pair tested, beside the paper's
-  fixed cut-offs, and the split-half Jaccard of both sets.
-- Convergence: the error of mem against the number of models, with the paper's bound for the subsampled
-  estimator.
+  fixed cut-offs, and the split-half Jaccard of both sets (memlib.analysis.stability).
+- Memorization against its cheap proxies, every score of the registry memlib.analysis.peers.PEERS.
 - Cross-architecture consistency (the paper's Figure 7).
+
+Convergence (the error of mem against the number of models, with the paper's bound) is memlib.analysis.stability's.
 """
 
 from __future__ import annotations
-
-import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -21,9 +19,9 @@ from ..config import Config
 from ..data.datasets import Dataset
 from ..runs.store import Store
 from ..stages.train import train_subsets
-from ..train.signals import COLUMNS as SIGNAL_COLUMNS
-from .estimation import Estimates, Pairs, estimate, high_influence_pairs, influence, memorization
-from .peers import SUSPICIOUS, cleanlab_scores, out_of_sample_probs, suspicion, training_scores
+from .estimation import Estimates, Pairs, estimate, influence, memorization
+from .peers import PeerInputs, PeerRuns, cleanlab_issues, descriptions, peer_scores, signed_scores, suspicion
+from .stability import correlations, jaccard, split_half_from_arrays
 
 # ---------------------------------------------------------------------------------------------------
 # Ranking metrics
@@ -159,85 +157,9 @@ def fdr_pairs(
     return pairs, p[order], tested
 
 
-def jaccard(a: set, b: set) -> float:
-    """|a & b| / |a | b|, NaN when both are empty."""
-    union = a | b
-    return len(a & b) / len(union) if union else float("nan")
-
-
-def pair_sets_split_half(
-    masks, train_outcomes, test_outcomes, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr
-) -> dict:
-    """Both pair sets from two disjoint halves of the runs (even and odd indices), and their Jaccards."""
-    out = {}
-    sets = {"fixed": [], "fdr": []}
-    for h in (slice(0, None, 2), slice(1, None, 2)):
-        m, trc, ttc = masks[h], train_outcomes[h], test_outcomes[h]
-        mem = memorization(m, trc).value
-        fixed = high_influence_pairs(m, ttc, mem, tr_labels, tt_labels, infl_threshold, mem_threshold)
-        controlled, _, _ = fdr_pairs(m, ttc, mem, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr)
-        sets["fixed"].append(fixed.keys())
-        sets["fdr"].append(controlled.keys())
-    for name, (a, b) in sets.items():
-        out[f"pairs_{name}_half_a"], out[f"pairs_{name}_half_b"] = len(a), len(b)
-        out[f"pairs_{name}_both_halves"] = len(a & b)
-        out[f"pairs_jaccard_{name}"] = jaccard(a, b)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------
 # Memorization against its cheap proxies
 # ---------------------------------------------------------------------------------------------------
-
-
-def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    """Spearman and Pearson of two scores over the examples where both are finite, and how many those are."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float("nan"), float("nan"), int(ok.sum())
-    return float(stats.spearmanr(a[ok], b[ok]).statistic), float(np.corrcoef(a[ok], b[ok])[0, 1]), int(ok.sum())
-
-
-@dataclass(frozen=True)
-class PeerRuns:
-    """What mem and the peer scores are computed from: per run its mask, train correctness, training signals
-    (memlib.train.signals, by name) and top-k class probabilities of every training example."""
-
-    masks: np.ndarray
-    train_correct: np.ndarray
-    signals: dict[str, np.ndarray]
-    topk_prob: np.ndarray
-    topk_class: np.ndarray
-
-    @classmethod
-    def from_store(cls, store: Store) -> PeerRuns:
-        return cls(
-            np.asarray(store["masks"]),
-            np.asarray(store["train_correct"]),
-            {name: np.asarray(store[f"signal_{name}"]) for name in SIGNAL_COLUMNS},
-            np.asarray(store["train_topk_prob"]),
-            np.asarray(store["train_topk_class"]),
-        )
-
-    def rows(self, rows: np.ndarray | slice) -> PeerRuns:
-        """The same arrays for some of the runs."""
-        signals = {k: v[rows] for k, v in self.signals.items()}
-        return PeerRuns(
-            self.masks[rows], self.train_correct[rows], signals, self.topk_prob[rows], self.topk_class[rows]
-        )
-
-
-def signed_scores(runs: PeerRuns, labels: np.ndarray, num_classes: int, epochs: int) -> dict[str, np.ndarray]:
-    """mem and every peer score from these runs alone, signed so that higher means more memorized/suspicious.
-
-    Undefined values (an example no run trained on, or none left out) are NaN, not ranked last.
-    """
-    scores = {"mem": memorization(runs.masks, runs.train_correct).value}
-    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, num_classes)
-    scores["cleanlab"] = probs[np.arange(len(labels)), labels]  # cleanlab's self-confidence score
-    scores["cleanlab"][(~np.asarray(runs.masks, dtype=bool)).sum(0) == 0] = np.nan
-    scores.update(training_scores(runs.masks, runs.signals, epochs))
-    return {name: SUSPICIOUS[name][0] * np.asarray(v, dtype=np.float64) for name, v in scores.items()}
 
 
 def proxy_agreement(
@@ -261,7 +183,7 @@ def proxy_agreement(
     with_mem = {}
     for name, score in full.items():
         if name != "mem":
-            rho, r, _ = _correlations(score, full["mem"])
+            rho, r, _ = correlations(score, full["mem"])
             with_mem[name] = {"spearman": rho, "pearson": r}
     half = total // 2
     last = runs.rows(slice(total - half, None))
@@ -273,7 +195,7 @@ def proxy_agreement(
         part = signed_scores(runs.rows(slice(0, t)), labels, num_classes, epochs)
         curve["models"].append(int(t))
         for name, score in part.items():
-            rho, _, defined = _correlations(score, reference)
+            rho, _, defined = correlations(score, reference)
             curve.setdefault(f"spearman_{name}", []).append(rho)
             curve.setdefault(f"defined_{name}", []).append(defined / len(labels))
             if flipped is not None and np.any(flipped):
@@ -294,43 +216,6 @@ def proxy_summary(agreement: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Convergence
-# ---------------------------------------------------------------------------------------------------
-
-
-def paper_bound(t: np.ndarray, p: float) -> np.ndarray:
-    """The paper's bound on E[(est - infl_m)^2] for t runs at subset ratio p: 1/(pt) + 1/((1-p)t) + e^(-pt/16)/2."""
-    p = min(p, 1 - p)
-    t = np.asarray(t, dtype=np.float64)
-    return 1 / (p * t) + 1 / ((1 - p) * t) + np.exp(-p * t / 16) / 2
-
-
-def convergence(masks: np.ndarray, outcomes: np.ndarray, ratio: float, counts: list[int] | None = None) -> dict:
-    """mem's error against the number of runs t (subsampling the recorded runs), with the paper's bound.
-
-    For each t: the mean standard error of mem from the first t runs; the rms difference between the first t
-    and the last t runs over sqrt 2 (the error of one estimate from t runs, if the two are independent); the
-    Spearman correlation of those two estimates; and the square root of the paper's bound (an rms error).
-    """
-    total = len(masks)
-    if counts is None:
-        counts = sorted({int(c) for c in np.geomspace(min(10, total // 2), total // 2, 8)})
-    rows = {"models": [], "mean_se": [], "observed_rms": [], "spearman": [], "bound_rms": []}
-    for t in counts:
-        a, b = memorization(masks[:t], outcomes[:t]), memorization(masks[-t:], outcomes[-t:])
-        ok = np.isfinite(a.value) & np.isfinite(b.value)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rho = float(stats.spearmanr(a.value[ok], b.value[ok]).statistic) if ok.sum() > 2 else float("nan")
-        rows["models"].append(t)
-        rows["mean_se"].append(float(np.nanmean(a.se)))
-        rows["observed_rms"].append(float(np.sqrt(np.mean((a.value[ok] - b.value[ok]) ** 2) / 2)))
-        rows["spearman"].append(rho)
-        rows["bound_rms"].append(float(np.sqrt(paper_bound(t, ratio))))
-    return {k: np.array(v) for k, v in rows.items()}
-
-
-# ---------------------------------------------------------------------------------------------------
 # Cross-architecture consistency
 # ---------------------------------------------------------------------------------------------------
 
@@ -339,11 +224,12 @@ def arch_consistency(a: Estimates, b: Estimates, acc_a: float, acc_b: float, top
     """Agreement of two architectures' estimates on the same examples (the paper's Figure 7)."""
     ma, mb = a.mem.value, b.mem.value
     ok = np.isfinite(ma) & np.isfinite(mb)
+    spearman, _, _ = correlations(ma, mb)
     k = max(1, int(round(top * ok.sum())))
     top_a = set(np.flatnonzero(ok)[np.argsort(-ma[ok], kind="stable")[:k]].tolist())
     top_b = set(np.flatnonzero(ok)[np.argsort(-mb[ok], kind="stable")[:k]].tolist())
     return {
-        "spearman_arch": float(stats.spearmanr(ma[ok], mb[ok]).statistic),
+        "spearman_arch": spearman,
         "top_mem_fraction": top,
         "top_mem_jaccard_arch": jaccard(top_a, top_b),
         "pairs_jaccard_arch": jaccard(a.pairs.keys(), b.pairs.keys()),
@@ -379,14 +265,12 @@ def compare_architecture(cfg: Config, data: Dataset, est: Estimates, store: Stor
 
 
 def scores_from_store(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, np.ndarray, np.ndarray]:
-    """mem and every peer score per training example (raw values), cleanlab's issue mask, and the OOS probs."""
-    runs = PeerRuns.from_store(store)
-    scores = {"mem": est.mem.value}
-    probs = out_of_sample_probs(runs.masks, runs.topk_prob, runs.topk_class, data.num_classes)
-    quality, issues = cleanlab_scores(data.y_train, probs)
-    scores["cleanlab"] = quality
-    scores.update(training_scores(runs.masks, runs.signals, cfg.epochs))
-    return scores, issues, probs
+    """Every score of the registry (memlib.analysis.peers.PEERS) per training example, raw (mem: stage 2's), cleanlab's
+    issue mask, and the out-of-sample class probabilities both cleanlab figures come from."""
+    inputs = PeerInputs(PeerRuns.from_store(store), data.y_train, data.num_classes, cfg.epochs)
+    scores = peer_scores(inputs, given={"mem": est.mem.value})
+    issues = cleanlab_issues(data.y_train, inputs.out_of_sample_probs)
+    return scores, issues, inputs.out_of_sample_probs
 
 
 def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
@@ -402,38 +286,15 @@ def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
     flipped = flips.indicator(data.n_train) if flips is not None else np.zeros(data.n_train, dtype=bool)
     signed = {name: suspicion(name, s) for name, s in scores.items()}
     rows = recovery(signed, flipped) if flipped.any() else []
-    masks = np.asarray(store["masks"])
-    trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
-    controlled, p_values, tested = fdr_pairs(
-        masks, ttc, est.mem.value, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, cfg.pair_fdr
-    )
-    halves = pair_sets_split_half(
-        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, cfg.pair_fdr
-    )
     summary = {
         "profile": cfg.profile,
         "num_models": est.num_models,
         "label_noise": cfg.label_noise,
         "flipped": int(flipped.sum()),
+        **_recovery_summary(rows, issues, flipped),
     }
-    for r in rows:
-        summary[f"auroc_{r['score']}"] = r["auroc"]
-        summary[f"ap_{r['score']}"] = r["ap"]
-        summary[f"precision_at_k_{r['score']}"] = r["precision_at_k"]
-    summary["cleanlab_issues"] = int(issues.sum())
-    if flipped.any():
-        summary["cleanlab_issues_precision"] = float(flipped[issues].mean()) if issues.any() else float("nan")
-        summary["cleanlab_issues_recall"] = float(issues[flipped].mean())
-    summary.update(
-        {
-            "pair_fdr": cfg.pair_fdr,
-            "pairs_fixed": len(est.pairs),
-            "pairs_fdr": len(controlled),
-            "pairs_fdr_candidates_tested": tested,
-            "pairs_fdr_in_fixed": len(controlled.keys() & est.pairs.keys()),
-            **halves,
-        }
-    )
+    pair_figures, controlled, p_values = _pair_sets(cfg, store, data, est)
+    summary.update(pair_figures)
     return {
         "scores": scores,
         "flipped": flipped,
@@ -443,6 +304,43 @@ def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
         "recovery": rows,
         "summary": summary,
     }
+
+
+def _recovery_summary(rows: list[dict], issues: np.ndarray, flipped: np.ndarray) -> dict:
+    """validation.json's figures of the flips found: per score AUROC, AP and precision at k; cleanlab's issues."""
+    out = {}
+    for r in rows:
+        out[f"auroc_{r['score']}"] = r["auroc"]
+        out[f"ap_{r['score']}"] = r["ap"]
+        out[f"precision_at_k_{r['score']}"] = r["precision_at_k"]
+    out["cleanlab_issues"] = int(issues.sum())
+    if flipped.any():
+        out["cleanlab_issues_precision"] = float(flipped[issues].mean()) if issues.any() else float("nan")
+        out["cleanlab_issues_recall"] = float(issues[flipped].mean())
+    return out
+
+
+def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, Pairs, np.ndarray]:
+    """The FDR-controlled pairs and their p-values, and validation.json's figures of both pair sets: their sizes,
+    overlap, and split-half agreement (memlib.analysis.stability.split_half_from_arrays, both sets from each half)."""
+    masks = np.asarray(store["masks"])
+    trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
+    labels, thresholds = (data.y_train, data.y_test), (cfg.infl_threshold, cfg.mem_threshold)
+    controlled, p_values, tested = fdr_pairs(masks, ttc, est.mem.value, *labels, *thresholds, cfg.pair_fdr)
+
+    def fdr(m: np.ndarray, test_outcomes: np.ndarray, mem: np.ndarray) -> Pairs:
+        return fdr_pairs(m, test_outcomes, mem, *labels, *thresholds, cfg.pair_fdr)[0]
+
+    halves = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors={"fdr": fdr})
+    figures = {
+        "pair_fdr": cfg.pair_fdr,
+        "pairs_fixed": len(est.pairs),
+        "pairs_fdr": len(controlled),
+        "pairs_fdr_candidates_tested": tested,
+        "pairs_fdr_in_fixed": len(controlled.keys() & est.pairs.keys()),
+        **halves.pair_summary(),
+    }
+    return figures, controlled, p_values
 
 
 def export(path, est: Estimates, result: dict, data: Dataset) -> None:
@@ -471,5 +369,5 @@ def export(path, est: Estimates, result: dict, data: Dataset) -> None:
 
 
 def score_descriptions() -> dict[str, str]:
-    """What each score is (for the report's table)."""
-    return {name: desc for name, (_, desc) in SUSPICIOUS.items()}
+    """What each score is (for the report's table): memlib.analysis.peers.PEERS's docs."""
+    return descriptions()

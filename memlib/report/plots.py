@@ -146,24 +146,6 @@ def pairs_removal(table: pd.DataFrame, path=None) -> plt.Figure:
     return _save(fig, path)
 
 
-def se_curve(curve: dict, path=None) -> plt.Figure:
-    """Error of the memorization estimate against the number of models: predicted (se) and observed."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    m = curve["models"]
-    ax.plot(m, curve["mean_se"], "o-", label="mean standard error (formula)")
-    ok = np.isfinite(curve["observed_error"])
-    ax.plot(m[ok], curve["observed_error"][ok], "s--", label="observed: first k vs last k models, rms/√2")
-    ax.plot(m, curve["mean_se"][-1] * np.sqrt(m[-1] / m), ":", color="gray", label="∝ 1/√T")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("number of models T")
-    ax.set_ylabel("error of a memorization estimate")
-    ax.set_title(f"Precision by number of models ({curve['examples']:,} examples whose outcome varies)", fontsize=10)
-    ax.legend(loc="lower left", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def split_half(sh: dict, path=None) -> plt.Figure:
     """Memorization from two disjoint halves of the models, one against the other."""
     fig, ax = plt.subplots(figsize=(5, 5))

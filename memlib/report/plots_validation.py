@@ -1,4 +1,5 @@
-"""Stage 5's figures: ROC curves of every score for the flips, the convergence plot, architecture agreement."""
+"""Stage 5's figures: ROC curves of every score for the flips, mem's convergence with the number of models,
+architecture agreement, and mem against its cheap proxies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..analysis.estimation import Estimates
+from ..analysis.stability import Convergence
 from ..analysis.validation import auroc, roc_points
 from .plots import _save
 
@@ -27,20 +29,37 @@ def roc_curves(scores: dict[str, np.ndarray], flipped: np.ndarray, path=None) ->
     return _save(fig, path)
 
 
-def convergence(curve: dict, path=None) -> plt.Figure:
-    """mem's error and split-half agreement against the number of models, with the paper's bound."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    t = curve["models"]
-    ax.plot(t, curve["bound_rms"], "-", color="#c0392b", label="paper's bound (square root)")
-    ax.plot(t, curve["observed_rms"], "s--", label="observed: first t vs last t models, rms/√2")
-    ax.plot(t, curve["mean_se"], "o-", label="mean standard error (formula)")
-    for a in (ax,):
-        a.set_xscale("log")
-        a.set_yscale("log")
-    ax.set_xlabel("number of models t")
+def convergence(curve: Convergence, path=None) -> plt.Figure:
+    """mem's error and the agreement of two disjoint sets of models against their number, with the paper's bound.
+
+    Left: the error of one estimate from t models, as observed (first t against last t models) and from the
+    standard-error formula, over every example (solid) and over the examples whose outcome varies (dashed),
+    with the square root of the paper's bound and a 1/sqrt(t) line up to all the models. Right: Spearman.
+    """
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5.4))
+    t = curve.models
+    colors = {"observed_rms": "#2980b9", "mean_se": "#27ae60"}
+    ax.plot(t, curve.bound_rms, "-", color="#c0392b", label="paper's bound (square root)")
+    dashed = f"dashed: the same, over the {curve.examples_varying:,} examples whose outcome varies"
+    for key, marker, label in (
+        ("observed_rms", "s", "observed: first t vs last t models, rms/√2"),
+        ("mean_se", "o", "mean standard error (formula)"),
+    ):
+        every, varying = getattr(curve, key), getattr(curve, f"{key}_varying")
+        ok = np.isfinite(every)
+        ax.plot(t[ok], every[ok], marker + "-", color=colors[key], label=label)
+        ok = np.isfinite(varying)
+        ax.plot(
+            t[ok], varying[ok], marker + "--", color=colors[key], alpha=0.6, label=dashed if key == "mean_se" else None
+        )
+    reach = np.array([t[0], curve.total_models])
+    ax.plot(reach, curve.mean_se[-1] * np.sqrt(t[-1] / reach), ":", color="gray", label="∝ 1/√t, up to all models")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"number of models t (of {curve.total_models:,})")
     ax.set_ylabel("rms error of a memorization estimate")
-    ax.legend(fontsize=8)
-    ax2.plot(t, curve["spearman"], "o-", color="#2c3e50")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=8)
+    ax2.plot(t, curve.spearman, "o-", color="#2c3e50")
     ax2.set_xscale("log")
     ax2.set_xlabel("two disjoint sets of t models each")
     ax2.set_ylabel("Spearman of mem between them")

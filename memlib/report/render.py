@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,43 @@ STAGE_TITLES = {
     "04_figures": "Stage 4: figures and headline numbers",
     "05_validate": "Stage 5: validating the estimates (label noise, peer scores, controlled pairs)",
 }
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of stage 4: its file in <results>/<profile>/figures/ and its caption."""
+
+    file: str
+    caption: str
+
+
+# Stage 4's figures, in the order 04_figures draws them: the notebook writes each to its file and shows its
+# caption under it; the report's findings show FINDINGS_FIGURES again, with the same captions.
+FIGURES: dict[str, Figure] = {
+    "memorized": Figure("memorized.png", "The most memorized training examples (label, original index, mem ± se)"),
+    "mem_hist": Figure("mem_hist.png", "Memorization estimates of every training example, with the threshold"),
+    "pairs": Figure("pairs.png", "High-influence pairs: training example | the test example it helps"),
+    "utility": Figure("utility.png", "Test accuracy after removing memorized vs random examples (95% CIs)"),
+    "pairs_removal": Figure(
+        "pairs_removal.png", "Accuracy on the pairs' test side after removing their train side vs as many random"
+    ),
+}
+FINDINGS_FIGURES = ("memorized", "utility", "pairs")
+
+
+def figure_path(out_dir: Path, name: str) -> Path:
+    """Where stage 4 writes the figure `name` of FIGURES."""
+    return Path(out_dir) / "figures" / FIGURES[name].file
+
+
+def show_figure(fig, name: str) -> None:
+    """In a notebook: the matplotlib figure `fig`, then its caption from FIGURES (the report's words)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    display(fig)
+    plt.close(fig)
+    display(Markdown(f"*{FIGURES[name].caption}*"))
 
 
 def _jsonable(x: Any) -> Any:
@@ -65,11 +103,61 @@ def summarize(
     `fit` (memlib.analysis.regime.fit_report of the stage-1 store) says whether the models are in the paper's regime.
     """
     full = utility[utility["kind"] == "full"].iloc[0]
-    util = []
+    mem = est.mem.value
+    clipped = [c for c in ("clipped", "pair_clipped") if c in utility]
+    return _jsonable(
+        {
+            "profile": cfg.profile,
+            "dataset": cfg.dataset,
+            "data_name": data_name or cfg.dataset,
+            "arch": cfg.arch,
+            "num_models": est.num_models,
+            "subset_ratio": cfg.subset_ratio,
+            "mask_design": cfg.mask_design,
+            "n_train": len(mem),
+            "n_test": len(est.tt_labels),
+            "test_acc_subset_models": float(np.mean(subset_test_acc)),
+            "test_acc_subset_models_sd": float(np.std(subset_test_acc)),
+            "test_acc_full_data": full["test_acc"],
+            "test_acc_full_data_ci95": [full["ci_low"], full["ci_high"]],
+            "retrain_models": int(full["models"]),
+            "ci_clipped": bool(utility[clipped].to_numpy().any()) if clipped else False,
+            **_memorized_fraction(mem, cfg.mem_threshold),
+            "mean_mem": float(np.mean(mem)),
+            "mean_mem_se": float(np.nanmean(est.mem.se)),
+            "min_models_out": int(np.min(est.mem.n_out)),
+            "high_influence_pairs": len(est.pairs),
+            "pairs_distinct_train": int(len(np.unique(est.pairs.tr_pos))),
+            "pairs_distinct_test": int(len(np.unique(est.pairs.tt_pos))),
+            "thresholds": {"infl": cfg.infl_threshold, "mem": cfg.mem_threshold},
+            "utility": _utility_rows(utility),
+            "pairs_removal": _pairs_removal(utility, full),
+            "split_half": {k: v for k, v in split.items() if not isinstance(v, np.ndarray)},
+            **({"fit": fit} if fit is not None else {}),
+        }
+    )
+
+
+def frac_key(threshold: float) -> str:
+    """summary.json's key of the fraction of training examples with mem >= threshold (its 95% CI: + '_ci95')."""
+    return f"frac_mem_ge_{threshold:g}"
+
+
+def _memorized_fraction(mem: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The fraction of training examples with mem >= threshold, with its 95% (normal) interval."""
+    frac = float(np.mean(mem >= threshold))
+    half = 1.96 * float(np.sqrt(frac * (1 - frac) / len(mem)))
+    key = frac_key(threshold)
+    return {key: frac, f"{key}_ci95": [max(0.0, frac - half), min(1.0, frac + half)]}
+
+
+def _utility_rows(utility: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per mem threshold of stage 3: the accuracy drops from removing those examples and as many random ones."""
+    rows = []
     for theta in sorted(utility.loc[utility["kind"] == "mem", "threshold"].unique()):
         mem_row = utility[(utility["kind"] == "mem") & (utility["threshold"] == theta)].iloc[0]
         rnd_row = utility[(utility["kind"] == "random") & (utility["threshold"] == theta)].iloc[0]
-        util.append(
+        rows.append(
             {
                 "threshold": theta,
                 "n_removed": mem_row["n_removed"],
@@ -81,56 +169,23 @@ def summarize(
                 "drop_mem_minus_random_ci95": _ci(mem_row["gap_ci_low"], mem_row["gap_ci_high"]),
             }
         )
-    pairs = {}
-    if (utility["kind"] == "pairs").any():
-        prow = utility[utility["kind"] == "pairs"].iloc[0]
-        rrow = utility[utility["kind"] == "pairs_random"].iloc[0]
-        pairs = {
-            "pair_test_acc_full": full["pair_test_acc"],
-            "pair_test_acc_full_ci95": _ci(full["pair_ci_low"], full["pair_ci_high"]),
-            "pair_test_acc_sources_removed": prow["pair_test_acc"],
-            "pair_test_acc_sources_removed_ci95": _ci(prow["pair_ci_low"], prow["pair_ci_high"]),
-            "pair_test_acc_random_removed": rrow["pair_test_acc"],
-            "pair_test_acc_random_removed_ci95": _ci(rrow["pair_ci_low"], rrow["pair_ci_high"]),
-        }
-    mem = est.mem.value
-    n = len(mem)
-    frac = float(np.mean(mem >= 0.25))
-    half = 1.96 * float(np.sqrt(frac * (1 - frac) / n))
-    clipped = [c for c in ("clipped", "pair_clipped") if c in utility]
-    return _jsonable(
-        {
-            "profile": cfg.profile,
-            "dataset": cfg.dataset,
-            "data_name": data_name or cfg.dataset,
-            "arch": cfg.arch,
-            "num_models": est.num_models,
-            "subset_ratio": cfg.subset_ratio,
-            "mask_design": cfg.mask_design,
-            "n_train": n,
-            "n_test": len(est.tt_labels),
-            "test_acc_subset_models": float(np.mean(subset_test_acc)),
-            "test_acc_subset_models_sd": float(np.std(subset_test_acc)),
-            "test_acc_full_data": full["test_acc"],
-            "test_acc_full_data_ci95": [full["ci_low"], full["ci_high"]],
-            "retrain_models": int(full["models"]),
-            "ci_clipped": bool(utility[clipped].to_numpy().any()) if clipped else False,
-            "frac_mem_ge_0.25": frac,
-            "frac_mem_ge_0.25_ci95": [max(0.0, frac - half), min(1.0, frac + half)],
-            f"frac_mem_ge_{cfg.mem_threshold:g}": float(np.mean(mem >= cfg.mem_threshold)),
-            "mean_mem": float(np.mean(mem)),
-            "mean_mem_se": float(np.nanmean(est.mem.se)),
-            "min_models_out": int(np.min(est.mem.n_out)),
-            "high_influence_pairs": len(est.pairs),
-            "pairs_distinct_train": int(len(np.unique(est.pairs.tr_pos))),
-            "pairs_distinct_test": int(len(np.unique(est.pairs.tt_pos))),
-            "thresholds": {"infl": cfg.infl_threshold, "mem": cfg.mem_threshold},
-            "utility": util,
-            "pairs_removal": pairs,
-            "split_half": {k: v for k, v in split.items() if not isinstance(v, np.ndarray)},
-            **({"fit": fit} if fit is not None else {}),
-        }
-    )
+    return rows
+
+
+def _pairs_removal(utility: pd.DataFrame, full: pd.Series) -> dict[str, Any]:
+    """Accuracy on the pairs' test side: full data, their train side removed, as many random removed ({}: none)."""
+    if not (utility["kind"] == "pairs").any():
+        return {}
+    prow = utility[utility["kind"] == "pairs"].iloc[0]
+    rrow = utility[utility["kind"] == "pairs_random"].iloc[0]
+    return {
+        "pair_test_acc_full": full["pair_test_acc"],
+        "pair_test_acc_full_ci95": _ci(full["pair_ci_low"], full["pair_ci_high"]),
+        "pair_test_acc_sources_removed": prow["pair_test_acc"],
+        "pair_test_acc_sources_removed_ci95": _ci(prow["pair_ci_low"], prow["pair_ci_high"]),
+        "pair_test_acc_random_removed": rrow["pair_test_acc"],
+        "pair_test_acc_random_removed_ci95": _ci(rrow["pair_ci_low"], rrow["pair_ci_high"]),
+    }
 
 
 # Below these, estimates are too noisy to mean anything (the smoke profile is far below both).
@@ -192,13 +247,18 @@ def caveats(s: dict) -> list[str]:
     return notes
 
 
+def _memorized(s: dict) -> str:
+    """The fraction of training examples with mem >= the run's threshold, with its 95% CI."""
+    key = frac_key(s["thresholds"]["mem"])
+    return _pm(s[key], s.get(f"{key}_ci95"), ".1%")
+
+
 def headline_sentence(s: dict) -> str:
     """The run's findings in a few sentences, each number with its uncertainty."""
-    lo, hi = s.get("frac_mem_ge_0.25_ci95") or (None, None)
-    frac = f"{s['frac_mem_ge_0.25']:.1%}" + (f" (95% CI {lo:.1%} to {hi:.1%})" if lo is not None else "")
     text = (
-        f"Of {s['n_train']:,} {s.get('data_name', s['dataset'])} training examples, {frac} are memorized "
-        f"(mem ≥ 0.25; each estimate ±{s['mean_mem_se']:.2g} on average, from {s['num_models']:,} {s['arch']} models)."
+        f"Of {s['n_train']:,} {s.get('data_name', s['dataset'])} training examples, {_memorized(s)} are memorized "
+        f"(mem ≥ {s['thresholds']['mem']:g}; each estimate ±{s['mean_mem_se']:.2g} on average, from "
+        f"{s['num_models']:,} {s['arch']} models)."
     )
     u = _main_threshold(s)
     if u:
@@ -240,8 +300,8 @@ def headline(s: dict) -> list[tuple[str, str]]:
         ),
         (
             "memorization",
-            f"{_pm(s['frac_mem_ge_0.25'], s.get('frac_mem_ge_0.25_ci95'), '.1%')} of training examples have "
-            f"mem ≥ 0.25 (each left out of at least {s['min_models_out']} models; mean se {s['mean_mem_se']:.3f})",
+            f"{_memorized(s)} of training examples have mem ≥ {th['mem']:g} (each left out of at least "
+            f"{s['min_models_out']} models; mean se {s['mean_mem_se']:.3f})",
         ),
         (
             "high-influence pairs",
@@ -547,12 +607,9 @@ def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | Non
     for note in caveats(summary):
         parts.append(_banner(html.escape(note), "#d35400"))
     parts.append(f'<p style="font-size:1.15em;line-height:1.5">{html.escape(headline_sentence(summary))}</p>')
-    figures = out_dir / "figures"
     parts.append(
         '<div style="display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start">'
-        + _figure(figures / "memorized.png", "The most memorized training examples (label, original index, mem ± se)")
-        + _figure(figures / "utility.png", "Test accuracy after removing memorized vs random examples (95% CIs)")
-        + _figure(figures / "pairs.png", "High-influence pairs: training example | the test example it helps")
+        + "".join(_figure(figure_path(out_dir, name), FIGURES[name].caption) for name in FINDINGS_FIGURES)
         + "</div>"
     )
     checks = read_json(out_dir / "validation.json") if (out_dir / "validation.json").exists() else {}
