@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import memlib  # noqa: E402
 from memlib.analysis import regime, validation  # noqa: E402
 from memlib.analysis.peers import suspicion  # noqa: E402
+from memlib.stages.validate import scores_from_store  # noqa: E402
 
 
 def parse_recipe(text: str) -> dict:
@@ -95,7 +96,7 @@ def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> d
         "fit_stop_group_mean": float(np.mean(groups)),  # the same for lockstep groups (the slowest model decides)
     }
     if flipped is not None and flipped.any():
-        scores, _, _ = validation.scores_from_store(cfg, store, data, est)
+        scores, _, _ = scores_from_store(cfg, store, data, est)
         rows = validation.recovery({k: suspicion(k, v) for k, v in scores.items()}, flipped)
         by = {r["score"]: r for r in rows}
         best = max((r for r in rows if r["score"] != "mem"), key=lambda r: r["auroc"])

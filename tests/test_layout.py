@@ -9,10 +9,11 @@ ROOT = Path(__file__).resolve().parents[1] / "memlib"
 ALLOWED = {
     "config": set(),
     "seeds": set(),
+    "columns": set(),
     "data": {"config", "seeds"},
-    "train": {"config", "seeds", "data"},
-    "runs": {"config", "seeds", "data", "train"},
-    "analysis": {"config"},
+    "train": {"config", "seeds", "columns", "data"},
+    "runs": {"config", "seeds", "columns", "data", "train"},
+    "analysis": {"config", "columns"},  # numpy, scipy, torch (fast masked sums) and the run arrays; no training
     "report": {"config", "analysis"},
 }
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_dataset
 from scipy import stats
 
+import memlib
 from memlib.analysis import stability
 from memlib.analysis.estimation import estimate_from_arrays, high_influence_pairs, memorization
 from memlib.analysis.validation import fdr_pairs
@@ -176,7 +177,7 @@ def test_split_half_reproduces_stage_two_and_stage_five_figures():
     assert old["pairs_both"] > 0 and 0 < old["high_mem_jaccard"] < 1, "the case exercises every figure"
     cfg = SimpleNamespace(infl_threshold=0.15, mem_threshold=0.25)
     store = {"masks": masks, "train_correct": train, "test_correct": test}
-    assert_same(stability.split_half(cfg, store, data), old)
+    assert_same(memlib.split_half(cfg, store, data), old)
 
     def fdr(m, test_outcomes, mem):
         return fdr_pairs(m, test_outcomes, mem, data.y_train, data.y_test, 0.15, 0.25, 0.05)[0]

@@ -31,6 +31,7 @@ from memlib.analysis.validation import (
     recovery,
 )
 from memlib.report import render as report
+from memlib.stages.validate import scores_from_store
 from memlib.train.signals import NOT_SEEN
 
 
@@ -190,7 +191,7 @@ def test_a_peer_registered_once_reaches_every_table(monkeypatch):
     store |= {"train_topk_class": runs.topk_class, **{f"signal_{k}": v for k, v in runs.signals.items()}}
     cfg, data = SimpleNamespace(epochs=5), SimpleNamespace(y_train=labels, num_classes=3)
     est = SimpleNamespace(mem=SimpleNamespace(value=signed["mem"]))
-    scores, _, _ = validation.scores_from_store(cfg, store, data, est)
+    scores, _, _ = scores_from_store(cfg, store, data, est)
     np.testing.assert_array_equal(scores["toy"], -signed["toy"])
     checks = {"flipped": 6, "auroc_mem": 0.5, "precision_at_k_mem": 0.2, "auroc_toy": 0.9, "precision_at_k_toy": 0.5}
     assert "best peer score toy 0.900" in dict(report.validation_rows(checks))["finding flipped labels"]
@@ -199,7 +200,7 @@ def test_a_peer_registered_once_reaches_every_table(monkeypatch):
 @pytest.mark.slow
 def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, digits):
     import memlib
-    from memlib.analysis.validation import compare_architecture
+    from memlib.stages.validate import compare_architecture
 
     cfg = smoke.replace(
         num_models=12, min_out=2, mask_design="balanced", epochs=1, group_size=4, width=8, compare_arch="mem_cnn"

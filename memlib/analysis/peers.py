@@ -18,8 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
-from ..train.signals import COLUMNS as SIGNAL_COLUMNS
-from ..train.signals import NOT_SEEN
+from ..columns import SIGNAL_COLUMNS
+from ..columns import SIGNAL_NOT_SEEN as NOT_SEEN
 
 
 @dataclass(frozen=True)

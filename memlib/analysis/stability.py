@@ -22,9 +22,7 @@ from scipy import stats
 from .estimation import MaskedDiff, Pairs, high_influence_pairs, memorization
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..data.datasets import Dataset
-    from ..runs.store import Store
+    pass
 
 # ---------------------------------------------------------------------------------------------------
 # Agreement of two estimates
@@ -151,16 +149,6 @@ def _fixed(tr_labels, tt_labels, infl_threshold: float, mem_threshold: float) ->
         return high_influence_pairs(masks, test_outcomes, mem, tr_labels, tt_labels, infl_threshold, mem_threshold)
 
     return select
-
-
-def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
-    """Stage 2: the estimates from two disjoint halves of a store's runs: Spearman of mem, Jaccard of the pairs.
-
-    `SplitHalf.summary` of `split_half_from_arrays` at the config's cut-offs.
-    """
-    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    halves = split_half_from_arrays(masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold)
-    return halves.summary()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,10 +11,20 @@ import pandas as pd
 import seaborn as sns
 
 from ..analysis.estimation import Estimates
-from ..data.datasets import Dataset
 
 sns.set_theme(context="notebook", style="whitegrid")
 PALETTE = {"mem": "#c0392b", "random": "#7f8c8d", "pairs": "#c0392b", "pairs_random": "#7f8c8d", "full": "#2c3e50"}
+
+
+class Images(Protocol):
+    """What the image grids need of a dataset (memlib.data.datasets.Dataset has it)."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    train_index: np.ndarray
+    test_index: np.ndarray
+    classes: list[str]
 
 
 def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -40,7 +51,7 @@ def _show_image(ax: plt.Axes, img: np.ndarray) -> None:
     ax.grid(False)
 
 
-def memorized_grid(data: Dataset, est: Estimates, k: int = 24, cols: int = 8, path=None) -> plt.Figure:
+def memorized_grid(data: Images, est: Estimates, k: int = 24, cols: int = 8, path=None) -> plt.Figure:
     """The k most memorized training examples, with their label and mem ± se."""
     top = est.top_memorized(k)
     rows = int(np.ceil(len(top) / cols))
@@ -74,7 +85,7 @@ def mem_histogram(est: Estimates, threshold: float = 0.25, path=None) -> plt.Fig
     return _save(fig, path)
 
 
-def pairs_grid(data: Dataset, est: Estimates, k: int = 12, cols: int = 4, path=None) -> plt.Figure:
+def pairs_grid(data: Images, est: Estimates, k: int = 12, cols: int = 4, path=None) -> plt.Figure:
     """The k highest-influence pairs: each training image beside the test image it influences."""
     p = est.pairs
     if len(p) == 0:

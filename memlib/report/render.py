@@ -6,10 +6,6 @@ import base64
 import datetime as _dt
 import html
 import json
-import os
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ import pandas as pd
 from ..analysis.estimation import Estimates
 from ..analysis.regime import caveat as regime_caveat
 from ..analysis.regime import summary_line as regime_line
-from ..config import Config, display_path, project_root
+from ..config import Config, display_path
 
 STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
 ENVIRONMENT_FILE = "environment.json"
@@ -458,50 +454,6 @@ def write_json(obj: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
     return path
-
-
-def git_commit() -> str:
-    """The checkout's commit (with '+dirty' if it has uncommitted changes), or 'unknown'."""
-    try:
-        root = project_root()
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
-        if sha.returncode != 0:
-            return "unknown"
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:
-    """What the run was made with: commit, library versions, processor, and the device and precision that train."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    from ..train.engine import resolve_device, resolve_precision
-
-    versions = {}
-    for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "papermill"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = "not installed"
-    dev = resolve_device(device)
-    accelerator = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
-    return {
-        "commit": git_commit(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "training_device": str(dev),
-        "training_precision": resolve_precision(precision, dev)
-        + (" (bf16 autocast, fp32 master weights)" if resolve_precision(precision, dev) == "bf16" else ""),
-        "accelerator": accelerator,
-        "cuda": torch.version.cuda if dev.type == "cuda" else None,
-        "versions": versions,
-    }
 
 
 def stage_status(out_dir: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.estimation import PUBLISHED_SOURCES
+from ..analysis.published import PUBLISHED_SOURCES
 from ..analysis.regime import summary_line
 from ..config import Config, ConfigError, display_path, resolve
 from ..data import datasets

@@ -21,10 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NOT_SEEN = 255  # uint8 value of an example the model did not train on
-COUNTS = ("correct_epochs", "forgetting", "learned_epoch")
-MEANS = ("aum", "margin", "loss", "el2n")
-COLUMNS = {**{k: "uint8" for k in COUNTS}, **{k: "float16" for k in MEANS}}
+from ..columns import SIGNAL_NOT_SEEN as NOT_SEEN
 
 
 def el2n_epoch(epochs: int) -> int:
