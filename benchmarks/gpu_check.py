@@ -86,7 +86,7 @@ def default_out() -> Path:
 def find_fashion(data_dir: str | None) -> tuple[Path | None, str]:
     """The folder of Fashion-MNIST's four IDX files, or None and why not."""
     import memlib
-    from memlib.data.datasets import find_idx_dir
+    from memlib.data.builtin import find_idx_dir
 
     try:
         cfg = memlib.load_profile("fashion-mnist")

@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import memlib  # noqa: E402
-from memlib.data.datasets import Dataset  # noqa: E402
+from memlib.data.dataset import Dataset
 from memlib.train.design import subset_jobs  # noqa: E402
 from memlib.train.engine import NeuralLearner, batch_bounds, resolve_device  # noqa: E402
 

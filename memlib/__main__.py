@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     from .config import ConfigError, load_profile
-    from .data.datasets import DataError
+    from .data.dataset import DataError
     from .runs.slurm import SlurmError
     from .runs.store import StoreError
 

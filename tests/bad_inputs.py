@@ -361,7 +361,7 @@ CASES = [
         "imagefolder: images that do not fit in memory",
         imagefolder({"ant": 20, "bee": 20}, command="check", image_size=4096),
         ("of memory",),
-        patch=lambda f: [(importlib.import_module("memlib.data.datasets"), "available_memory", lambda: 2**30)],
+        patch=lambda f: [(importlib.import_module("memlib.data.dataset"), "available_memory", lambda: 2**30)],
         huge=True,
     ),
     # your dataset function

@@ -10,7 +10,7 @@ import yaml
 from conftest import snapshot
 
 import memlib
-import memlib.data.datasets
+import memlib.data.dataset
 from memlib.__main__ import main
 from memlib.config import Config, ConfigError
 
@@ -125,7 +125,7 @@ def test_profile_key_must_be_plain(profile):
 def test_masks_that_cannot_fit_are_refused_before_they_are_built(tmp_path, capsys, monkeypatch):
     import time
 
-    monkeypatch.setattr(memlib.data.datasets, "available_memory", lambda: 2**30)
+    monkeypatch.setattr(memlib.data.dataset, "available_memory", lambda: 2**30)
     start = time.perf_counter()
     err = run_cli(tmp_path, capsys, {"num_models": 1_000_000}, command="check")
     assert "masks of num_models=1,000,000 runs x 1,297 training examples need about 2.4 GiB" in err

@@ -16,9 +16,11 @@ from PIL import Image
 from test_loaders import make_idx_dir
 
 import memlib
+import memlib.data.builtin
 from memlib.__main__ import main
 from memlib.config import ConfigError
-from memlib.data.datasets import DataError, as_images, load_dataset
+from memlib.data.dataset import DataError, as_images
+from memlib.data.datasets import load_dataset
 from memlib.train.models import build_model
 
 
@@ -269,9 +271,9 @@ def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
 def test_explicit_data_dir_is_the_only_place_looked(tmp_path, monkeypatch):
     system = tmp_path / "system-copy"
     make_idx_dir(system)  # as if the Debian package were installed: it must not be read instead
-    src = memlib.data.datasets.IDX_SOURCES["fashion-mnist"]
+    src = memlib.data.builtin.IDX_SOURCES["fashion-mnist"]
     monkeypatch.setitem(
-        memlib.data.datasets.IDX_SOURCES, "fashion-mnist", dataclasses.replace(src, debian_dir=str(system))
+        memlib.data.builtin.IDX_SOURCES, "fashion-mnist", dataclasses.replace(src, debian_dir=str(system))
     )
     monkeypatch.setenv("MEMLIB_DATA_DIR", str(system))
     (tmp_path / "mine").mkdir()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 
 class Labelled(Protocol):
-    """What the estimates need of a dataset (memlib.data.datasets.Dataset has it): labels and original indices."""
+    """What the estimates need of a dataset (memlib.data.dataset.Dataset has it): labels and original indices."""
 
     y_train: np.ndarray
     y_test: np.ndarray

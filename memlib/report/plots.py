@@ -17,7 +17,7 @@ PALETTE = {"mem": "#c0392b", "random": "#7f8c8d", "pairs": "#c0392b", "pairs_ran
 
 
 class Images(Protocol):
-    """What the image grids need of a dataset (memlib.data.datasets.Dataset has it)."""
+    """What the image grids need of a dataset (memlib.data.dataset.Dataset has it)."""
 
     x_train: np.ndarray
     x_test: np.ndarray

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 
 from ..config import Config
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..train.design import Job
 from .store import Store
 

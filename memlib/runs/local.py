@@ -18,7 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.datasets import Dataset, load_dataset
+from ..data.dataset import Dataset
+from ..data.datasets import load_dataset
 from ..train.design import Job
 from ..train.engine import NeuralLearner, resolve_device
 from .group import job_groups, run_group

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..columns import SIGNAL_COLUMNS
 from ..config import Config, display_path, profile_argument
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..train.design import subset_masks
 from ..train.engine import TOPK_CLASSES, resolve_device, resolve_precision
 from .store import SPEC_FILE, ArraySpec, Store, StoreError, check_compatible

@@ -11,8 +11,10 @@ import numpy as np
 from ..analysis.published import PUBLISHED_SOURCES
 from ..analysis.regime import summary_line
 from ..config import Config, ConfigError, display_path, resolve
-from ..data import datasets
-from ..data.datasets import Dataset, load_dataset, user_code_error
+from ..data import dataset as data_module
+from ..data.dataset import Dataset
+from ..data.datasets import load_dataset
+from ..data.own import user_code_error
 from ..runs.store import SPEC_FILE, refuse_unspecified
 from ..runs.subsets import open_subset_store, subset_store_path, subset_store_spec
 from ..train.design import check_out_counts
@@ -139,7 +141,7 @@ def check_design_fits(cfg: Config, data: Dataset) -> None:
     need = 2 * cfg.num_models * n  # the masks (bools) and one copy while they are stacked
     if cfg.mask_design == "balanced":
         need += cfg.num_models * min(n, 4096) * 12  # a chunk's random keys (float32) and their order (int64)
-    free = datasets.available_memory()
+    free = data_module.available_memory()
     if need > 0.8 * free:
         raise ConfigError(
             f"the masks of num_models={cfg.num_models:,} runs x {n:,} training examples need about {_gib(need)} "
@@ -158,7 +160,7 @@ def check_model_fits(cfg: Config, parameters: int) -> None:
         free, _ = torch.cuda.mem_get_info(device)
         where = f"on {device}"
     else:
-        free, where = datasets.available_memory(), "in memory"
+        free, where = data_module.available_memory(), "in memory"
     if need > 0.8 * free:
         raise ConfigError(
             f"{cfg.arch} with width={cfg.width} has {parameters:,} parameters; {copies} models at once "

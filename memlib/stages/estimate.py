@@ -7,7 +7,7 @@ import numpy as np
 from ..analysis.estimation import Estimates, estimate_from_arrays
 from ..analysis.stability import split_half_from_arrays
 from ..config import Config
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..runs.store import Store
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..analysis.regime import fit_report, summary_line
 from ..config import Config, project_root
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..runs.executors import run_jobs
 from ..runs.store import Store
 from ..runs.subsets import open_subset_store

@@ -10,7 +10,7 @@ from ..analysis.peers import PeerInputs, PeerRuns, cleanlab_issues, peer_scores,
 from ..analysis.stability import split_half_from_arrays
 from ..analysis.validation import arch_consistency, fdr_pairs, recovery
 from ..config import Config
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..runs.store import Store
 from .estimate import estimate
 from .train import train_subsets

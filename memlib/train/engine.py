@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from .models import build_model
 from .signals import SignalRecorder
 

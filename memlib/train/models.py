@@ -105,7 +105,7 @@ MEMLIB_ARCHS = ("mem_mlp", "mem_mlp_mnist", "mem_cnn", "mem_resnet18")
 def import_model_module(model_module: str | None) -> None:
     """Import a user's Python file (once per process) so that its @register_model functions join timm's registry."""
     if model_module:
-        from ..data.datasets import import_user_module
+        from ..data.own import import_user_module
 
         import_user_module(model_module, f"model_module: {model_module}")
 
