@@ -181,36 +181,9 @@ def check_arrays(
                 f"{int(y[out][0])}). Fix those labels, or give class names for every label"
             )
         if idx is not None:
-            idx = np.asarray(idx)
-            name = f"{split}_index"
-            if idx.ndim != 1 or len(idx) != len(y) or idx.dtype.kind not in "iu":
-                raise DataError(
-                    f"{where}: {name} must hold one whole-number original index per {split} example ({len(y):,}), "
-                    f"got {idx.dtype} of shape {idx.shape}"
-                )
-            if len(idx) and idx.min() < 0:
-                raise DataError(f"{where}: {name} holds negative indices ({_positions(idx < 0, name)})")
-            step = np.diff(idx) <= 0
-            if step.any():
-                i = int(np.argmax(step))
-                kind = "repeats" if idx[i] == idx[i + 1] else "goes down"
-                raise DataError(
-                    f"{where}: {name} must be strictly increasing (each original index once, in order), but it "
-                    f"{kind} at {name}[{i + 1}] ({idx[i]} then {idx[i + 1]}). Sort the examples by their original index"
-                    " and drop repeated ones"
-                )
+            _check_index(where, f"{split}_index", np.asarray(idx), len(y))
         if x.dtype.kind == "f":
-            for start in range(0, len(x), 4096):  # in blocks: no full-size temporary array
-                bad = ~np.isfinite(x[start : start + 4096])
-                if bad.any():
-                    first = tuple(np.argwhere(bad)[0])
-                    first = (first[0] + start, *first[1:])
-                    at = ", ".join(map(str, first))
-                    raise DataError(
-                        f"{where}: x_{split} holds values that are not finite numbers: x_{split}[{at}] "
-                        f"is {x[first]} ({int(np.count_nonzero(~np.isfinite(x))):,} such values in x_{split}). They "
-                        "would train every model to NaN: replace or drop those examples"
-                    )
+            _check_finite(where, f"x_{split}", x)
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(
             f"{where}: x_train examples are {arrays['x_train'].shape[1:]}, x_test examples "
@@ -227,6 +200,41 @@ def check_arrays(
 
 
 CHANNELS = (1, 3, 4)
+
+
+def _check_index(where: str, name: str, idx: np.ndarray, n: int) -> None:
+    """An original-index array: one whole number per example, none negative, strictly increasing."""
+    if idx.ndim != 1 or len(idx) != n or idx.dtype.kind not in "iu":
+        raise DataError(
+            f"{where}: {name} must hold one whole-number original index per {name.split('_')[0]} example ({n:,}), "
+            f"got {idx.dtype} of shape {idx.shape}"
+        )
+    if len(idx) and idx.min() < 0:
+        raise DataError(f"{where}: {name} holds negative indices ({_positions(idx < 0, name)})")
+    step = np.diff(idx) <= 0
+    if step.any():
+        i = int(np.argmax(step))
+        kind = "repeats" if idx[i] == idx[i + 1] else "goes down"
+        raise DataError(
+            f"{where}: {name} must be strictly increasing (each original index once, in order), but it "
+            f"{kind} at {name}[{i + 1}] ({idx[i]} then {idx[i + 1]}). Sort the examples by their original index"
+            " and drop repeated ones"
+        )
+
+
+def _check_finite(where: str, name: str, x: np.ndarray) -> None:
+    """Float images hold only finite values (checked in blocks: no full-size temporary array)."""
+    for start in range(0, len(x), 4096):  # in blocks: no full-size temporary array
+        bad = ~np.isfinite(x[start : start + 4096])
+        if bad.any():
+            first = tuple(np.argwhere(bad)[0])
+            first = (first[0] + start, *first[1:])
+            at = ", ".join(map(str, first))
+            raise DataError(
+                f"{where}: {name} holds values that are not finite numbers: {name}[{at}] "
+                f"is {x[first]} ({int(np.count_nonzero(~np.isfinite(x))):,} such values in {name}). They "
+                "would train every model to NaN: replace or drop those examples"
+            )
 
 
 def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:

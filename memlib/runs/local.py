@@ -66,57 +66,64 @@ def run_jobs(
     early word on whether the models fit what they train on).
     """
     workers = worker_count(cfg, learner) if workers is None else workers
-    todo = [j for j in jobs if not store.completed[j.row]]
-    groups = job_groups(todo, cfg.group_size)
-    k = cfg.group_size
-    trained = 0
+    groups = job_groups([j for j in jobs if not store.completed[j.row]], cfg.group_size)
     bar = tqdm(total=store.rows, initial=store.done(), desc=desc, unit="model", file=sys.stderr, mininterval=2)
     try:
         if not groups:
             return 0
         if learner is not None or workers <= 1:
-            learner = learner or NeuralLearner(cfg, data)
-            held = []  # groups another worker is training: waited for after the free ones
-            for group in groups:
-                n = run_group(store, learner, group, k, wait=False)
-                held += [group] if n is None else []
-                trained += n or 0
-                bar.update(n or 0)
-                first_group = _report_first(first_group, n, bar)
-            for group in held:
-                n = run_group(store, learner, group, k, wait=True) or 0
-                trained += n
-                bar.update(n)
-            return trained
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        spec = {name: (list(a.shape), a.dtype.name) for name, a in store.arrays.items()}
-        ctx = mp.get_context("spawn")
-        # the initializer lives in memlib.runs.lifeline, which arms the parent-death signal before any heavy import
-        init_args = (
-            os.getpid(),
-            "memlib.runs.local:_worker_init",
-            cfg.to_dict(),
-            str(store.path),
-            spec,
-            store.meta,
-            threads,
-        )
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=lifeline_start, initargs=init_args) as pool:
-            pending = {pool.submit(_worker_run, group, k, False): group for group in groups}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    group = pending.pop(fut)
-                    n = fut.result()  # re-raises a worker's exception here
-                    if n is None:  # held by another worker: wait for it, after the free groups
-                        pending[pool.submit(_worker_run, group, k, True)] = group
-                    else:
-                        trained += n
-                        bar.update(n)
-                        first_group = _report_first(first_group, n, bar)
+            return _run_here(store, groups, cfg.group_size, learner or NeuralLearner(cfg, data), bar, first_group)
+        return _run_in_pool(store, groups, cfg, workers, bar, first_group)
     finally:
         bar.close()
         store.reload()
+
+
+def _run_here(store: Store, groups: list[list[Job]], k: int, learner, bar, first_group) -> int:
+    """The groups in this process, in turn; a group another worker holds is waited for after the free ones."""
+    trained, held = 0, []
+    for group in groups:
+        n = run_group(store, learner, group, k, wait=False)
+        held += [group] if n is None else []
+        trained += n or 0
+        bar.update(n or 0)
+        first_group = _report_first(first_group, n, bar)
+    for group in held:
+        n = run_group(store, learner, group, k, wait=True) or 0
+        trained += n
+        bar.update(n)
+    return trained
+
+
+def _run_in_pool(store: Store, groups: list[list[Job]], cfg: Config, workers: int, bar, first_group) -> int:
+    """The groups in `workers` spawned processes, each with its share of the cores and its own data and learner."""
+    k, trained = cfg.group_size, 0
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    spec = {name: (list(a.shape), a.dtype.name) for name, a in store.arrays.items()}
+    ctx = mp.get_context("spawn")
+    # the initializer lives in memlib.runs.lifeline, which arms the parent-death signal before any heavy import
+    init_args = (
+        os.getpid(),
+        "memlib.runs.local:_worker_init",
+        cfg.to_dict(),
+        str(store.path),
+        spec,
+        store.meta,
+        threads,
+    )
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=lifeline_start, initargs=init_args) as pool:
+        pending = {pool.submit(_worker_run, group, k, False): group for group in groups}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                group = pending.pop(fut)
+                n = fut.result()  # re-raises a worker's exception here
+                if n is None:  # held by another worker: wait for it, after the free groups
+                    pending[pool.submit(_worker_run, group, k, True)] = group
+                else:
+                    trained += n
+                    bar.update(n)
+                    first_group = _report_first(first_group, n, bar)
     return trained
 
 

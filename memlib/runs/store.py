@@ -305,34 +305,8 @@ class Store:
                 "or no permission). Nothing was changed. Make it writable (or copy the results folder to a writable "
                 "place and point results_dir there), then rerun repair."
             )
-        adopt = upgrade = False
-        try:
-            doc = json.loads((path / SPEC_FILE).read_text())
-            stored = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
-            meta = doc.get("meta", {})
-            # a store made before rows carried checksums: its finished rows are trusted once, and sealed
-            if CHECKSUMS not in stored and COMPLETED in stored:
-                rows, names = stored[COMPLETED].shape[0], data_names(stored)
-                sealed = {**_without_checksums(stored), CHECKSUMS: ArraySpec((rows, len(names)), "uint64")}
-                upgrade = spec is None or _without_checksums(spec) == stored
-                spec = sealed if upgrade else stored
-            else:
-                spec = stored
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if spec is None or meta is None:
-                raise StoreError(f"{path / SPEC_FILE} is unreadable ({exc}) and no config was given") from exc
-            adopt = True
-        lost_completed = False
-        for p in inspect_files(path, spec):
-            file = path / f"{p.name}.npy"
-            if p.kind == "short":
-                os.truncate(file, p.expected_size)  # zeros: the rows cut off no longer verify
-            else:
-                if p.kind == "header":
-                    os.replace(file, file.with_name(file.name + ".corrupt"))
-                s = spec[p.name]
-                np.lib.format.open_memmap(file, mode="w+", dtype=np.dtype(s.dtype), shape=s.shape).flush()
-            lost_completed |= p.name == COMPLETED
+        spec, meta, adopt, upgrade = _spec_to_repair(path, spec, meta)
+        lost_completed = _restore_files(path, spec)
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r+") for name in spec}
         store = cls(path, arrays, meta)
         if lost_completed:  # a row is finished exactly when its checksums verify
@@ -482,3 +456,41 @@ def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any
             f"the store at {path} has arrays {old_spec}, expected {new_spec}: it was made by another version of "
             f"memlib. Nothing was changed; move {path} away (or delete it) and rerun."
         )
+
+
+def _spec_to_repair(
+    path: Path, spec: dict[str, ArraySpec] | None, meta: dict[str, Any] | None
+) -> tuple[dict[str, ArraySpec], dict[str, Any], bool, bool]:
+    """The spec and meta a repair works to, whether they are adopted from the config (spec.json unreadable), and
+    whether the store is upgraded (made before rows carried checksums: its finished rows are trusted once)."""
+    try:
+        doc = json.loads((path / SPEC_FILE).read_text())
+        stored = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
+        meta = doc.get("meta", {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if spec is None or meta is None:
+            raise StoreError(f"{path / SPEC_FILE} is unreadable ({exc}) and no config was given") from exc
+        return spec, meta, True, False
+    if CHECKSUMS not in stored and COMPLETED in stored:
+        rows, names = stored[COMPLETED].shape[0], data_names(stored)
+        sealed = {**_without_checksums(stored), CHECKSUMS: ArraySpec((rows, len(names)), "uint64")}
+        upgrade = spec is None or _without_checksums(spec) == stored
+        return (sealed if upgrade else stored), meta, False, upgrade
+    return stored, meta, False, False
+
+
+def _restore_files(path: Path, spec: dict[str, ArraySpec]) -> bool:
+    """Extend short files with zeros, recreate missing ones, set aside and recreate those with a wrong header;
+    returns whether the completed-mask was lost."""
+    lost_completed = False
+    for p in inspect_files(path, spec):
+        file = path / f"{p.name}.npy"
+        if p.kind == "short":
+            os.truncate(file, p.expected_size)  # zeros: the rows cut off no longer verify
+        else:
+            if p.kind == "header":
+                os.replace(file, file.with_name(file.name + ".corrupt"))
+            s = spec[p.name]
+            np.lib.format.open_memmap(file, mode="w+", dtype=np.dtype(s.dtype), shape=s.shape).flush()
+        lost_completed |= p.name == COMPLETED
+    return lost_completed

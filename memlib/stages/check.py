@@ -30,8 +30,6 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
     Checks every stage's store (stage 1's and stage 3's) against this config and data. Writes nothing.
     Raises ConfigError, DataError or StoreError with a message that says what to do.
     """
-    import torch
-
     cfg.validate()
     resolve_device(cfg.device)  # a GPU named where there is none
     check_arch(cfg.arch, cfg.model_module)
@@ -41,6 +39,38 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
     if data is None:
         data = load_dataset(cfg)
     check_design_fits(cfg, data)
+    parameters = check_model_runs(cfg, data)
+    out = check_out_counts(cfg, data.n_train)
+    check_published(cfg)
+    path = subset_store_path(cfg)
+    done, regime = 0, "no finished models yet (stage 1 says after its first group)"
+    if (path / SPEC_FILE).exists():  # an existing store must match this config and data, and every row verify
+        store = open_subset_store(cfg, data, create=False)
+        done = store.done()
+        if done:  # do the finished models fit what they trained on (the paper's regime)?
+            regime = f"{done} finished models: {summary_line(store_fit(cfg, store, data))}"
+    else:
+        refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
+        check_disk_fits(cfg, data)
+    retrained = check_retrain_store(cfg, data)  # stage 3's store too: same training config and data
+    return {
+        **data.describe(),
+        "architecture": cfg.arch,
+        "parameters": parameters,
+        "models": cfg.num_models,
+        "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
+        "models already finished": done,
+        "regime": regime,
+        "retrained models already finished (stage 3)": retrained,
+        "results": display_path(cfg.out_dir)
+        + ("" if writable else " (read-only: every model is finished, so the stages that only read can run)"),
+    }
+
+
+def check_model_runs(cfg: Config, data: Dataset) -> int:
+    """The architecture builds for this data, fits in memory and maps 2 images to (2, classes); returns its size."""
+    import torch
+
     c, h, w = data.image_shape
     with torch.device("meta"):  # parameters counted without allocating them
         meta_model = _build(cfg, data)
@@ -65,7 +95,11 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
             f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes}): choose another"
             " architecture"
         )
-    out = check_out_counts(cfg, data.n_train)
+    return parameters
+
+
+def check_published(cfg: Config) -> None:
+    """The published estimates a profile names exist, and exist for its dataset."""
     for name in ("published_pairs", "published_cscores"):
         path = getattr(cfg, name)
         if path is None:
@@ -76,29 +110,6 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
             )
         if not resolve(path).is_file():
             raise ConfigError(f"{name}: {resolve(path)} does not exist. {PUBLISHED_SOURCES}")
-    path = subset_store_path(cfg)
-    done, regime = 0, "no finished models yet (stage 1 says after its first group)"
-    if (path / SPEC_FILE).exists():  # an existing store must match this config and data, and every row verify
-        store = open_subset_store(cfg, data, create=False)
-        done = store.done()
-        if done:  # do the finished models fit what they trained on (the paper's regime)?
-            regime = f"{done} finished models: {summary_line(store_fit(cfg, store, data))}"
-    else:
-        refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
-        check_disk_fits(cfg, data)
-    retrained = check_retrain_store(cfg, data)  # stage 3's store too: same training config and data
-    return {
-        **data.describe(),
-        "architecture": cfg.arch,
-        "parameters": parameters,
-        "models": cfg.num_models,
-        "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
-        "models already finished": done,
-        "regime": regime,
-        "retrained models already finished (stage 3)": retrained,
-        "results": display_path(cfg.out_dir)
-        + ("" if writable else " (read-only: every model is finished, so the stages that only read can run)"),
-    }
 
 
 def _build(cfg: Config, data: Dataset):
