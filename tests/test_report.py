@@ -16,6 +16,7 @@ from test_experiments import fake_estimates
 
 import memlib
 from memlib.report import render as report
+from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
 from memlib.stages.utility import summarize as summarize_utility
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -187,13 +188,13 @@ def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
 
     out = tmp_path / "smoke"
     write_run(out)
-    for name in report.FIGURES:
+    for name in FIGURES:
         fig = plt.figure(figsize=(1, 1))
-        report.figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(report.figure_path(out, name))
+        figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(figure_path(out, name))
         plt.close(fig)
     findings = report.render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
-    assert findings.count("<img") == len(report.FINDINGS_FIGURES)
-    at = [findings.index(report.html.escape(report.FIGURES[name].caption)) for name in report.FINDINGS_FIGURES]
+    assert findings.count("<img") == len(FINDINGS_FIGURES)
+    at = [findings.index(report.html.escape(FIGURES[name].caption)) for name in FINDINGS_FIGURES]
     assert at == sorted(at), "each figure with its caption, in the table's order"
