@@ -11,6 +11,7 @@ from test_report import write_run
 import memlib
 from memlib.analysis import regime, validation
 from memlib.report import render as report
+from memlib.report.artifacts import write_json
 from memlib.train.engine import NearestNeighbourLearner
 
 
@@ -63,7 +64,7 @@ def test_an_under_fitted_store_gets_the_caveat_first_and_a_fitted_one_none(smoke
         out = tmp_path / name
         write_run(out, min_out=300.0)
         summary = json.loads((out / "summary.json").read_text())
-        report.write_json({**summary, "fit": fit}, out / "summary.json")
+        write_json({**summary, "fit": fit}, out / "summary.json")
         html = report.render_report(out).read_text()
         assert ("Not the paper's regime" in html) == shown
         if shown:  # the first banner, above every other caveat and the findings

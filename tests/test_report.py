@@ -16,6 +16,7 @@ from test_experiments import fake_estimates
 
 import memlib
 from memlib.report import render as report
+from memlib.report.artifacts import ENVIRONMENT_FILE, STAGES, write_json
 from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
 from memlib.stages.utility import summarize as summarize_utility
 
@@ -48,7 +49,7 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     """Four executed-looking notebooks (papermill metadata, a progress bar on stderr) and a summary.json."""
     status = status or {}
     out.mkdir(parents=True, exist_ok=True)
-    for k, stage in enumerate(report.STAGES):
+    for k, stage in enumerate(STAGES):
         start = T0 + dt.timedelta(minutes=10 * k)
         if status.get(stage) == "stale":
             start = T0 - dt.timedelta(hours=1)
@@ -76,9 +77,9 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     cfg = memlib.load_profile("smoke")
     split = {"mem_spearman": 0.5, "pairs_jaccard": None, "models_per_half": [20, 20]}
     summary = report.summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
-    report.write_json(summary, out / "summary.json")
+    write_json(summary, out / "summary.json")
     (out / "parameters.yaml").write_text("profile: smoke\nlr: 0.1\n")
-    report.write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / report.ENVIRONMENT_FILE)
+    write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / ENVIRONMENT_FILE)
 
 
 def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(tmp_path):
@@ -145,7 +146,7 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
         **{"top_mem_jaccard_arch": 0.3, "pairs_jaccard_arch": 0.2, "pairs_a": 12, "pairs_b": 9},
         **{"mean_mem_difference_arch": 0.013, "test_accuracy_gap_arch": -0.011},
     }
-    report.write_json(checks, out / "validation.json")
+    write_json(checks, out / "validation.json")
     findings = report.render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
     rows = dict(report.validation_rows(checks))

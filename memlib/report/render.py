@@ -16,10 +16,9 @@ from ..analysis.estimation import Estimates
 from ..analysis.regime import caveat as regime_caveat
 from ..analysis.regime import summary_line as regime_line
 from ..config import Config, display_path
+from .artifacts import ENVIRONMENT_FILE, STAGES, _jsonable, read_json
 from .figures import FIGURES, FINDINGS_FIGURES, figure_path
 
-STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", "05_validate")
-ENVIRONMENT_FILE = "environment.json"
 STAGE_TITLES = {
     "01_train_subsets": "Stage 1: training models on random subsets",
     "02_estimate": "Stage 2: memorization and influence estimates",
@@ -27,20 +26,6 @@ STAGE_TITLES = {
     "04_figures": "Stage 4: figures and headline numbers",
     "05_validate": "Stage 5: validating the estimates (label noise, peer scores, controlled pairs)",
 }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return None if not np.isfinite(x) else round(float(x), 6)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
 
 
 def _ci(lo: float, hi: float) -> list[float]:
@@ -412,13 +397,6 @@ def utility_table(util: pd.DataFrame, pairs: bool = False):
     return frame.style.hide(axis="index")
 
 
-def write_json(obj: dict, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    return path
-
-
 def stage_status(out_dir: Path) -> list[dict[str, Any]]:
     """Per stage: its title, wall time, and status: ok, failed, missing, or stale (run before the stage it uses)."""
     import nbformat
@@ -622,11 +600,3 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
 def _is_noise(output: dict) -> bool:
     """Output a reader should not see: anything on stderr (progress bars, library warnings)."""
     return output.get("output_type") == "stream" and output.get("name") == "stderr"
-
-
-def read_json(path: Path) -> dict:
-    """Read a JSON artifact, saying which stage writes it if it is missing."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it (see results/README.md)")
-    return json.loads(path.read_text())
