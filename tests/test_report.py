@@ -18,6 +18,7 @@ import memlib
 from memlib.report import render as report
 from memlib.report.artifacts import ENVIRONMENT_FILE, STAGES, write_json
 from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
+from memlib.report.summary import summarize
 from memlib.stages.utility import summarize as summarize_utility
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -76,7 +77,7 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
     cfg = memlib.load_profile("smoke")
     split = {"mem_spearman": 0.5, "pairs_jaccard": None, "models_per_half": [20, 20]}
-    summary = report.summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
+    summary = summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
     write_json(summary, out / "summary.json")
     (out / "parameters.yaml").write_text("profile: smoke\nlr: 0.1\n")
     write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / ENVIRONMENT_FILE)
@@ -167,7 +168,7 @@ def test_the_memorized_fraction_follows_mem_threshold(threshold):
     mem = np.array([0.0, 0.1, 0.3, 0.6, 0.9] * 20)
     runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
     cfg = memlib.load_profile("smoke").replace(mem_threshold=threshold)
-    s = report.summarize(cfg, fake_estimates(mem), summarize_utility(runs), {}, np.array([0.9]))
+    s = summarize(cfg, fake_estimates(mem), summarize_utility(runs), {}, np.array([0.9]))
     frac = float(np.mean(mem >= threshold))  # 0.6 at 0.25, 0.4 at 0.5
     half = 1.96 * np.sqrt(frac * (1 - frac) / len(mem))
     assert [k for k in s if k.startswith("frac_mem_ge_")] == [
