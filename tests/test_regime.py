@@ -12,6 +12,7 @@ import memlib
 from memlib.analysis import regime, validation
 from memlib.report import render as report
 from memlib.report.artifacts import write_json
+from memlib.report.prose import proxy_row
 from memlib.train.engine import NearestNeighbourLearner
 
 
@@ -105,5 +106,5 @@ def test_proxy_agreement_on_scores_whose_agreement_is_known():
     assert curve["defined_mem"][0] == 0.0 and 0.5 < curve["defined_loss"][0] < 0.9
     summary = validation.proxy_summary(agreement)
     assert summary["proxy_spearman_loss"] == pytest.approx(1.0) and summary["proxy_curve_models"][-1] == 32
-    row = report.proxy_row(summary)
+    row = proxy_row(summary)
     assert row[0] == "cheap proxies of mem" and "best proxy loss" in row[1] and "from 8 models" in row[1]

@@ -18,6 +18,7 @@ import memlib
 from memlib.report import render as report
 from memlib.report.artifacts import ENVIRONMENT_FILE, STAGES, write_json
 from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
+from memlib.report.prose import caveats, headline, headline_sentence, validation_rows
 from memlib.report.summary import summarize
 from memlib.stages.utility import summarize as summarize_utility
 
@@ -122,7 +123,7 @@ def test_enough_models_no_caveat(tmp_path):
     write_run(out, min_out=300.0)
     summary = json.loads((out / "summary.json").read_text())
     summary["retrain_models"], summary["ci_clipped"] = 8, False
-    assert report.caveats(summary) == []
+    assert caveats(summary) == []
 
 
 def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
@@ -150,7 +151,7 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     write_json(checks, out / "validation.json")
     findings = report.render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
-    rows = dict(report.validation_rows(checks))
+    rows = dict(validation_rows(checks))
     assert rows["finding flipped labels"] == (
         "130 flips: AUROC of mem 0.610 (precision at k 0.25); best peer score cleanlab 0.990 (precision at k 0.90)"
     )
@@ -178,8 +179,8 @@ def test_the_memorized_fraction_follows_mem_threshold(threshold):
     assert s[f"frac_mem_ge_{threshold:g}"] == pytest.approx(frac)
     assert s[f"frac_mem_ge_{threshold:g}_ci95"] == pytest.approx([frac - half, frac + half], abs=1e-6)
     said = f"{frac:.1%} (95% CI {frac - half:.1%} to {frac + half:.1%})"
-    assert f"{said} are memorized (mem ≥ {threshold:g};" in report.headline_sentence(s)
-    assert dict(report.headline(s))["memorization"].startswith(f"{said} of training examples have mem ≥ {threshold:g}")
+    assert f"{said} are memorized (mem ≥ {threshold:g};" in headline_sentence(s)
+    assert dict(headline(s))["memorization"].startswith(f"{said} of training examples have mem ≥ {threshold:g}")
 
 
 def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
