@@ -10,8 +10,8 @@ from test_report import write_run
 
 import memlib
 from memlib.analysis import regime, validation
-from memlib.report import render as report
 from memlib.report.artifacts import write_json
+from memlib.report.html import render_report
 from memlib.report.prose import proxy_row
 from memlib.train.engine import NearestNeighbourLearner
 
@@ -66,7 +66,7 @@ def test_an_under_fitted_store_gets_the_caveat_first_and_a_fitted_one_none(smoke
         write_run(out, min_out=300.0)
         summary = json.loads((out / "summary.json").read_text())
         write_json({**summary, "fit": fit}, out / "summary.json")
-        html = report.render_report(out).read_text()
+        html = render_report(out).read_text()
         assert ("Not the paper's regime" in html) == shown
         if shown:  # the first banner, above every other caveat and the findings
             assert html.index("Not the paper's regime") < html.index("training examples,")

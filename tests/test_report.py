@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import nbformat
@@ -15,9 +16,9 @@ from conftest import ROOT
 from test_experiments import fake_estimates
 
 import memlib
-from memlib.report import render as report
 from memlib.report.artifacts import ENVIRONMENT_FILE, STAGES, write_json
 from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
+from memlib.report.html import render_report
 from memlib.report.prose import caveats, headline, headline_sentence, validation_rows
 from memlib.report.summary import summarize
 from memlib.stages.utility import summarize as summarize_utility
@@ -87,7 +88,7 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
 def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(tmp_path):
     out = tmp_path / "smoke"
     write_run(out)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     sentence = html.index("training examples,")
     assert "Contents:" in html and html.index("Contents:") < sentence < html.index('id="stage-1"')
     assert "95% CI" in html[sentence : sentence + 2000], "numbers carry their uncertainty"
@@ -112,7 +113,7 @@ def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(
 def test_a_failed_or_stale_stage_puts_a_banner_on_top(tmp_path, status, says):
     out = tmp_path / "smoke"
     write_run(out, status=status)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     banner = html.index("This report does not show one consistent run")
     assert banner < html.index("training examples,"), "above the headline"
     assert says in html[banner : banner + 600]
@@ -129,7 +130,7 @@ def test_enough_models_no_caveat(tmp_path):
 def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     out = tmp_path / "smoke"
     write_run(out)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     assert "finding flipped labels" not in html and "validation.json" not in html[: html.index('id="stage-1"')]
     checks = {
         "flipped": 130,
@@ -149,7 +150,7 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
         **{"mean_mem_difference_arch": 0.013, "test_accuracy_gap_arch": -0.011},
     }
     write_json(checks, out / "validation.json")
-    findings = report.render_report(out).read_text()
+    findings = render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
     rows = dict(validation_rows(checks))
     assert rows["finding flipped labels"] == (
@@ -161,7 +162,7 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     assert rows["mem_mlp vs mem_cnn"].startswith("Spearman of mem 0.420; Jaccard of the top 10% by mem 0.30")
     assert "mean mem difference +0.013 beside a test accuracy gap of -0.011" in rows["mem_mlp vs mem_cnn"]
     for label in rows:
-        assert report.html.escape(label) in findings, "in the headline table, before stage 1"
+        assert escape(label) in findings, "in the headline table, before stage 1"
 
 
 @pytest.mark.parametrize("threshold", [0.25, 0.5])
@@ -196,8 +197,8 @@ def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
         figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(figure_path(out, name))
         plt.close(fig)
-    findings = report.render_report(out).read_text()
+    findings = render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
     assert findings.count("<img") == len(FINDINGS_FIGURES)
-    at = [findings.index(report.html.escape(FIGURES[name].caption)) for name in FINDINGS_FIGURES]
+    at = [findings.index(escape(FIGURES[name].caption)) for name in FINDINGS_FIGURES]
     assert at == sorted(at), "each figure with its caption, in the table's order"

@@ -1,4 +1,4 @@
-"""Headline figures (summary.json) and the rendered HTML report of the executed notebooks."""
+"""The rendered HTML report: the findings first, each executed notebook with its code hidden, and an appendix."""
 
 from __future__ import annotations
 
