@@ -195,24 +195,7 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
     title = title or f"Memorization and influence: {out_dir.name}"
     cells = [_html_cell(_findings(out_dir, title, stages, summary))]
     for row in stages:
-        stage = row["stage"]
-        heading = f'<h1 id="{_anchor(stage)}">{html.escape(row["title"])}</h1>'
-        if row["status"] != "ok":
-            heading += _banner(
-                f"This stage {row['status']}" + (f": {html.escape(row['why'])}" if row["why"] else ""), "#c0392b"
-            )
-        cells.append(_html_cell(heading + f"<p><em>Notebook: <code>{stage}.ipynb</code></em></p>"))
-        if row["status"] == "missing":
-            continue
-        nb = nbformat.read(out_dir / f"{stage}.ipynb", as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
-                continue  # each notebook's own title; the stage heading replaces it
-            if "appendix" in cell.metadata.get("tags", []) or "injected-parameters" in cell.metadata.get("tags", []):
-                continue  # configuration and environment: in the appendix
-            if cell.cell_type == "code":
-                cell.outputs = [o for o in cell.get("outputs", []) if not _is_noise(o)]
-            cells.append(cell)
+        cells += _stage_cells(out_dir, row)
     cells.append(_html_cell(_appendix(out_dir, stages)))
     report = nbformat.v4.new_notebook(cells=cells)
     report.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -221,6 +204,32 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
     path = out_dir / "report.html"
     path.write_text(body.replace("<title>Notebook</title>", f"<title>{html.escape(title)}</title>"))
     return path
+
+
+def _stage_cells(out_dir: Path, row: dict) -> list:
+    """A stage's part of the report: its heading (with a banner unless it is ok), then its notebook's cells
+    without the notebook's title, the appendix cells or stderr."""
+    import nbformat
+
+    stage = row["stage"]
+    heading = f'<h1 id="{_anchor(stage)}">{html.escape(row["title"])}</h1>'
+    if row["status"] != "ok":
+        heading += _banner(
+            f"This stage {row['status']}" + (f": {html.escape(row['why'])}" if row["why"] else ""), "#c0392b"
+        )
+    cells = [_html_cell(heading + f"<p><em>Notebook: <code>{stage}.ipynb</code></em></p>")]
+    if row["status"] == "missing":
+        return cells
+    nb = nbformat.read(out_dir / f"{stage}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            continue  # each notebook's own title; the stage heading replaces it
+        if "appendix" in cell.metadata.get("tags", []) or "injected-parameters" in cell.metadata.get("tags", []):
+            continue  # configuration and environment: in the appendix
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if not _is_noise(o)]
+        cells.append(cell)
+    return cells
 
 
 def _is_noise(output: dict) -> bool:

@@ -130,6 +130,22 @@ def headline(s: dict) -> list[tuple[str, str]]:
             f"test examples (infl ≥ {th['infl']}, mem ≥ {th['mem']})",
         ),
     ]
+    rows += _removal_rows(s)
+    sh = s.get("split_half", {})
+    if sh:
+        rows.append(
+            (
+                "split-half stability",
+                f"Spearman of mem {_num(sh['mem_spearman'], '.3f')}; pairs Jaccard {_num(sh['pairs_jaccard'], '.2f')} "
+                f"({sh['models_per_half'][0]} models per half)",
+            )
+        )
+    return rows
+
+
+def _removal_rows(s: dict) -> list[tuple[str, str]]:
+    """headline's rows of stage 3: each removal of memorized examples, and of the pairs' train side."""
+    rows = []
     for u in s.get("utility", []):
         rows.append(
             (
@@ -147,15 +163,6 @@ def headline(s: dict) -> list[tuple[str, str]]:
                 f"{_pm(p['pair_test_acc_sources_removed'], p.get('pair_test_acc_sources_removed_ci95'))} "
                 f"(as many random removed: "
                 f"{_pm(p['pair_test_acc_random_removed'], p.get('pair_test_acc_random_removed_ci95'))})",
-            )
-        )
-    sh = s.get("split_half", {})
-    if sh:
-        rows.append(
-            (
-                "split-half stability",
-                f"Spearman of mem {_num(sh['mem_spearman'], '.3f')}; pairs Jaccard {_num(sh['pairs_jaccard'], '.2f')} "
-                f"({sh['models_per_half'][0]} models per half)",
             )
         )
     return rows
