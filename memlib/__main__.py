@@ -189,7 +189,7 @@ def repair_command(cfg, args) -> None:
 
 def report_command(cfg, args) -> None:
     from .config import display_path
-    from .report.render import render_report
+    from .report.html import render_report
 
     path = render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'")
     print(display_path(path))

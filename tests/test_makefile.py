@@ -22,7 +22,7 @@ from conftest import ROOT
 
 import memlib
 from memlib.__main__ import main
-from memlib.report.render import STAGES
+from memlib.report.artifacts import STAGES
 
 VENV = Path(sys.prefix)
 

@@ -17,7 +17,9 @@ import yaml
 import memlib
 from memlib.__main__ import write_params
 from memlib.config import Config
-from memlib.report.render import FIGURES, STAGES, figure_path, render_report
+from memlib.report.artifacts import STAGES
+from memlib.report.figures import FIGURES, figure_path
+from memlib.report.html import render_report
 
 NOTEBOOKS = [Path("notebooks") / f"{s}.ipynb" for s in STAGES]
 PROFILES = sorted(p.stem for p in Path("configs").glob("*.yaml"))

@@ -30,7 +30,7 @@ from memlib.analysis.validation import (
     precision_at_k,
     recovery,
 )
-from memlib.report import render as report
+from memlib.report.prose import validation_rows
 from memlib.stages.validate import scores_from_store
 from memlib.train.signals import NOT_SEEN
 
@@ -194,7 +194,7 @@ def test_a_peer_registered_once_reaches_every_table(monkeypatch):
     scores, _, _ = scores_from_store(cfg, store, data, est)
     np.testing.assert_array_equal(scores["toy"], -signed["toy"])
     checks = {"flipped": 6, "auroc_mem": 0.5, "precision_at_k_mem": 0.2, "auroc_toy": 0.9, "precision_at_k_toy": 0.5}
-    assert "best peer score toy 0.900" in dict(report.validation_rows(checks))["finding flipped labels"]
+    assert "best peer score toy 0.900" in dict(validation_rows(checks))["finding flipped labels"]
 
 
 @pytest.mark.slow
