@@ -1,10 +1,14 @@
 """memlib: a reproducible study of Feldman & Zhang (2020), what neural networks memorize and why.
 
-Stages, and the modules that serve them (imports run one way, left to right):
-config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
-Stage 5 adds noise (label flips, applied by data.load_dataset), signals (recorded by the engine), peers and
-validation (after estimation) and plots_validation. regime (whether the models fit what they train on, the
-paper's regime) reads only arrays; runner, checks and report use it.
+The packages, and the way imports run (tests/test_layout.py keeps it so):
+- config, seeds, columns: the base every package may import (settings, seed streams, the signal columns);
+- data -> train -> runs: datasets and label noise; subset design, models and the one training engine; the
+  store, claims and the executors (local, SLURM) that train a design's groups into it;
+- analysis -> report: estimators, stability, peer scores, validation and the regime, from arrays alone; then
+  figures, summary, prose, tables and the HTML report;
+- stages: train, estimate, utility, validate and check, the only package that imports across all of them
+  (with __main__, the command line). A run's journey: row -> mask and seed (train.design) -> group of models
+  (train.engine) -> device -> stored row (runs.group, runs.store).
 
 The names below load their module on first use, so `import memlib` is light (a spawned worker imports it
 before it can arm its parent-death signal; see memlib.runs.lifeline).
