@@ -86,3 +86,15 @@ def test_the_graph_sees_imports_inside_functions():
     source = (ROOT / "train" / "models.py").read_text()
     assert "        from ..data.own import import_user_module" in source  # inside build_model: a lazy import
     assert "memlib.data.own" in imports()["memlib.train.models"]
+
+
+def test_stages_reach_the_executors_through_their_table():
+    """A stage that imported memlib.runs.local itself would train locally under `executor: slurm` (it once did)."""
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in sorted(imports().items())
+        for target in targets
+        if target in ("memlib.runs.local", "memlib.runs.slurm")
+        and _layer(module) not in ("runs", "__main__")  # the CLI: submit and status
+    ]
+    assert not wrong, "\n".join(wrong)

@@ -16,7 +16,7 @@ from scipy import stats
 from ..analysis.estimation import Estimates
 from ..config import TRAINING_KEYS, Config, display_path
 from ..data.dataset import Dataset
-from ..runs.local import run_jobs
+from ..runs.executors import run_jobs
 from ..runs.store import COMPLETED, Store, StoreError
 from ..runs.subsets import check_same_data, data_record, repair_command, stored_meta
 from ..seeds import derive_seed
