@@ -10,9 +10,10 @@ Three paths, chosen per architecture and device by `choose_path` (the measuremen
   on bf16 working copies of the fp32 weights);
 - vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
   statistics kept per model;
-- single: one model after another, the same loop as memlib has always had.
-All three share one optimizer, written over stacked parameters, and one LR/momentum schedule taken from
-torch's own schedulers, so the stacked paths take the same steps as `torch.optim` does for each model alone.
+- single: one model after another, each a group of one (`SingleModel`: the nn.Module itself, unstacked).
+All three run through one training loop (`train_group`) with one optimizer, written over stacked parameters
+with torch.optim's update rules, and one LR/momentum schedule taken from torch's own schedulers, so every path
+takes the steps that torch.optim takes for each model alone (tests/test_engine.py keeps that plain loop).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optimizer and schedule, for one model (torch.optim) and for K stacked models (the same update rule)
+# Optimizer and schedule for K models stacked on axis 0 (torch.optim's update rule, torch's schedules)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -176,38 +177,33 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [n]))
 
 
-def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,  # torch refuses Nesterov without momentum
-        weight_decay=cfg.weight_decay,
-    )
+def _torch_schedule(cfg: Config, total_steps: int):
+    """torch's scheduler for `cfg`, driving a dummy SGD whose LR and momentum `schedule_table` reads step by step.
 
-
-def _schedule(cfg: Config, opt: torch.optim.Optimizer, total_steps: int):
+    Only the schedule is torch's: the training step itself is `StackedOptimizer`'s. For Adam the momentum is
+    not cycled (and not read), as torch.optim.Adam would not have it cycled either.
+    """
+    sgd = cfg.optimizer == "sgd"
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum if sgd else 0.0)
     if cfg.schedule == "onecycle" and total_steps >= 3:
-        return torch.optim.lr_scheduler.OneCycleLR(
+        sched = torch.optim.lr_scheduler.OneCycleLR(
             opt,
             max_lr=cfg.lr,
             total_steps=total_steps,
             pct_start=max(0.25, 2 / total_steps),  # at least two warm-up steps, or the schedule divides by zero
-            cycle_momentum=cfg.optimizer == "sgd",
+            cycle_momentum=sgd,
         )
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
-    return None
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    else:
+        sched = None
+    return opt, sched
 
 
 @functools.lru_cache(maxsize=64)
 def _schedule_table_cached(recipe: tuple, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
     cfg = Config(**dict(recipe))
-    param = torch.zeros(1, requires_grad=True)
-    opt = _optimizer(cfg, [param])
-    sched = _schedule(cfg, opt, total_steps)
+    opt, sched = _torch_schedule(cfg, total_steps)
     lrs, moms = np.empty(total_steps), np.empty(total_steps)
     key = "momentum" if cfg.optimizer == "sgd" else None
     for step in range(total_steps):
@@ -251,17 +247,21 @@ class StackedOptimizer:
         nesterov = cfg.nesterov and cfg.momentum > 0
         copies = self.copies or [None] * len(self.params)
         every_sgd = active is None and cfg.optimizer == "sgd"  # the common step: two passes, copies refreshed
+        rates: dict[int, tuple] = {}  # lr, momentum and lr * momentum shaped to broadcast over a tensor of each rank
+        lr_mom = lr * momentum if every_sgd else None
         for p, g, st, copy_to in zip(self.params, grads, self.state, copies):
             shape = (-1,) + (1,) * (p.dim() - 1)
             if every_sgd:
-                _sgd_step(p, g, st, lr.view(shape), momentum.view(shape), cfg.weight_decay, nesterov, copy_to)
+                if p.dim() not in rates:
+                    rates[p.dim()] = (lr.view(shape), momentum.view(shape), lr_mom.view(shape))
+                _sgd_step(p, g, st, *rates[p.dim()], cfg.weight_decay, nesterov, copy_to)
                 continue
             keep = None if active is None else active.view(shape)
             g = g if g.dtype == p.dtype else g.to(p.dtype)
             d_p = g.add_(p, alpha=cfg.weight_decay) if cfg.weight_decay else g  # g is ours: updated in place
             if cfg.optimizer == "adam":
                 beta1, beta2, eps = 0.9, 0.999, 1e-8
-                m, v = st.setdefault("m", torch.zeros_like(p)), st.setdefault("v", torch.zeros_like(p))
+                m, v = _buffer(st, "m", p), _buffer(st, "v", p)
                 m_new = m.lerp(d_p, 1 - beta1)
                 v_new = v * beta2 + (1 - beta2) * d_p * d_p
                 steps = torch.clamp(self.steps, min=1).view(shape)
@@ -272,7 +272,7 @@ class StackedOptimizer:
                 p.sub_(update if keep is None else update * keep)
                 continue
             # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
-            buf = st.setdefault("buf", torch.zeros_like(p))  # (steps where some sit out: never the first)
+            buf = _buffer(st, "buf", p)  # (steps where some sit out: never the first)
             mom, rate = momentum.view(shape), lr.view(shape)
             buf_new = buf * mom + d_p
             _assign(buf, buf_new, keep)
@@ -282,35 +282,52 @@ class StackedOptimizer:
             torch._foreach_copy_(self.copies, self.params)
 
 
-def _sgd_step(p, g, state: dict, lr, momentum, weight_decay: float, nesterov: bool, copy_to=None) -> None:
+def _buffer(state: dict, name: str, like: torch.Tensor, make=torch.zeros_like) -> torch.Tensor:
+    """state[name], made by `make` the first time it is asked for (and not allocated again on every step)."""
+    buf = state.get(name)
+    if buf is None:
+        buf = state[name] = make(like)
+    return buf
+
+
+def _sgd_step(p, g, state: dict, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, copy_to=None) -> None:
     """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`.
 
-    The update is memory-bound. On the CPU it runs model by model for large weights, so that a model's weights,
+    `lr`, `momentum` and their product `lr_momentum` are per model, shaped to broadcast over p. The update is
+    memory-bound. On the CPU it runs model by model for large weights, so that a model's weights,
     gradient, momentum and working copy stay in cache from the first pass over them to the last, and in
     two passes (momentum buffer, then weights) rather than four. A bf16 gradient is widened first: on the
     CPU, widening and then adding in fp32 took 0.15 ms where one mixed-dtype addcmul took 0.23 ms.
     """
     first = "buf" not in state
-    buf = state.setdefault("buf", torch.empty_like(p))
+    buf = _buffer(state, "buf", p, torch.empty_like)
+    args = (weight_decay, nesterov, first)
     # model by model only where a cache pays for it: on a GPU each part is a kernel launch (a group of 250
     # recipe MLPs would launch about 2,500 a step), so the whole stack updates at once there
-    by_model = p.device.type == "cpu" and p[0].numel() >= 1 << 16
-    parts = range(p.shape[0]) if by_model else [slice(None)]
-    for k in parts:
-        pk, gk, bk = p[k], g[k], buf[k]
-        gk = gk if gk.dtype == pk.dtype else gk.to(pk.dtype)
-        d_p = gk.add_(pk, alpha=weight_decay) if weight_decay else gk  # (gk is ours: updated in place)
-        if first:  # torch.optim.SGD starts the buffer at d_p
-            bk.copy_(d_p)
-        else:
-            torch.addcmul(d_p, bk, momentum[k], out=bk)  # buf = momentum * buf + d_p
-        if nesterov:
-            pk.addcmul_(d_p, lr[k], value=-1)
-            pk.addcmul_(bk, lr[k] * momentum[k], value=-1)
-        else:
-            pk.addcmul_(bk, lr[k], value=-1)
-        if copy_to is not None:
-            copy_to[k].copy_(pk)
+    if p.device.type != "cpu" or p.numel() // p.shape[0] < 1 << 16:
+        _sgd_update(p, g, buf, lr, momentum, lr_momentum, *args, copy_to)  # (no indexing: views cost time too)
+        return
+    for k in range(p.shape[0]):
+        _sgd_update(
+            p[k], g[k], buf[k], lr[k], momentum[k], lr_momentum[k], *args, None if copy_to is None else copy_to[k]
+        )
+
+
+def _sgd_update(p, g, buf, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, first: bool, copy_to):
+    """One part of `_sgd_step`: the whole stack, or one model's tensors."""
+    g = g if g.dtype == p.dtype else g.to(p.dtype)
+    d_p = g.add_(p, alpha=weight_decay) if weight_decay else g  # (g is ours: updated in place)
+    if first:  # torch.optim.SGD starts the buffer at d_p
+        buf.copy_(d_p)
+    else:
+        torch.addcmul(d_p, buf, momentum, out=buf)  # buf = momentum * buf + d_p
+    if nesterov:
+        p.addcmul_(d_p, lr, value=-1)
+        p.addcmul_(buf, lr_momentum, value=-1)
+    else:
+        p.addcmul_(buf, lr, value=-1)
+    if copy_to is not None:
+        copy_to.copy_(p)
 
 
 def _assign(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
@@ -356,8 +373,14 @@ class StackedMLP:
         self.params = [t for pair in zip(self.weights, self.biases) for t in pair]
         if compute_dtype == torch.float32:
             self.leaves = [t.requires_grad_() for t in self.params]
+            self.copies = None
         else:
             self.leaves = [t.to(compute_dtype).requires_grad_() for t in self.params]
+            self.copies = self.leaves  # the optimizer refreshes them from the fp32 weights after each step
+
+    def gradients(self, loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """d loss / d leaves, stacked like the leaves (the optimizer widens bf16 ones as it reads them)."""
+        return torch.autograd.grad(loss, self.leaves)
 
     def train(self) -> None:
         pass
@@ -397,8 +420,12 @@ class VmapModels:
         self.names = list(params)
         self.params = [params[n].detach().clone().requires_grad_() for n in self.names]
         self.leaves = self.params  # autocast casts them in the forward pass
+        self.copies = None
         self.buffers = {n: b.clone() for n, b in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")
+
+    def gradients(self, loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(loss, self.leaves)
 
     def train(self) -> None:
         self.base.train()
@@ -423,6 +450,40 @@ class VmapModels:
             }
             for k in range(k_models)
         ]
+
+
+class SingleModel:
+    """One nn.Module as a group of one (the single path): the module itself runs, with no stacking and no vmap.
+
+    `params` are its parameters seen with a model axis of 1 (views: the optimizer updates the module's own
+    weights in place), and its gradients are given that axis too, so that `train_group` and `StackedOptimizer`
+    train it as they train K models. With `channels_last` (a CNN on a GPU), batches go in as channels-last.
+    """
+
+    def __init__(self, model: nn.Module, channels_last: bool = False):
+        self.module, self.channels_last = model, channels_last
+        self.leaves = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p.detach().unsqueeze(0) for p in self.leaves]
+        self.copies = None
+
+    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.leaves)]
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (1, B, ...) -> logits (1, B, classes)."""
+        x = x[0]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.module(x).unsqueeze(0)
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        return [self.module.state_dict()]
 
 
 def choose_path(cfg: Config, model: nn.Module, device: torch.device) -> str:
@@ -450,51 +511,6 @@ def choose_path(cfg: Config, model: nn.Module, device: torch.device) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def train_model(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: Config,
-    generator: torch.Generator,
-    precision: str = "fp32",
-    steps: int | None = None,
-    recorder: SignalRecorder | None = None,
-    positions: torch.Tensor | None = None,
-) -> nn.Module:
-    """Train one `model` on (x, y), already on the device, with torch.optim (memlib's single-model path).
-
-    Shuffling and augmentation draw from `generator`; `steps` stops early (for tests). A `recorder` (for one
-    model) gets each step's logits, with `positions` the training-set positions of the rows of x.
-    """
-    n = len(x)
-    bounds = batch_bounds(n, cfg.batch_size)
-    opt = _optimizer(cfg, model.parameters())
-    sched = _schedule(cfg, opt, cfg.epochs * len(bounds))
-    model.train()
-    done = 0
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=generator).to(x.device)
-        for s, e in bounds:
-            if steps is not None and done >= steps:
-                return model
-            idx = perm[s:e]
-            xb, yb = x[idx], y[idx]
-            if cfg.augment == "flip_crop":
-                xb = random_crop_flip(xb, generator)
-            with _autocast(x.device, precision):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if recorder is not None:
-                recorder.update(epoch, positions[idx][None], logits[None], yb[None])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            done += 1
-    return model
-
-
 def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_batches: list[int]):
     """Every model's batches of one epoch as padded (steps, K, width) indices, loss weights and batch sizes.
 
@@ -520,6 +536,42 @@ def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_bat
     return index, weight.float(), sizes
 
 
+def _step_tables(cfg: Config, n_batches: list[int], dev: torch.device):
+    """Each model's learning rate and momentum at each (epoch, step), (epochs, steps, K), as torch's scheduler
+    sets them for a model with its number of batches per epoch; and whether model k takes step s, (steps, K)."""
+    k_models = len(n_batches)
+    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
+    mom_all = np.zeros_like(lr_all)
+    for k, nb in enumerate(n_batches):
+        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
+        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
+    active = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
+    return torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev), active
+
+
+def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], width: int):
+    """One step's (K, width) indices and loss weights, and which entries are real ((K, width) bool; None: all).
+
+    A group of one takes its batch as it is, never padded: its BatchNorm layers then see only real examples,
+    as they do when the model trains alone.
+    """
+    if len(sizes) == 1:
+        return index[:, : sizes[0]], weight[:, : sizes[0]], None
+    return index, weight, (weight > 0 if any(b != width for b in sizes) else None)
+
+
+def _forward(models, train: DeviceData, idx: torch.Tensor, sizes: list[int], generators, cfg: Config, precision: str):
+    """The logits (K, width, classes) of one step's batches, each model's augmented with its own draws."""
+    xb = train.images(idx)  # (K, width, C, H, W)
+    if cfg.augment == "flip_crop":  # each model's own draws, over its real batch only
+        xb = xb.clone()
+        for k, b in enumerate(sizes):
+            if b:
+                xb[k, :b] = random_crop_flip(xb[k, :b], generators[k])
+    with _autocast(train.device, precision):
+        return models(xb)
+
+
 def train_group(
     models,
     train: DeviceData,
@@ -530,57 +582,42 @@ def train_group(
     steps: int | None = None,
     recorder: SignalRecorder | None = None,
 ) -> None:
-    """Train K stacked models (StackedMLP or VmapModels) in lockstep, model k on train examples subsets[k].
+    """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
 
-    Every model draws its shuffles and augmentation from its own generator in the order the single-model loop
-    does, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
-    steps of that epoch; a short last batch is padded and weighted out of the loss. A `recorder` (for K
-    models) gets each step's logits of the real (unpadded) entries.
+    `models` is a group: StackedMLP or VmapModels (K stacked models), or SingleModel (one nn.Module, K = 1).
+    Every model draws its shuffles and augmentation from its own generator, in the same order whatever its
+    group, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
+    steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
+    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early.
     """
     dev = train.device
-    k_models = len(subsets)
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
-    # each model's learning rate and momentum at each (epoch, step), as torch's scheduler sets them
-    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
-    mom_all = np.zeros_like(lr_all)
-    for k, nb in enumerate(n_batches):
-        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
-        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
+    lr_all, mom_all, active_all = _step_tables(cfg, n_batches, dev)
     everyone = min(n_batches)  # steps before which every model is active
-    lr_all, mom_all = torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev)
-    active_all = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
-    opt = StackedOptimizer(cfg, models.params, models.leaves)
+    opt = StackedOptimizer(cfg, models.params, models.copies)
     models.train()
     done = 0
     for epoch in range(cfg.epochs):
         perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
         index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
         host_sizes = sizes.cpu().tolist()
-        padded = [any(b != width for b in row) for row in host_sizes]  # steps with a short or missing batch
         for s in range(max(n_batches)):
             if steps is not None and done >= steps:
                 return
-            idx = index[s]
-            xb = train.images(idx)  # (K, width, C, H, W)
-            if cfg.augment == "flip_crop":  # each model's own draws, over its real batch only
-                xb = xb.clone()
-                for k, b in enumerate(host_sizes[s]):
-                    if b:
-                        xb[k, :b] = random_crop_flip(xb[k, :b], generators[k])
-            with _autocast(dev, precision):
-                logits = models(xb)
+            idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
+            logits = _forward(models, train, idx, host_sizes[s], generators, cfg, precision)
             losses = F.cross_entropy(
                 logits.float().flatten(0, 1),
                 train.y[idx].flatten(),
                 reduction="none",
                 label_smoothing=cfg.label_smoothing,
             )
-            loss = (losses.view(k_models, width) * weight[s]).sum()
+            loss = (losses.view(idx.shape) * w).sum()
             if recorder is not None:
-                recorder.update(epoch, idx, logits, train.y[idx], valid=weight[s] > 0 if padded[s] else None)
-            grads = torch.autograd.grad(loss, models.leaves)
+                recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
+            grads = models.gradients(loss)
             opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
             done += 1
 
@@ -694,15 +731,14 @@ class NeuralLearner:
         generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]
         n, epochs = len(self.train), self.cfg.epochs
-        if self.path == "single":
+        if self.path == "single":  # one model at a time: K groups of one, trained in turn
             out = []
-            for (_, seed), sub, g in zip(runs, subsets, generators):
-                model = self.make_model(seed)
-                x = self.train.images(sub)
-                if self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+            for run, sub, g in zip(runs, subsets, generators):
+                model = self.make_model(run[1])
                 rec = SignalRecorder(1, n, epochs, self.device) if signals is not None else None
-                out.append(train_model(model, x, self.train.y[sub], self.cfg, g, self.precision, steps, rec, sub))
+                group = SingleModel(model, channels_last=self.device.type == "cuda")
+                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec)
+                out.append(model)
                 if rec is not None:
                     signals += rec.result()
             return out
