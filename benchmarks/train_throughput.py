@@ -15,7 +15,7 @@ thread each, each training its share of the models; on a GPU, one process. The s
 machine's fp32 and bf16 matmul peak in that layout, so each path is a fraction of the peak:
 
     (a) loop      `DataLoader(TensorDataset(...), batch_size=128, shuffle=True)`, one model at a time, fp32
-    (b) previous  memlib's single-model path (torch.optim per model, data resident), fp32: what memlib did
+    (b) previous  memlib's single-model path (a group of one, data resident), fp32: what memlib did before stacking
     (c) engine    `NeuralLearner` as the profiles use it: K models per step, precision auto
 
 Machines are noisy: compare ratios within one run. The last line is the headline.
