@@ -14,7 +14,11 @@ JUPYTER ?= $(VENV)/bin/jupyter
 STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures 05_validate
 PYTHON ?= python3
 # PROFILE is a name in configs/ or a path to a YAML file; memlib says where its results go (<results_dir>/<profile>)
-# and writes the papermill parameters, so that every target uses the same folder and the same values as memlib.
+# and writes every value of the profile to parameters.yaml there, so that every target uses the same folder and the
+# same values as memlib. The notebooks get two parameters: the profile and that file (`load_profile(profile, params)`).
+# NOTEBOOK_PROFILE sets prof to PROFILE as the notebooks must name it: they run in another folder, so a path is made
+# absolute.
+NOTEBOOK_PROFILE = prof="$(PROFILE)"; [ ! -e "$$prof" ] || prof="$$(cd "$$(dirname "$$prof")" && pwd)/$$(basename "$$prof")"
 # EXECUTOR=slurm (or local) overrides the profile's `executor` key for every target: memlib reads it from the
 # environment as MEMLIB_EXECUTOR, so `check`, the papermill parameters and the notebooks all see the same value.
 EXECUTOR ?=
@@ -47,9 +51,10 @@ reproduce: $(STAMP) ## run the whole study on PROFILE (default digits) and rende
 	trap 'echo; echo "interrupted: rerun to resume ($$($(MEMLIB) kept "$(PROFILE)") models kept)"; exit 130' INT TERM; \
 	$(MEMLIB) check "$(PROFILE)"; \
 	out=$$($(MEMLIB) out-dir "$(PROFILE)" --params parameters.yaml); \
+	$(NOTEBOOK_PROFILE); \
 	for nb in $(STAGES); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  $(PAPERMILL) notebooks/$$nb.ipynb "$$out/$$nb.ipynb" -f "$$out/parameters.yaml" \
+	  $(PAPERMILL) notebooks/$$nb.ipynb "$$out/$$nb.ipynb" -r profile "$$prof" -r params "$$out/parameters.yaml" \
 	    --cwd notebooks --no-progress-bar --log-output 2>&1 \
 	    | { grep --line-buffered -E "model/s|s/model|Error|Exception|regime" || true; } \
 	    || { echo "!! $$nb failed: open $$out/$$nb.ipynb to see where"; exit 1; }; \
@@ -72,13 +77,19 @@ format: $(STAMP) ## apply ruff's formatting and fixes
 test: $(STAMP) lint ## lint, then the test suite (CPU only, a few minutes)
 	$(PY) -m pytest
 
+# The lab's notebooks take their values from lab/parameters.yaml (every value of the profile, yours to edit); like
+# the notebooks, it is kept by a second `make lab`.
 lab: $(STAMP) ## JupyterLab on the notebooks, prepared with PROFILE's parameters, in <results>/PROFILE/lab
 	$(NEED_PROFILE)
-	@lab=$$($(MEMLIB) out-dir "$(PROFILE)" --params lab/parameters.yaml)/lab; \
+	@lab=$$($(MEMLIB) out-dir "$(PROFILE)")/lab; \
+	if [ -e "$$lab/parameters.yaml" ]; then echo "kept $$lab/parameters.yaml (delete it to write it afresh)"; \
+	else $(MEMLIB) out-dir "$(PROFILE)" --params lab/parameters.yaml >/dev/null; \
+	  echo "wrote $$lab/parameters.yaml: every value the notebooks run with"; fi; \
+	$(NOTEBOOK_PROFILE); \
 	for nb in $(STAGES); do \
 	  if [ -e "$$lab/$$nb.ipynb" ]; then echo "kept $$lab/$$nb.ipynb (delete it to prepare it afresh)"; \
-	  else $(PAPERMILL) --prepare-only notebooks/$$nb.ipynb "$$lab/$$nb.ipynb" -f "$$lab/parameters.yaml" \
-	    --no-progress-bar 2>/dev/null && echo "prepared $$lab/$$nb.ipynb"; fi; \
+	  else $(PAPERMILL) --prepare-only notebooks/$$nb.ipynb "$$lab/$$nb.ipynb" -r profile "$$prof" \
+	    -r params "$$lab/parameters.yaml" --no-progress-bar 2>/dev/null && echo "prepared $$lab/$$nb.ipynb"; fi; \
 	done; \
 	root=$$([ "$$(id -u)" = 0 ] && echo --allow-root || true); \
 	$(JUPYTER) lab $$root --notebook-dir="$$lab"

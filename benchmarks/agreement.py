@@ -2,8 +2,9 @@
 
     python benchmarks/agreement.py --profile digits [--models 1000]
 
-(previous) one model at a time in fp32 with torch.optim, exactly memlib's loop before the engine
-           (`engine: single, precision: fp32, group_size: 1`);
+(previous) one model at a time in fp32, as memlib trained before the engine stacked models (`engine: single,
+           precision: fp32, group_size: 1`: each model a group of one through the same loop; before the
+           restructure this path used torch.optim, which a test still checks it against);
 (engine)   the profile as it runs now (`engine: auto`, `precision: auto`, `group_size` from the profile).
 Both use the same masks and seeds (the design is a function of the config), so the two estimates of each
 example are paired: they share the masks and the initial weights, and differ by what the engine changes

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memlib.estimation import export_influence, influence_chunks, memorization, select_pairs
+from memlib.analysis.estimation import export_influence, influence_chunks, memorization, select_pairs
 
 MEM_THRESHOLD, INFL_THRESHOLD, CLASSES = 0.25, 0.15, 100
 

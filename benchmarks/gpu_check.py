@@ -86,7 +86,7 @@ def default_out() -> Path:
 def find_fashion(data_dir: str | None) -> tuple[Path | None, str]:
     """The folder of Fashion-MNIST's four IDX files, or None and why not."""
     import memlib
-    from memlib.data import find_idx_dir
+    from memlib.data.builtin import find_idx_dir
 
     try:
         cfg = memlib.load_profile("fashion-mnist")
@@ -477,7 +477,7 @@ def _study(args, save, cfg, seconds_key: str) -> tuple:
     import numpy as np
 
     import memlib
-    from memlib.engine import NeuralLearner
+    from memlib.train.engine import NeuralLearner
 
     t0 = time.perf_counter()
     data = memlib.load_dataset(cfg)
@@ -549,9 +549,8 @@ def part_noisy(args, save) -> None:
     est.save(cfg.out_dir / "estimates.npz")
     sh = memlib.split_half(cfg, store, data)
     t2 = time.perf_counter()
-    from memlib.noise import dataset_flips
 
-    flips = dataset_flips(data)
+    flips = data.flips
     save(
         seconds_split_half=round(t2 - t1, 2),
         split_half_mem_spearman=_float(sh.get("mem_spearman")),

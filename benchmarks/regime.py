@@ -26,9 +26,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import memlib  # noqa: E402
-from memlib import regime, validation  # noqa: E402
-from memlib.noise import dataset_flips  # noqa: E402
-from memlib.peers import suspicion  # noqa: E402
+from memlib.analysis import regime, validation  # noqa: E402
+from memlib.analysis.peers import suspicion  # noqa: E402
+from memlib.stages.validate import scores_from_store  # noqa: E402
 
 
 def parse_recipe(text: str) -> dict:
@@ -76,7 +76,7 @@ def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> d
     wall = time.perf_counter() - start
     trained = getattr(store, "trained", 0)
     per_model = wall / trained if trained else float(np.asarray(store["seconds"]).mean()) / cfg.workers
-    flips = dataset_flips(data)
+    flips = data.flips
     flipped = flips.indicator(data.n_train) if flips is not None else None
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
     fit = regime.fit_report(masks, trc, ttc, data.y_train, data.classes, 0.99, flipped)
@@ -96,7 +96,7 @@ def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> d
         "fit_stop_group_mean": float(np.mean(groups)),  # the same for lockstep groups (the slowest model decides)
     }
     if flipped is not None and flipped.any():
-        scores, _, _ = validation.scores_from_store(cfg, store, data, est)
+        scores, _, _ = scores_from_store(cfg, store, data, est)
         rows = validation.recovery({k: suspicion(k, v) for k, v in scores.items()}, flipped)
         by = {r["score"]: r for r in rows}
         best = max((r for r in rows if r["score"] != "mem"), key=lambda r: r["auroc"])

@@ -15,7 +15,7 @@ thread each, each training its share of the models; on a GPU, one process. The s
 machine's fp32 and bf16 matmul peak in that layout, so each path is a fraction of the peak:
 
     (a) loop      `DataLoader(TensorDataset(...), batch_size=128, shuffle=True)`, one model at a time, fp32
-    (b) previous  memlib's single-model path (torch.optim per model, data resident), fp32: what memlib did
+    (b) previous  memlib's single-model path (a group of one, data resident), fp32: what memlib did before stacking
     (c) engine    `NeuralLearner` as the profiles use it: K models per step, precision auto
 
 Machines are noisy: compare ratios within one run. The last line is the headline.
@@ -37,9 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import memlib  # noqa: E402
-from memlib.data import Dataset  # noqa: E402
-from memlib.design import subset_jobs  # noqa: E402
-from memlib.engine import NeuralLearner, batch_bounds, resolve_device  # noqa: E402
+from memlib.data.dataset import Dataset
+from memlib.train.design import subset_jobs  # noqa: E402
+from memlib.train.engine import NeuralLearner, batch_bounds, resolve_device  # noqa: E402
 
 PATHS = ("loop", "previous", "engine")
 
@@ -124,7 +124,7 @@ def loop_path(cfg: memlib.Config, data: Dataset, runs, device) -> list[float]:
     accs = []
     for idx, seed in runs:
         torch.manual_seed(seed)
-        model = memlib.models.build_model(cfg, c, h, data.num_classes).to(device)
+        model = memlib.train.models.build_model(cfg, c, h, data.num_classes).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         subset = TensorDataset(xt[idx], torch.as_tensor(data.y_train[idx]))
         loader = DataLoader(subset, batch_size=cfg.batch_size, shuffle=True)
@@ -232,7 +232,7 @@ def flops_per_model(cfg: memlib.Config, data: Dataset, steps: int | None) -> flo
     from torch.utils.flop_counter import FlopCounterMode
 
     c, h, w = data.image_shape
-    model = memlib.models.build_model(cfg, c, h, data.num_classes)
+    model = memlib.train.models.build_model(cfg, c, h, data.num_classes)
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, c, h, w))
     per_image = counter.get_total_flops()

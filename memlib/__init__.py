@@ -1,13 +1,17 @@
 """memlib: a reproducible study of Feldman & Zhang (2020), what neural networks memorize and why.
 
-Stages, and the modules that serve them (imports run one way, left to right):
-config -> data -> models -> design -> store -> engine -> runner -> estimation -> experiments -> plots, report.
-Stage 5 adds noise (label flips, applied by data.load_dataset), signals (recorded by the engine), peers and
-validation (after estimation) and plots_validation. regime (whether the models fit what they train on, the
-paper's regime) reads only arrays; runner, checks and report use it.
+The packages, and the way imports run (tests/test_layout.py keeps it so):
+- config, seeds, columns: the base every package may import (settings, seed streams, the signal columns);
+- data -> train -> runs: datasets and label noise; subset design, models and the one training engine; the
+  store, claims and the executors (local, SLURM) that train a design's groups into it;
+- analysis -> report: estimators, stability, peer scores, validation and the regime, from arrays alone; then
+  figures, summary, prose, tables and the HTML report;
+- stages: train, estimate, utility, validate and check, the only package that imports across all of them
+  (with __main__, the command line). A run's journey: row -> mask and seed (train.design) -> group of models
+  (train.engine) -> device -> stored row (runs.group, runs.store).
 
 The names below load their module on first use, so `import memlib` is light (a spawned worker imports it
-before it can arm its parent-death signal; see memlib.lifeline).
+before it can arm its parent-death signal; see memlib.runs.lifeline).
 """
 
 import importlib
@@ -19,29 +23,30 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 __version__ = "0.1.0"
 
 _HOME = {
-    "check": "checks",
+    "check": "stages.check",
     "Config": "config",
     "ConfigError": "config",
     "load_profile": "config",
-    "DataError": "data",
-    "Dataset": "data",
-    "load_dataset": "data",
-    "NearestNeighbourLearner": "engine",
-    "NeuralLearner": "engine",
-    "Estimates": "estimation",
-    "compare_published": "estimation",
-    "estimate": "estimation",
-    "high_influence_pairs": "estimation",
-    "influence": "estimation",
-    "memorization": "estimation",
-    "se_curve": "estimation",
-    "split_half": "estimation",
-    "store_fit": "runner",
-    "marginal_utility": "experiments",
-    "open_subset_store": "runner",
-    "train_subsets": "runner",
-    "Store": "store",
-    "StoreError": "store",
+    "DataError": "data.dataset",
+    "Dataset": "data.dataset",
+    "load_dataset": "data.datasets",
+    "NearestNeighbourLearner": "train.engine",
+    "NeuralLearner": "train.engine",
+    "environment": "stages.train",
+    "Estimates": "analysis.estimation",
+    "compare_published": "analysis.published",
+    "estimate": "stages.estimate",
+    "high_influence_pairs": "analysis.estimation",
+    "influence": "analysis.estimation",
+    "memorization": "analysis.estimation",
+    "convergence": "analysis.stability",
+    "split_half": "stages.estimate",
+    "store_fit": "stages.train",
+    "marginal_utility": "stages.utility",
+    "open_subset_store": "runs.subsets",
+    "train_subsets": "stages.train",
+    "Store": "runs.store",
+    "StoreError": "runs.store",
 }
 
 __all__ = sorted(_HOME)

@@ -12,8 +12,11 @@ import errno
 import re
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 # memlib's modules are imported inside main(): a spawned worker imports this module (as the parent's main)
 # before it arms its parent-death signal, so it must stay light (see memlib.lifeline).
@@ -53,7 +56,7 @@ def models_kept(cfg) -> int:
     """Finished models in the profile's stores (stage 1 and stage 3), read from their completed-masks."""
     import numpy as np
 
-    from .store import COMPLETED
+    from .runs.store import COMPLETED
 
     kept = 0
     for store in ("store", "retrain"):
@@ -67,7 +70,7 @@ def models_kept(cfg) -> int:
 
 
 def write_params(cfg, path: Path) -> Path:
-    """Every key of the config as plain YAML (numbers as numbers), for `papermill -f`."""
+    """Every key of the config as plain YAML (numbers as numbers): the notebooks' `params` file."""
     import yaml
 
     path = Path(path)
@@ -100,116 +103,166 @@ def clean(cfg) -> str:
     return f"removed {display_path(out)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memlib", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="validate a profile, its data and every stage's store (writes nothing)")
-    p_train = sub.add_parser("train", help="stage 1 without a notebook, e.g. one worker of many on a cluster")
-    p_train.add_argument("--rows", default=None, help="START:STOP, the run indices this worker trains")
-    p_submit = sub.add_parser("submit", help="submit stage 1 to SLURM as a job array and return at once")
-    p_status = sub.add_parser("status", help="finished, running, pending and failed rows of the profile's stores")
-    p_repair = sub.add_parser("repair", help="clear the completed flags of stored rows that fail verification")
-    p_report = sub.add_parser("report", help="render <results_dir>/<profile>/report.html from executed notebooks")
-    p_out = sub.add_parser("out-dir", help="print the folder this profile's results go to")
-    p_out.add_argument("--params", metavar="FILE", help="also write every parameter as YAML to FILE in that folder")
-    p_kept = sub.add_parser("kept", help="print how many finished models the profile's stores hold")
-    p_clean = sub.add_parser("clean", help="delete <results_dir>/<profile> (finished models too) and nothing else")
-    for p in (p_check, p_train, p_submit, p_status, p_repair, p_report, p_out, p_kept, p_clean):
-        p.add_argument("profile", help="a name in configs/ (e.g. digits) or a path to a YAML file")
-    args = parser.parse_args(argv)
+def check_command(cfg, args) -> None:
+    from .stages.check import check
 
-    from .config import ConfigError, display_path, load_profile
-    from .data import DataError
-    from .slurm import SlurmError
-    from .store import StoreError
+    info = check(cfg)
+    print(f"profile '{cfg.profile}' is ready:")
+    width = max(map(len, info)) + 2
+    for k, v in info.items():
+        print(f"  {k:<{width}} {v}")
+
+
+def train_command(cfg, args) -> None:
+    from .config import display_path
+    from .data.datasets import load_dataset
+    from .stages.check import check
+    from .stages.train import train_subsets
+
+    rows = parse_rows(args.rows, cfg.num_models) if args.rows is not None else None
+    data = load_dataset(cfg)
+    check(cfg, data)
+    store = train_subsets(cfg, data, rows=rows)
+    where = "by SLURM tasks while this ran" if cfg.executor == "slurm" else "here"
+    print(
+        f"{store.done()} of {store.rows} models finished in {display_path(store.path)} "
+        f"({store.trained} trained {where})"
+    )
+
+
+def submit_command(cfg, args) -> None:
+    from .config import display_path
+    from .data.datasets import load_dataset
+    from .runs.slurm import submit_array
+    from .runs.subsets import open_subset_store
+    from .stages.check import check
+    from .train.design import check_out_counts, subset_jobs
+
+    data = load_dataset(cfg)
+    check(cfg, data)
+    check_out_counts(cfg, data.n_train)
+    store = open_subset_store(cfg, data)
+    new, live = submit_array(store, subset_jobs(cfg, data.n_train, store.pending()), cfg)
+    jobs = sorted({t.job.split("_")[0] for t in new})
+    print(
+        f"{display_path(store.path)}: {store.done()} of {store.rows} models finished; submitted {len(new)} "
+        f"array tasks" + (f" (SLURM job {', '.join(jobs)})" if jobs else "") + f"; {len(live)} queued or "
+        "running already (not submitted again)."
+    )
+    print(
+        f"Follow it with `python -m memlib status {args.profile}`. `make reproduce` (or `python -m memlib "
+        "train`) with executor: slurm reattaches to these tasks, resubmits failed ones and goes on."
+    )
+
+
+def status_command(cfg, args) -> None:
+    from .config import display_path
+    from .runs.slurm import open_store, status_text
+    from .runs.store import SPEC_FILE
+
+    paths = [p for p in (cfg.out_dir / "store", cfg.out_dir / "retrain") if (p / SPEC_FILE).exists()]
+    if not paths:
+        print(f"no store yet in {display_path(cfg.out_dir)}: nothing trained or submitted")
+    for path in paths:
+        print(status_text(open_store(path, writable=False)))
+
+
+def repair_command(cfg, args) -> None:
+    from .config import display_path
+    from .data.datasets import load_dataset
+    from .runs.store import Store, describe_rows
+    from .runs.subsets import repair_subset_store, subset_store_path
+
+    repaired = {subset_store_path(cfg): repair_subset_store(cfg, load_dataset(cfg))}
+    if (cfg.out_dir / "retrain").is_dir():  # stage 3's store: its own spec says what it holds
+        repaired[cfg.out_dir / "retrain"] = Store.repair(cfg.out_dir / "retrain")
+    for path, cleared in repaired.items():
+        if cleared:
+            print(
+                f"{display_path(path)}: cleared {len(cleared)} rows that failed verification: {describe_rows(cleared)}"
+            )
+        else:
+            print(f"{display_path(path)}: every finished row verifies; nothing to clear")
+    if any(repaired.values()):
+        print(f"Rerun training (`python -m memlib train {args.profile}`, or the notebooks) to redo just those.")
+
+
+def report_command(cfg, args) -> None:
+    from .config import display_path
+    from .report.html import render_report
+
+    path = render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'")
+    print(display_path(path))
+
+
+def out_dir_command(cfg, args) -> None:
+    if args.params:
+        write_params(cfg, cfg.out_dir / args.params)
+    print(cfg.out_dir)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, the function that runs it on the loaded profile, and its options.
+
+    Every command takes the profile as its last argument; `run(cfg, args)` prints its result and raises the
+    errors main() turns into exit code 2. Its imports of memlib's modules stay inside it (see above).
+    """
+
+    help: str
+    run: Callable[[Any, argparse.Namespace], None]
+    options: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+COMMANDS = {
+    "check": Command("validate a profile, its data and every stage's store (writes nothing)", check_command),
+    "train": Command(
+        "stage 1 without a notebook, e.g. one worker of many on a cluster",
+        train_command,
+        (("--rows", {"default": None, "help": "START:STOP, the run indices this worker trains"}),),
+    ),
+    "submit": Command("submit stage 1 to SLURM as a job array and return at once", submit_command),
+    "status": Command("finished, running, pending and failed rows of the profile's stores", status_command),
+    "repair": Command("clear the completed flags of stored rows that fail verification", repair_command),
+    "report": Command("render <results_dir>/<profile>/report.html from executed notebooks", report_command),
+    "out-dir": Command(
+        "print the folder this profile's results go to",
+        out_dir_command,
+        (("--params", {"metavar": "FILE", "help": "also write every parameter as YAML to FILE in that folder"}),),
+    ),
+    "kept": Command(
+        "print how many finished models the profile's stores hold", lambda cfg, args: print(models_kept(cfg))
+    ),
+    "clean": Command(
+        "delete <results_dir>/<profile> (finished models too) and nothing else", lambda cfg, args: print(clean(cfg))
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """`python -m memlib COMMAND [options] PROFILE`, one subcommand per entry of COMMANDS."""
+    top = argparse.ArgumentParser(prog="python -m memlib", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help)
+        for flag, options in command.options:
+            p.add_argument(flag, **options)
+        p.add_argument("profile", help="a name in configs/ (e.g. digits) or a path to a YAML file")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    from .config import ConfigError, load_profile
+    from .data.dataset import DataError
+    from .runs.slurm import SlurmError
+    from .runs.store import StoreError
 
     cfg = None
     try:
         cfg = load_profile(args.profile)
-        if args.command == "check":
-            from .checks import check
-
-            info = check(cfg)
-            print(f"profile '{cfg.profile}' is ready:")
-            width = max(map(len, info)) + 2
-            for k, v in info.items():
-                print(f"  {k:<{width}} {v}")
-        elif args.command == "train":
-            from .checks import check
-            from .data import load_dataset
-            from .runner import train_subsets
-
-            rows = parse_rows(args.rows, cfg.num_models) if args.rows is not None else None
-            data = load_dataset(cfg)
-            check(cfg, data)
-            store = train_subsets(cfg, data, rows=rows)
-            where = "by SLURM tasks while this ran" if cfg.executor == "slurm" else "here"
-            print(
-                f"{store.done()} of {store.rows} models finished in {display_path(store.path)} "
-                f"({store.trained} trained {where})"
-            )
-        elif args.command == "submit":
-            from .checks import check
-            from .data import load_dataset
-            from .design import check_out_counts, subset_jobs
-            from .runner import open_subset_store
-            from .slurm import submit_array
-
-            data = load_dataset(cfg)
-            check(cfg, data)
-            check_out_counts(cfg, data.n_train)
-            store = open_subset_store(cfg, data)
-            new, live = submit_array(store, subset_jobs(cfg, data.n_train, store.pending()), cfg)
-            jobs = sorted({t.job.split("_")[0] for t in new})
-            print(
-                f"{display_path(store.path)}: {store.done()} of {store.rows} models finished; submitted {len(new)} "
-                f"array tasks" + (f" (SLURM job {', '.join(jobs)})" if jobs else "") + f"; {len(live)} queued or "
-                "running already (not submitted again)."
-            )
-            print(
-                f"Follow it with `python -m memlib status {args.profile}`. `make reproduce` (or `python -m memlib "
-                "train`) with executor: slurm reattaches to these tasks, resubmits failed ones and goes on."
-            )
-        elif args.command == "status":
-            from .slurm import open_store, status_text
-            from .store import SPEC_FILE
-
-            paths = [p for p in (cfg.out_dir / "store", cfg.out_dir / "retrain") if (p / SPEC_FILE).exists()]
-            if not paths:
-                print(f"no store yet in {display_path(cfg.out_dir)}: nothing trained or submitted")
-            for path in paths:
-                print(status_text(open_store(path, writable=False)))
-        elif args.command == "repair":
-            from .data import load_dataset
-            from .runner import repair_subset_store, subset_store_path
-            from .store import Store, describe_rows
-
-            repaired = {subset_store_path(cfg): repair_subset_store(cfg, load_dataset(cfg))}
-            if (cfg.out_dir / "retrain").is_dir():  # stage 3's store: its own spec says what it holds
-                repaired[cfg.out_dir / "retrain"] = Store.repair(cfg.out_dir / "retrain")
-            for path, cleared in repaired.items():
-                if cleared:
-                    print(
-                        f"{display_path(path)}: cleared {len(cleared)} rows that failed verification: "
-                        f"{describe_rows(cleared)}"
-                    )
-                else:
-                    print(f"{display_path(path)}: every finished row verifies; nothing to clear")
-            if any(repaired.values()):
-                print(f"Rerun training (`python -m memlib train {args.profile}`, or the notebooks) to redo just those.")
-        elif args.command == "report":
-            from .report import render_report
-
-            path = render_report(cfg.out_dir, title=f"Memorization and influence: profile '{cfg.profile}'")
-            print(display_path(path))
-        elif args.command == "out-dir":
-            if args.params:
-                write_params(cfg, cfg.out_dir / args.params)
-            print(cfg.out_dir)
-        elif args.command == "kept":
-            print(models_kept(cfg))
-        elif args.command == "clean":
-            print(clean(cfg))
+        COMMANDS[args.command].run(cfg, args)
     except KeyboardInterrupt:
         kept = models_kept(cfg) if cfg is not None else 0
         print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)

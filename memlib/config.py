@@ -1,9 +1,14 @@
 """Study configuration: one flat record of literals, loaded from configs/<profile>.yaml.
 
-The field defaults are the `digits` profile; they equal configs/digits.yaml and the parameters cell of
-every notebook (a test keeps the three in step). A profile YAML overrides any subset of the fields; `make`
-hands the notebooks every field of the loaded profile (`python -m memlib out-dir PROFILE --params FILE`
-writes them for `papermill -f`), so the notebooks get exactly what `check` checked.
+The field defaults are the `digits` profile, and the only place a default is written: configs/digits.yaml
+names the profile, and the notebooks' parameters cell holds just `profile` and `params` (a YAML file of
+values). A profile YAML overrides any subset of the fields. `make` writes every field of the loaded profile
+to <results_dir>/<profile>/parameters.yaml (`python -m memlib out-dir PROFILE --params FILE`) and hands the
+notebooks that file as `params`; each builds its config with `load_profile(profile, params)`, so the
+notebooks get exactly what `check` checked.
+
+A new setting is a field of Config (with its default and a comment), a line of RULES if its values have a range,
+and a name in TRAINING_KEYS if it decides what the subset models are; no notebook or profile has to name it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,21 +134,10 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the parameters") -> Config:
         """Build and validate a Config; unknown keys are an error that suggests the closest known key."""
-        unknown = [k for k in values if k not in cls.keys()]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, cls.keys(), n=1) if isinstance(k, str) else []
-                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(cls.keys())}.")
+        _refuse_unknown_keys(values, source)
         cfg = cls(**_numbers_from_strings(values))
         cfg.validate()
         return cfg
-
-    @classmethod
-    def from_namespace(cls, namespace: dict[str, Any]) -> Config:
-        """Build a Config from a notebook's globals (the papermill parameters cell)."""
-        return cls.from_dict({k: namespace[k] for k in cls.keys() if k in namespace})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,122 +157,17 @@ class Config:
         return _fingerprint({k: getattr(self, k) for k in TRAINING_KEYS})
 
     def validate(self) -> None:
-        """Check types and ranges of every field; raise ConfigError naming the field and the fix."""
+        """Check types and ranges of every field; raise ConfigError naming the field and the fix.
+
+        The types first, then each of RULES in order (the first that fails is the message), then CROSS_CHECKS.
+        """
         _check_types(self)
-        if not PLAIN_NAME.fullmatch(self.profile):
-            raise ConfigError(
-                f"profile must be a plain name (letters, digits, '_', '-'; no '/', '.' or '..'), got {self.profile!r}"
-            )
-        for name, value in self.to_dict().items():
-            values = value if isinstance(value, list) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        for name, top in MAXIMA.items():
-            if getattr(self, name) is not None and getattr(self, name) > top:
-                raise ConfigError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be a whole number in [0, 2**63), got {self.seed}")
-        if self.show_examples < 1:
-            raise ConfigError(f"show_examples must be at least 1 (examples in the figures), got {self.show_examples}")
-        if not 0.0 < self.subset_ratio < 1.0:
-            raise ConfigError(
-                f"subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {self.subset_ratio}"
-            )
-        for name in (
-            "num_models",
-            "epochs",
-            "batch_size",
-            "workers",
-            "retrain_models",
-            "min_out",
-            "group_size",
-            "slurm_cpus_per_task",
-            "slurm_time_min",
-            "slurm_array_parallelism",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.retrain_models < 2:
-            raise ConfigError(
-                f"retrain_models must be at least 2 so that confidence intervals exist, got {self.retrain_models}"
-            )
-        if self.train_size is not None and not 10 <= self.train_size <= 100_000_000:
-            raise ConfigError(
-                f"train_size must be null (the whole training set) or in [10, 100,000,000], got {self.train_size}"
-            )
-        for name in ("slurm_gpus_per_task", "slurm_retries"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if self.slurm_mem_gb is not None and self.slurm_mem_gb < 1:
-            raise ConfigError(
-                f"slurm_mem_gb must be null (the partition's default) or at least 1, got {self.slurm_mem_gb}"
-            )
-        bad = [k for k in self.slurm_sbatch if not SBATCH_OPTION.fullmatch(k)]
-        if bad:
-            raise ConfigError(
-                f"slurm_sbatch keys are sbatch option names without the dashes (e.g. account, qos), got {bad}"
-            )
-        if self.width is not None and self.width < 1:
-            raise ConfigError(f"width must be at least 1, got {self.width}")
-        if self.image_size is not None and not 1 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ConfigError(
-                f"image_size must be null (keep the images' own size) or a side length in pixels in "
-                f"[1, {MAX_IMAGE_SIZE}] (e.g. 32), got {self.image_size}"
-            )
-        _check_dataset_keys(self)
-        _check_results_dir_value(self.results_dir)
-        if not 0 < self.lr <= 10:
-            raise ConfigError(f"lr must lie in (0, 10] (the profiles use 0.01-0.4), got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < 1:
-            raise ConfigError(f"weight_decay must lie in [0, 1), got {self.weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        choices = (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("augment", AUGMENTS),
-            ("mask_design", MASK_DESIGNS),
-            ("engine", ENGINES),
-            ("precision", PRECISIONS),
-            ("executor", EXECUTORS),
-        )
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        for name in ("infl_threshold", "mem_threshold"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"{name} must lie in (0, 1] (the paper uses 0.15 and 0.25), got {value}")
-        if not 0.0 <= self.label_noise < 1.0:
-            raise ConfigError(f"label_noise must lie in [0, 1) (a fraction of the training pool): {self.label_noise}")
-        if not 0.5 <= self.fit_target <= 1.0:
-            raise ConfigError(
-                f"fit_target must lie in [0.5, 1] (the in-sample accuracy of the paper's regime; default 0.99), "
-                f"got {self.fit_target}"
-            )
-        if not 0.0 < self.pair_fdr < 1.0:
-            raise ConfigError(f"pair_fdr must lie strictly between 0 and 1 (for example 0.05), got {self.pair_fdr}")
-        if self.compare_arch is not None and self.compare_arch == self.arch:
-            raise ConfigError(f"compare_arch must differ from arch ({self.arch}), or be null")
-        if not self.utility_thresholds:
-            raise ConfigError("utility_thresholds must list at least one memorization threshold")
-        bad = [t for t in self.utility_thresholds if not 0.0 < t <= 1.0]
-        if bad:
-            raise ConfigError(f"utility_thresholds must each lie in (0, 1]; out of range: {bad}")
-        if len(set(self.utility_thresholds)) != len(self.utility_thresholds):
-            raise ConfigError(f"utility_thresholds has repeats: {self.utility_thresholds}")
-        expected_out = self.num_models * (1 - self.subset_ratio)
-        if expected_out < self.min_out:
-            need = math.ceil(self.min_out / (1 - self.subset_ratio))
-            raise ConfigError(
-                f"num_models={self.num_models} at subset_ratio={self.subset_ratio} leaves each example out of "
-                f"only about {expected_out:.0f} models, fewer than min_out={self.min_out}. Raise num_models to "
-                f"well above {need} (random subsets scatter around the mean), or lower min_out."
-            )
+        for key, ok, message in RULES:
+            value = getattr(self, key)
+            if not ok(value):
+                raise ConfigError(message(value) if callable(message) else message.format(value=value))
+        for check in CROSS_CHECKS:
+            check(self)
 
 
 MAX_IMAGE_SIZE = 4096  # image_size: a 4096 x 4096 RGB image is 200 MB as float32; larger is surely a typo
@@ -311,21 +201,183 @@ def _check_dataset_keys(cfg: Config) -> None:
         )
 
 
-def _check_results_dir_value(results_dir: str) -> None:
-    """ConfigError for a results_dir that is the filesystem root, or a relative path that climbs out of the project."""
+def _is_filesystem_root(results_dir: str) -> bool:
     path = Path(results_dir).expanduser()
-    if not str(results_dir).strip():
-        raise ConfigError("results_dir is empty: give a folder, e.g. results (relative to the project root)")
-    if path.is_absolute() and Path(os.path.normpath(path)) == Path(path.anchor):
+    return path.is_absolute() and Path(os.path.normpath(path)) == Path(path.anchor)
+
+
+def _climbs_out(results_dir: str) -> bool:
+    path = Path(results_dir).expanduser()
+    return not path.is_absolute() and os.path.normpath(path).split(os.sep)[0] == ".."
+
+
+def _finite(value: Any) -> bool:
+    return not any(
+        isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])
+    )
+
+
+AT_LEAST_ONE = (
+    "num_models",
+    "epochs",
+    "batch_size",
+    "workers",
+    "retrain_models",
+    "min_out",
+    "group_size",
+    "slurm_cpus_per_task",
+    "slurm_time_min",
+    "slurm_array_parallelism",
+)
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "augment": AUGMENTS,
+    "mask_design": MASK_DESIGNS,
+    "engine": ENGINES,
+    "precision": PRECISIONS,
+    "executor": EXECUTORS,
+}
+# The checks of one field each, in the order Config.validate tries them (after the types): (key, ok(value), message).
+# A message is formatted with the value, or is a function of it. A field with a new range is one line here.
+RULES: list[tuple[str, Callable[[Any], Any], str | Callable[[Any], str]]] = [
+    (
+        "profile",
+        PLAIN_NAME.fullmatch,
+        "profile must be a plain name (letters, digits, '_', '-'; no '/', '.' or '..'), got {value!r}",
+    ),
+    *((key, _finite, f"{key} must be a finite number, got {{value!r}}") for key in Config.keys()),
+    *(
+        (key, lambda v, top=top: v is None or v <= top, f"{key} must be at most {top:,}, got {{value:,}}")
+        for key, top in MAXIMA.items()
+    ),
+    ("seed", lambda v: 0 <= v < 2**63, "seed must be a whole number in [0, 2**63), got {value}"),
+    ("show_examples", lambda v: v >= 1, "show_examples must be at least 1 (examples in the figures), got {value}"),
+    (
+        "subset_ratio",
+        lambda v: 0.0 < v < 1.0,
+        "subset_ratio must lie strictly between 0 and 1 (the paper uses 0.7), got {value}",
+    ),
+    *((key, lambda v: v >= 1, f"{key} must be at least 1, got {{value}}") for key in AT_LEAST_ONE),
+    (
+        "retrain_models",
+        lambda v: v >= 2,
+        "retrain_models must be at least 2 so that confidence intervals exist, got {value}",
+    ),
+    (
+        "train_size",
+        lambda v: v is None or 10 <= v <= 100_000_000,
+        "train_size must be null (the whole training set) or in [10, 100,000,000], got {value}",
+    ),
+    *(
+        (key, lambda v: v >= 0, f"{key} must be at least 0, got {{value}}")
+        for key in ("slurm_gpus_per_task", "slurm_retries")
+    ),
+    (
+        "slurm_mem_gb",
+        lambda v: v is None or v >= 1,
+        "slurm_mem_gb must be null (the partition's default) or at least 1, got {value}",
+    ),
+    (
+        "slurm_sbatch",
+        lambda v: all(SBATCH_OPTION.fullmatch(k) for k in v),
+        lambda v: (
+            "slurm_sbatch keys are sbatch option names without the dashes (e.g. account, qos), got "
+            f"{[k for k in v if not SBATCH_OPTION.fullmatch(k)]}"
+        ),
+    ),
+    ("width", lambda v: v is None or v >= 1, "width must be at least 1, got {value}"),
+    (
+        "image_size",
+        lambda v: v is None or 1 <= v <= MAX_IMAGE_SIZE,
+        "image_size must be null (keep the images' own size) or a side length in pixels in "
+        f"[1, {MAX_IMAGE_SIZE}] (e.g. 32), got {{value}}",
+    ),
+    (
+        "results_dir",
+        lambda v: str(v).strip(),
+        "results_dir is empty: give a folder, e.g. results (relative to the project root)",
+    ),
+    (
+        "results_dir",
+        lambda v: not _is_filesystem_root(v),
+        "results_dir: {value!r} is the root of the filesystem; results go to <results_dir>/<profile>, so choose a "
+        "folder of your own, e.g. results or /scratch/$USER/memlib",
+    ),
+    (
+        "results_dir",
+        lambda v: not _climbs_out(v),
+        "results_dir: {value!r} climbs out of the project (relative paths are taken from the project root). Give a "
+        "folder inside it (e.g. results), or an absolute path if you mean a folder elsewhere.",
+    ),
+    ("lr", lambda v: 0 < v <= 10, "lr must lie in (0, 10] (the profiles use 0.01-0.4), got {value}"),
+    ("momentum", lambda v: 0 <= v < 1, "momentum must lie in [0, 1), got {value}"),
+    ("weight_decay", lambda v: 0 <= v < 1, "weight_decay must lie in [0, 1), got {value}"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "label_smoothing must lie in [0, 1), got {value}"),
+    *(
+        (key, lambda v, allowed=allowed: v in allowed, f"{key} must be one of {', '.join(allowed)}; got {{value!r}}")
+        for key, allowed in CHOICES.items()
+    ),
+    (
+        "device",
+        lambda v: v in ("auto", "cpu") or v.startswith("cuda"),
+        "device must be 'auto', 'cpu' or 'cuda[:N]', got {value!r}",
+    ),
+    *(
+        (key, lambda v: 0.0 < v <= 1.0, f"{key} must lie in (0, 1] (the paper uses 0.15 and 0.25), got {{value}}")
+        for key in ("infl_threshold", "mem_threshold")
+    ),
+    (
+        "label_noise",
+        lambda v: 0.0 <= v < 1.0,
+        "label_noise must lie in [0, 1) (a fraction of the training pool): {value}",
+    ),
+    (
+        "fit_target",
+        lambda v: 0.5 <= v <= 1.0,
+        "fit_target must lie in [0.5, 1] (the in-sample accuracy of the paper's regime; default 0.99), got {value}",
+    ),
+    (
+        "pair_fdr",
+        lambda v: 0.0 < v < 1.0,
+        "pair_fdr must lie strictly between 0 and 1 (for example 0.05), got {value}",
+    ),
+    (
+        "utility_thresholds",
+        lambda v: len(v) > 0,
+        "utility_thresholds must list at least one memorization threshold",
+    ),
+    (
+        "utility_thresholds",
+        lambda v: all(0.0 < t <= 1.0 for t in v),
+        lambda v: f"utility_thresholds must each lie in (0, 1]; out of range: {[t for t in v if not 0.0 < t <= 1.0]}",
+    ),
+    ("utility_thresholds", lambda v: len(set(v)) == len(v), "utility_thresholds has repeats: {value}"),
+]
+
+
+def _check_compare_arch(cfg: Config) -> None:
+    if cfg.compare_arch is not None and cfg.compare_arch == cfg.arch:
+        raise ConfigError(f"compare_arch must differ from arch ({cfg.arch}), or be null")
+
+
+def _check_models_leave_out_enough(cfg: Config) -> None:
+    expected_out = cfg.num_models * (1 - cfg.subset_ratio)
+    if expected_out < cfg.min_out:
+        need = math.ceil(cfg.min_out / (1 - cfg.subset_ratio))
         raise ConfigError(
-            f"results_dir: {results_dir!r} is the root of the filesystem; results go to <results_dir>/<profile>, so "
-            "choose a folder of your own, e.g. results or /scratch/$USER/memlib"
+            f"num_models={cfg.num_models} at subset_ratio={cfg.subset_ratio} leaves each example out of "
+            f"only about {expected_out:.0f} models, fewer than min_out={cfg.min_out}. Raise num_models to "
+            f"well above {need} (random subsets scatter around the mean), or lower min_out."
         )
-    if not path.is_absolute() and os.path.normpath(path).split(os.sep)[0] == "..":
-        raise ConfigError(
-            f"results_dir: {results_dir!r} climbs out of the project (relative paths are taken from the project root). "
-            "Give a folder inside it (e.g. results), or an absolute path if you mean a folder elsewhere."
-        )
+
+
+# Checks of several fields together, after RULES.
+CROSS_CHECKS: tuple[Callable[[Config], None], ...] = (
+    _check_dataset_keys,
+    _check_compare_arch,
+    _check_models_leave_out_enough,
+)
 
 
 # Fields that decide the subset models (and so the contents of the stage-1 store).
@@ -528,9 +580,19 @@ def profile_argument(cfg: Config) -> str:
     return f"path/to/{cfg.profile}.yaml"  # a profile given as a path, in a process that did not read it
 
 
-def load_profile(profile: str) -> Config:
-    """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, and validate it."""
-    path = profile_path(profile)
+def _refuse_unknown_keys(values: dict[str, Any], source: str) -> None:
+    """ConfigError for keys that are not fields of Config, each with the closest known key."""
+    unknown = [k for k in values if k not in Config.keys()]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, Config.keys(), n=1) if isinstance(k, str) else []
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(Config.keys())}.")
+
+
+def _read_values(path: Path) -> dict[str, Any]:
+    """A YAML file of `name: value` lines as a dict ({} for an empty file); anything else is a ConfigError."""
     values = read_yaml(path)
     values = {} if values is None else values
     if not isinstance(values, dict):
@@ -544,6 +606,18 @@ def load_profile(profile: str) -> Config:
             f"{path}: key {odd[0]!r} is not a name (YAML reads it as {KINDS.get(type(odd[0]), 'a value')}); every key "
             f"is a parameter name such as epochs (known keys: {', '.join(Config.keys())})"
         )
+    return values
+
+
+def load_profile(profile: str, params: str | Path | None = None) -> Config:
+    """Read configs/<profile>.yaml (or a YAML path) on top of the defaults, then `params`, and validate it.
+
+    params, a YAML file of values laid over the profile's, is how the notebooks get theirs: `make` writes every
+    value of the loaded profile to <results_dir>/<profile>/parameters.yaml (`python -m memlib out-dir PROFILE
+    --params parameters.yaml`) and hands papermill that path as the notebooks' `params`.
+    """
+    path = profile_path(profile)
+    values = _read_values(path)
     if not PLAIN_NAME.fullmatch(path.stem):
         raise ConfigError(f"{path}: a profile file's name must be plain (no '/', '.' or '..'), got {path.stem!r}")
     if values.get("profile", path.stem) != path.stem:
@@ -554,6 +628,13 @@ def load_profile(profile: str) -> Config:
         if override not in EXECUTORS:
             raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)} (or unset), got {override!r}")
         values["executor"] = override
+    if params is not None:
+        params = Path(params).expanduser()
+        extra = _read_values(params)
+        _refuse_unknown_keys(extra, str(params))
+        if extra.get("profile", path.stem) != path.stem:
+            raise ConfigError(f"{params} says profile: {extra['profile']!r}; it is given for profile {path.stem!r}")
+        values.update(extra)
     cfg = Config.from_dict(values, source=str(path))
     GIVEN_AS[cfg.profile] = profile
     return cfg

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import io
 import os
 import shutil
@@ -189,7 +190,7 @@ def finished_store(command: str) -> Callable[[Path], list[str]]:
 
     def make(folder: Path) -> list[str]:
         import memlib
-        from memlib.design import subset_masks
+        from memlib.train.design import subset_masks
 
         args = profile(folder, command)
         cfg = memlib.load_profile(args[1])
@@ -222,11 +223,11 @@ def disk_full(folder: Path) -> list[tuple[object, str, object]]:
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    import memlib.store
+    import memlib.runs.store
 
-    patches: list[tuple[object, str, object]] = [(memlib.store.os, "pwrite", full)]
-    if not hasattr(memlib.store.Store, "_write"):  # code that writes rows through its memory maps: the write fails
-        patches.append((memlib.store.Store, "write_rows", lambda self, rows: full()))
+    patches: list[tuple[object, str, object]] = [(memlib.runs.store.os, "pwrite", full)]
+    if not hasattr(memlib.runs.store.Store, "_write"):  # code that writes rows through its memory maps: the write fails
+        patches.append((memlib.runs.store.Store, "write_rows", lambda self, rows: full()))
     return patches
 
 
@@ -360,7 +361,7 @@ CASES = [
         "imagefolder: images that do not fit in memory",
         imagefolder({"ant": 20, "bee": 20}, command="check", image_size=4096),
         ("of memory",),
-        patch=lambda f: [(__import__("memlib.checks").checks, "available_memory", lambda: 2**30)],
+        patch=lambda f: [(importlib.import_module("memlib.data.dataset"), "available_memory", lambda: 2**30)],
         huge=True,
     ),
     # your dataset function

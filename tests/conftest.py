@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)  # profiles and notebooks are found from the project root
 
 import memlib  # noqa: E402
-from memlib.data import Dataset  # noqa: E402
+from memlib.data.dataset import Dataset  # noqa: E402
 
 # Devices: the engine's equivalence tests take the `device` fixture and run on every device listed here, always
 # on the CPU and on CUDA when torch sees a GPU (otherwise reported as skipped, with the reason). Each case carries

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 import memlib
-from memlib.estimation import Estimates, MaskedDiff, Pairs, compare_cscores, compare_pairs, compare_published
+from memlib.analysis.estimation import Estimates, MaskedDiff, Pairs
+from memlib.analysis.published import compare_cscores, compare_pairs, compare_published
 
 
 def estimates(n=100, m=40) -> Estimates:

@@ -19,10 +19,11 @@ from conftest import tiny_dataset
 from faults import spawned_workers, tagged_processes
 
 import memlib
-from memlib import claims
-from memlib.design import subset_jobs
-from memlib.engine import Outcome
-from memlib.runner import open_subset_store, run_jobs
+from memlib.runs import claims
+from memlib.runs.local import run_jobs
+from memlib.runs.subsets import open_subset_store
+from memlib.train.design import subset_jobs
+from memlib.train.engine import Outcome
 
 FORK = mp.get_context("fork")
 
@@ -149,7 +150,7 @@ def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
 def test_a_worker_arms_its_parent_death_signal_before_importing_torch():
     """What a spawned worker imports before its initializer runs (memlib, the parent's main module) is light."""
     code = (
-        "import sys, memlib, memlib.__main__, memlib.lifeline; "
+        "import sys, memlib, memlib.__main__, memlib.runs.lifeline; "
         "heavy = [m for m in ('torch', 'timm', 'sklearn', 'pandas', 'scipy') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -1,18 +1,25 @@
 """The engine: a stacked group trains each model as it would train alone, with its own mask and seed.
 
+"Alone" is `_torch_reference` below: one model with torch.optim and torch's schedulers, the loop memlib's single
+path ran before every path went through the engine's one loop (`train_group`), where one model is a group of one.
 The equivalence tests take conftest's `device` fixture: they run on the CPU, and on CUDA where there is a GPU
 (with TF32 off; conftest says which tolerances are meant to hold there).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import memlib
-from memlib.design import derive_seed, group_rows, subset_jobs, subset_masks
-from memlib.engine import (
+from memlib.runs.group import job_groups
+from memlib.seeds import derive_seed
+from memlib.train.design import group_rows, subset_jobs, subset_masks
+from memlib.train.engine import (
     DeviceData,
     NeuralLearner,
     StackedOptimizer,
@@ -20,10 +27,11 @@ from memlib.engine import (
     choose_path,
     device_data,
     mlp_layers,
+    random_crop_flip,
     resolve_precision,
     schedule_table,
 )
-from memlib.runner import job_groups
+from memlib.train.signals import SignalRecorder
 
 
 def _runs(cfg, data, rows):
@@ -33,6 +41,66 @@ def _runs(cfg, data, rows):
 def _max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _torch_optimizer(cfg, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    nesterov = cfg.nesterov and cfg.momentum > 0  # torch refuses Nesterov without momentum
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay)
+
+
+def _torch_scheduler(cfg, opt: torch.optim.Optimizer, total_steps: int):
+    if cfg.schedule == "onecycle" and total_steps >= 3:
+        pct_start = max(0.25, 2 / total_steps)
+        cycle = cfg.optimizer == "sgd"
+        return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps, pct_start=pct_start, cycle_momentum=cycle)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    return None
+
+
+def _torch_reference(learner: NeuralLearner, idx, seed: int, steps=None, recorder=None) -> torch.nn.Module:
+    """The reference: one model trained by a plain PyTorch loop (torch.optim, torch's schedulers, mean loss).
+
+    The same draws as the engine (one generator per run: a shuffle per epoch, then each batch's augmentation),
+    the same batches (`batch_bounds`), and on a GPU the same channels-last layout.
+    """
+    cfg, train, dev = learner.cfg, learner.train, learner.device
+    model, generator = learner.make_model(seed), torch.Generator().manual_seed(seed)
+    sub = torch.as_tensor(np.asarray(idx), device=dev)
+    x, y = train.images(sub), train.y[sub]
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    bounds = batch_bounds(len(x), cfg.batch_size)
+    opt = _torch_optimizer(cfg, model.parameters())
+    sched = _torch_scheduler(cfg, opt, cfg.epochs * len(bounds))
+    model.train()
+    done = 0
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(x), generator=generator).to(dev)
+        for s, e in bounds:
+            if steps is not None and done >= steps:
+                return model
+            batch = perm[s:e]
+            xb = random_crop_flip(x[batch], generator) if cfg.augment == "flip_crop" else x[batch]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=learner.precision == "bf16"):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y[batch], label_smoothing=cfg.label_smoothing)
+            if recorder is not None:
+                recorder.update(epoch, sub[batch][None], logits[None], y[batch][None])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            done += 1
+    return model
+
+
+def _alone(cfg, data, runs, steps=None) -> list[torch.nn.Module]:
+    learner = NeuralLearner(cfg, data, path="single")
+    return [_torch_reference(learner, idx, seed, steps) for idx, seed in runs]
 
 
 @pytest.fixture
@@ -53,18 +121,52 @@ def test_stacked_group_takes_the_steps_each_model_takes_alone(fp32, digits, opti
     torch.set_num_threads(1)
     for steps in (3, None):  # a few steps, and two whole epochs (the short runs sit out steps)
         group = NeuralLearner(cfg, digits, path=path).fit_group(runs, steps)
-        alone = NeuralLearner(cfg, digits, path="single").fit_group(runs, steps)
+        alone = _alone(cfg, digits, runs, steps)
         for k, model in enumerate(alone):
             assert _max_diff(group.state_dicts()[k], model.state_dict()) < 1e-5, (steps, k)
         moved = _max_diff(group.state_dicts()[0], NeuralLearner(cfg, digits).make_model(runs[0][1]).state_dict())
         assert moved > 1e-4, "training changed the weights"
 
 
+GROUP_OF_ONE = {
+    "sgd": {},  # smoke's recipe: SGD, Nesterov momentum, weight decay, one-cycle LR and momentum
+    "adam": dict(optimizer="adam", lr=1e-3, schedule="cosine", label_smoothing=0.1),
+    "no-momentum": dict(momentum=0.0),  # Nesterov off whatever the flag says (one-cycle still cycles momentum)
+    "cnn": dict(arch="mem_cnn", width=8, augment="flip_crop"),  # BatchNorm, augmentation draws
+}
+
+
+@pytest.mark.parametrize("case", GROUP_OF_ONE)
+def test_a_group_of_one_takes_the_steps_of_a_plain_torch_loop(smoke, digits, case, device):
+    cfg = smoke.replace(device=device, precision="fp32", epochs=2, **GROUP_OF_ONE[case])
+    # whole epochs, except the CNN: a ReLU whose input sits at 0 turns rounding differences into 1e-4 jumps
+    # after a dozen steps or so; 14 steps still cover its first epoch, folded last batch included
+    steps = 14 if case == "cnn" else None
+    torch.set_num_threads(1)
+    learner = NeuralLearner(cfg, digits, path="single")
+    rng = np.random.default_rng(0)
+    for size in (13 * 64 + 1, 13 * 64 + 20):  # a last batch of one folded into the previous; a short last batch
+        idx = np.sort(rng.choice(digits.n_train, size, replace=False))
+        signals = []
+        ours = learner.fit_group([(idx, 7)], steps, signals)[0]
+        recorder = SignalRecorder(1, digits.n_train, cfg.epochs, learner.device)
+        ref = _torch_reference(learner, idx, 7, steps, recorder)
+        assert _max_diff(ours.state_dict(), ref.state_dict()) < 2e-6, (case, size)
+        assert _max_diff(ref.state_dict(), learner.make_model(7).state_dict()) > 1e-2, "training changed the weights"
+        for name, theirs in recorder.result()[0].items():
+            if theirs.dtype == np.uint8:
+                np.testing.assert_array_equal(signals[0][name], theirs, name)
+            else:  # float16: a value's last bit may differ
+                np.testing.assert_allclose(
+                    signals[0][name].astype(float), theirs.astype(float), atol=1e-3, err_msg=name
+                )
+
+
 def test_vmap_group_keeps_batchnorm_statistics_per_model(smoke, digits, device):
     cfg = smoke.replace(device=device, precision="fp32", arch="mem_cnn", width=4, epochs=1, augment="flip_crop")
     runs = _runs(cfg, digits, range(3))
     group = NeuralLearner(cfg, digits, path="vmap").fit_group(runs, steps=3)
-    alone = NeuralLearner(cfg, digits, path="single").fit_group(runs, steps=3)
+    alone = _alone(cfg, digits, runs, steps=3)
     for k, model in enumerate(alone):
         sd = group.state_dicts()[k]
         assert _max_diff(sd, model.state_dict()) < 1e-5
@@ -139,7 +241,7 @@ def test_a_model_that_sits_out_a_step_keeps_its_weights_and_momentum(fp32, devic
 
 
 def test_paths_and_precision_are_chosen_per_architecture_and_device(smoke, digits):
-    from memlib.models import build_model
+    from memlib.train.models import build_model
 
     mlp = build_model(smoke, 1, 8, 10)
     cnn = build_model(smoke.replace(arch="mem_cnn"), 1, 8, 10)
@@ -164,8 +266,8 @@ def test_bf16_engine_learns_as_well_as_fp32(smoke, digits, device):
 
 
 def test_bf16_working_copies_give_autocasts_exact_gradients(digits, device):
-    from memlib.engine import StackedMLP
-    from memlib.models import build_model
+    from memlib.train.engine import StackedMLP
+    from memlib.train.models import build_model
 
     cfg = memlib.load_profile("smoke")
     models = [build_model(cfg, 1, 8, 10).to(device) for _ in range(3)]

@@ -10,9 +10,7 @@ import pytest
 from conftest import tiny_dataset
 
 import memlib
-from memlib.design import subset_jobs, subset_mask
-from memlib.engine import NearestNeighbourLearner, Outcome
-from memlib.estimation import (
+from memlib.analysis.estimation import (
     estimate_from_arrays,
     export_influence,
     high_influence_pairs,
@@ -21,8 +19,11 @@ from memlib.estimation import (
     is_binary,
     memorization,
 )
-from memlib.runner import run_jobs, subset_store_spec
-from memlib.store import Store
+from memlib.runs.local import run_jobs
+from memlib.runs.store import Store
+from memlib.runs.subsets import subset_store_spec
+from memlib.train.design import subset_jobs, subset_mask
+from memlib.train.engine import NearestNeighbourLearner, Outcome
 
 
 def random_masks(t: int, n: int, seed: int = 0) -> np.ndarray:
@@ -212,7 +213,7 @@ def test_estimates_round_trip_with_published_keys(tmp_path, digits):
     assert back.num_models == 40
 
 
-def test_split_half_and_se_curve_on_planted_signal(tmp_path):
+def test_split_half_and_convergence_on_planted_signal(tmp_path):
     data = tiny_dataset(n_train=30, n_test=10)
     sources = np.arange(10) * 3
     data.y_test = data.y_train[sources]
@@ -222,9 +223,10 @@ def test_split_half_and_se_curve_on_planted_signal(tmp_path):
     assert sh["models_per_half"] == [100, 100]
     np.testing.assert_array_equal(sh["mem_a"], 1.0)
     assert sh["pairs_jaccard"] > 0
-    curve = memlib.se_curve(np.asarray(store["masks"]), np.asarray(store["train_correct"]))
-    np.testing.assert_array_equal(curve["mean_se"], 0.0)  # no noise in a planted learner
-    np.testing.assert_array_equal(curve["observed_error"][curve["models"] <= 100], 0.0)
+    curve = memlib.convergence(np.asarray(store["masks"]), np.asarray(store["train_correct"]), cfg.subset_ratio)
+    assert curve.models[-1] == 100 and curve.total_models == 200
+    for errors in (curve.mean_se, curve.mean_se_varying, curve.observed_rms, curve.observed_rms_varying):
+        np.testing.assert_array_equal(errors, 0.0)  # no noise in a planted learner
 
 
 def test_standard_errors_are_calibrated():
@@ -232,11 +234,13 @@ def test_standard_errors_are_calibrated():
     rng = np.random.default_rng(0)
     masks = random_masks(400, 300)
     noisy = rng.random(masks.shape) < 0.3 + 0.4 * masks
-    curve = memlib.se_curve(masks, noisy, counts=[25, 50, 100, 200, 400])
-    assert curve["mean_se"][0] > 3.5 * curve["mean_se"][-1]  # 25 -> 400 models: sqrt(16) = 4 times smaller
-    ratio = curve["observed_error"][:4] / curve["mean_se"][:4]
-    np.testing.assert_allclose(ratio, 1.0, atol=0.15)
-    assert np.isnan(curve["observed_error"][-1])  # no disjoint halves of 400 runs of 400
+    curve = memlib.convergence(masks, noisy, 0.7, counts=[25, 50, 100, 200, 400])
+    assert curve.examples_varying == 300
+    for mean_se, observed in ((curve.mean_se, curve.observed_rms), (curve.mean_se_varying, curve.observed_rms_varying)):
+        assert mean_se[0] > 3.5 * mean_se[-1]  # 25 -> 400 models: sqrt(16) = 4 times smaller
+        np.testing.assert_allclose(observed[:4] / mean_se[:4], 1.0, atol=0.15)
+        assert np.isnan(observed[-1])  # no disjoint halves of 400 runs of 400
+    assert np.isnan(curve.spearman[-1]) and np.all(np.abs(curve.spearman[:4]) < 0.3)  # every true mem is 0.4
 
 
 @pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32, np.float64])

@@ -8,8 +8,8 @@ from conftest import tiny_dataset
 from scipy import stats
 
 import memlib
-from memlib.estimation import Estimates, MaskedDiff, Pairs
-from memlib.experiments import conditions, marginal_utility, mean_ci, retrain_jobs
+from memlib.analysis.estimation import Estimates, MaskedDiff, Pairs
+from memlib.stages.utility import conditions, marginal_utility, mean_ci, retrain_jobs
 
 
 def fake_estimates(mem: np.ndarray, pair_sources=(), data=None) -> Estimates:

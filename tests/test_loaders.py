@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import memlib
-from memlib.data import CIFAR_LAYOUT, CIFAR_MD5, DataError, load_cifar_dataset, load_idx_dataset, read_idx
+import memlib.data.builtin
+from memlib.data.builtin import CIFAR_LAYOUT, CIFAR_MD5, load_cifar_dataset, load_idx_dataset, read_idx
+from memlib.data.dataset import DataError
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
@@ -97,8 +99,10 @@ def test_truncated_idx_file_is_refused(tmp_path):
 
 def test_missing_data_names_every_way_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MEMLIB_DATA_DIR", raising=False)
-    src = memlib.data.IDX_SOURCES["fashion-mnist"]
-    monkeypatch.setitem(memlib.data.IDX_SOURCES, "fashion-mnist", replace(src, debian_dir=str(tmp_path / "no-debian")))
+    src = memlib.data.builtin.IDX_SOURCES["fashion-mnist"]
+    monkeypatch.setitem(
+        memlib.data.builtin.IDX_SOURCES, "fashion-mnist", replace(src, debian_dir=str(tmp_path / "no-debian"))
+    )
     with pytest.raises(DataError) as err:
         load_idx_dataset("fashion-mnist", cfg_for("fashion-mnist", tmp_path / "empty"))
     text = str(err.value)

@@ -17,10 +17,12 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import yaml
 from conftest import ROOT
 
+import memlib
 from memlib.__main__ import main
-from memlib.report import STAGES
+from memlib.report.artifacts import STAGES
 
 VENV = Path(sys.prefix)
 
@@ -89,14 +91,29 @@ def test_lab_prepares_the_profiles_notebooks_and_runs_as_root(tmp_path):
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("jupyter lab") and f"--notebook-dir={lab}" in last
     assert ("--allow-root" in last) == (os.geteuid() == 0)
+    values = yaml.safe_load((lab / "parameters.yaml").read_text())  # every value the notebooks run with
+    assert values == memlib.load_profile(str(profile)).to_dict()
+    assert values["lr"] == 0.01 and values["results_dir"] == str(tmp_path / "results")
     for stage in STAGES:
         nb = nbformat.read(lab / f"{stage}.ipynb", as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(injected) == 1, stage
-        assert 'profile = "toy"' in injected[0].source and "lr = 0.01" in injected[0].source
-        assert f'results_dir = "{tmp_path / "results"}"' in injected[0].source
+        assert f'profile = "{profile}"' in injected[0].source
+        assert f'params = "{lab / "parameters.yaml"}"' in injected[0].source
+    (lab / "parameters.yaml").write_text("epochs: 5\n")  # the user's edit
     again = make("lab", f"PROFILE={profile}", "JUPYTER=true")
-    assert again.stdout.count("kept ") == len(STAGES), "a second `make lab` keeps the notebooks you edited"
+    assert again.stdout.count("kept ") == len(STAGES) + 1, "a second `make lab` keeps the notebooks you edited"
+    assert (lab / "parameters.yaml").read_text() == "epochs: 5\n", "and the values you edited"
+
+
+def test_lab_names_a_relative_profile_path_so_that_the_notebooks_find_it(tmp_path):
+    profile = toy_profile(tmp_path)
+    relative = os.path.relpath(profile, ROOT)
+    res = make("lab", f"PROFILE={relative}", "JUPYTER=true")
+    assert res.returncode == 0, res.stderr
+    nb = nbformat.read(tmp_path / "results" / "toy" / "lab" / f"{STAGES[0]}.ipynb", as_version=4)
+    [injected] = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert f'profile = "{profile}"' in injected.source
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import memlib
-from memlib.engine import NeuralLearner
-from memlib.noise import label_flips
-from memlib.runner import open_subset_store
-from memlib.signals import NOT_SEEN, SignalRecorder, el2n_epoch
+from memlib.data.noise import label_flips
+from memlib.runs.subsets import open_subset_store
+from memlib.train.engine import NeuralLearner
+from memlib.train.signals import NOT_SEEN, SignalRecorder, el2n_epoch
 
 
 def test_flips_are_reproducible_never_to_the_same_class_and_the_requested_fraction():
@@ -31,7 +31,7 @@ def test_loaded_noisy_data_differs_exactly_at_the_recorded_flips_which_the_store
     clean = memlib.load_dataset(cfg.replace(label_noise=0.0))
     noisy = memlib.load_dataset(cfg)
     changed = np.flatnonzero(noisy.y_train != clean.y_train)
-    np.testing.assert_array_equal(changed, noisy.label_flips.positions)
+    np.testing.assert_array_equal(changed, noisy.flips.positions)
     assert len(changed) == round(0.1 * clean.n_train)
     np.testing.assert_array_equal(noisy.y_train_clean, clean.y_train)
     np.testing.assert_array_equal(noisy.y_test, clean.y_test)

@@ -1,4 +1,5 @@
-"""The notebooks: clean in the repo, parameters in step with the digits profile, and all five run by papermill."""
+"""The notebooks: clean in the repo, a parameters cell of two names, the config load_profile gives, and all five
+run by papermill."""
 
 from __future__ import annotations
 
@@ -11,16 +12,45 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import yaml
 
 import memlib
+from memlib.__main__ import write_params
 from memlib.config import Config
-from memlib.report import STAGES, render_report
+from memlib.report.artifacts import STAGES
+from memlib.report.figures import FIGURES, figure_path
+from memlib.report.html import render_report
 
 NOTEBOOKS = [Path("notebooks") / f"{s}.ipynb" for s in STAGES]
+PROFILES = sorted(p.stem for p in Path("configs").glob("*.yaml"))
+
+
+def notebook_config(path: Path, parameters: dict, monkeypatch) -> Config:
+    """The cfg a notebook builds when papermill gives it `parameters`, as `make` runs it (in notebooks/): its
+    parameters cell, the cell papermill injects, then the notebook's own statement that assigns cfg."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(path))
+    nb = parameterize_notebook(nb, parameters) if parameters else nb  # as papermill.execute_notebook does
+    namespace: dict = {}
+    root = Path.cwd()
+    monkeypatch.chdir(root / "notebooks")
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            exec(cell.source, namespace)
+        elif cell.cell_type == "code" and "cfg =" in cell.source:
+            body = ast.parse(cell.source).body
+            [assign] = [s for s in body if isinstance(s, ast.Assign) and ast.unparse(s.targets[0]) == "cfg"]
+            exec("import memlib\n" + ast.unparse(assign), namespace)
+            monkeypatch.chdir(root)
+            return namespace["cfg"]
+    raise AssertionError(f"{path} assigns no cfg")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_repo_notebook_is_clean_and_parameters_are_the_digits_profile(path):
+def test_repo_notebook_is_clean_and_its_parameters_are_the_profile_and_a_file(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "repo notebooks carry no outputs"
@@ -30,7 +60,25 @@ def test_repo_notebook_is_clean_and_parameters_are_the_digits_profile(path):
     for node in ast.parse(tagged[0].source).body:
         assert isinstance(node, ast.Assign), "the parameters cell holds only literal assignments"
         values[node.targets[0].id] = ast.literal_eval(node.value)
-    assert values == Config().to_dict()
+    assert values == {"profile": "digits", "params": None}, "the defaults live in memlib.Config alone"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_gets_exactly_the_config_load_profile_gives(path, tmp_path, monkeypatch):
+    assert notebook_config(path, {}, monkeypatch) == memlib.load_profile("digits") == Config()
+    for name in PROFILES:
+        cfg = memlib.load_profile(name)
+        assert notebook_config(path, {"profile": name}, monkeypatch) == cfg, name
+        params = write_params(cfg, tmp_path / name / "parameters.yaml")  # what make hands papermill
+        assert notebook_config(path, {"profile": name, "params": str(params)}, monkeypatch) == cfg, name
+    # a profile outside configs/, given by its path, and a file that changes some of its values
+    profile = tmp_path / "toy.yaml"
+    profile.write_text(open("configs/smoke.yaml").read().replace("profile: smoke", "profile: toy"))
+    params = tmp_path / "mine.yaml"
+    params.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "lr": "1e-2"}))
+    cfg = notebook_config(path, {"profile": str(profile), "params": str(params)}, monkeypatch)
+    assert cfg == memlib.load_profile(str(profile), params)
+    assert cfg == memlib.load_profile("smoke").replace(profile="toy", results_dir=str(tmp_path / "results"), lr=0.01)
 
 
 @pytest.mark.slow
@@ -40,7 +88,12 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     results = tmp_path / "results"
     out = results / "smoke"
     out.mkdir(parents=True)
-    params = {**memlib.load_profile("smoke").to_dict(), "results_dir": str(results)}
+    params = {
+        "profile": "smoke",
+        "params": str(
+            write_params(memlib.load_profile("smoke").replace(results_dir=str(results)), out / "parameters.yaml")
+        ),
+    }
     for nb in NOTEBOOKS:
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
     with np.load(out / "estimates.npz") as f:
@@ -50,8 +103,8 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert summary["num_models"] == 40
     assert summary["high_influence_pairs"] == len(np.load(out / "estimates.npz")["infl"])
     assert 0 <= summary["frac_mem_ge_0.25"] <= 1
-    for fig in ("memorized", "mem_hist", "pairs", "utility", "se_vs_models", "split_half"):
-        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    for path in [figure_path(out, name) for name in FIGURES] + [out / "figures" / "split_half.png"]:
+        assert path.stat().st_size > 5000
     env = json.loads((out / "environment.json").read_text())
     assert env["versions"]["torch"] == version("torch") and env["versions"]["timm"] == version("timm")
     assert env["training_device"] == "cpu" and env["cpu_cores"] >= 1
@@ -64,7 +117,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert validation["flipped"] == 0 and "auroc_mem" not in validation, "no flips, no recovery figures"
     assert validation["pairs_fixed"] == summary["high_influence_pairs"]
     assert (out / "figures" / "convergence.png").stat().st_size > 5000
-    assert "Traceback" not in report and "memlib.Config.from_namespace" not in report, "code is hidden"
+    assert "Traceback" not in report and "memlib.load_profile" not in report, "code is hidden"
     assert report.index("Contents:") < report.index("These numbers mean nothing") < report.index('id="stage-1"')
     assert "subset models:" not in report, "no progress bars"
     assert "row_heading" not in report, "no index columns"
@@ -82,7 +135,10 @@ def test_validation_stage_on_smoke_noisy_finds_the_recorded_flips_and_reports_ev
     out.mkdir(parents=True)
     cfg = memlib.load_profile("smoke-noisy")
     assert cfg.label_noise == 0.1
-    params = {**cfg.to_dict(), "results_dir": str(results)}
+    params = {
+        "profile": "smoke-noisy",
+        "params": str(write_params(cfg.replace(results_dir=str(results)), out / "parameters.yaml")),
+    }
     for stage in ("01_train_subsets", "02_estimate", "05_validate"):
         nb = Path("notebooks") / f"{stage}.ipynb"
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)

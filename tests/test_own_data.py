@@ -16,10 +16,12 @@ from PIL import Image
 from test_loaders import make_idx_dir
 
 import memlib
+import memlib.data.builtin
 from memlib.__main__ import main
 from memlib.config import ConfigError
-from memlib.data import DataError, as_images, load_dataset
-from memlib.models import build_model
+from memlib.data.dataset import DataError, as_images
+from memlib.data.datasets import load_dataset
+from memlib.train.models import build_model
 
 
 def smoke_with(**changes) -> memlib.Config:
@@ -269,8 +271,10 @@ def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
 def test_explicit_data_dir_is_the_only_place_looked(tmp_path, monkeypatch):
     system = tmp_path / "system-copy"
     make_idx_dir(system)  # as if the Debian package were installed: it must not be read instead
-    src = memlib.data.IDX_SOURCES["fashion-mnist"]
-    monkeypatch.setitem(memlib.data.IDX_SOURCES, "fashion-mnist", dataclasses.replace(src, debian_dir=str(system)))
+    src = memlib.data.builtin.IDX_SOURCES["fashion-mnist"]
+    monkeypatch.setitem(
+        memlib.data.builtin.IDX_SOURCES, "fashion-mnist", dataclasses.replace(src, debian_dir=str(system))
+    )
     monkeypatch.setenv("MEMLIB_DATA_DIR", str(system))
     (tmp_path / "mine").mkdir()
     with pytest.raises(DataError, match="not found") as err:

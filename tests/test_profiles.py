@@ -14,6 +14,7 @@ import pytest
 from test_loaders import make_idx_dir, write_cifar
 
 import memlib
+import memlib.data.builtin
 from memlib.__main__ import main
 
 GPU_PROFILES = ["fashion-mnist-full", "mnist-paper", "cifar10", "cifar100-paper"]
@@ -26,7 +27,7 @@ def tiny_data_for(cfg: memlib.Config, root: Path, monkeypatch) -> None:
         make_idx_dir(root / folder / "raw", n_train=20, n_test=8)
     else:
         md5, _ = write_cifar(root, cfg.dataset, n_per_batch=20 if cfg.dataset == "cifar100" else 4)
-        monkeypatch.setitem(memlib.data.CIFAR_MD5, cfg.dataset, md5)  # the tiny files' own checksums
+        monkeypatch.setitem(memlib.data.builtin.CIFAR_MD5, cfg.dataset, md5)  # the tiny files' own checksums
 
 
 @pytest.mark.slow
@@ -58,10 +59,10 @@ def test_gpu_profile_trains_its_first_models_on_cpu(tmp_path, monkeypatch, name)
 def test_gpu_profile_without_data_stops_before_work_with_the_ways_to_get_it(tmp_path, capsys, monkeypatch, name):
     monkeypatch.delenv("MEMLIB_DATA_DIR", raising=False)
     cfg = memlib.load_profile(name)
-    for key, src in memlib.data.IDX_SOURCES.items():  # as on a machine without the Debian package
+    for key, src in memlib.data.builtin.IDX_SOURCES.items():  # as on a machine without the Debian package
         if src.debian_dir:
             absent = dataclasses.replace(src, debian_dir=str(tmp_path / "not-installed"))
-            monkeypatch.setitem(memlib.data.IDX_SOURCES, key, absent)
+            monkeypatch.setitem(memlib.data.builtin.IDX_SOURCES, key, absent)
     assert main(["check", name]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "download: true" in err and "MEMLIB_DATA_DIR" in err

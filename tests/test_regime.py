@@ -9,8 +9,11 @@ import pytest
 from test_report import write_run
 
 import memlib
-from memlib import regime, report, validation
-from memlib.engine import NearestNeighbourLearner
+from memlib.analysis import regime, validation
+from memlib.report.artifacts import write_json
+from memlib.report.html import render_report
+from memlib.report.prose import proxy_row
+from memlib.train.engine import NearestNeighbourLearner
 
 
 def test_fit_report_on_a_case_counted_by_hand():
@@ -62,8 +65,8 @@ def test_an_under_fitted_store_gets_the_caveat_first_and_a_fitted_one_none(smoke
         out = tmp_path / name
         write_run(out, min_out=300.0)
         summary = json.loads((out / "summary.json").read_text())
-        report.write_json({**summary, "fit": fit}, out / "summary.json")
-        html = report.render_report(out).read_text()
+        write_json({**summary, "fit": fit}, out / "summary.json")
+        html = render_report(out).read_text()
         assert ("Not the paper's regime" in html) == shown
         if shown:  # the first banner, above every other caveat and the findings
             assert html.index("Not the paper's regime") < html.index("training examples,")
@@ -103,5 +106,5 @@ def test_proxy_agreement_on_scores_whose_agreement_is_known():
     assert curve["defined_mem"][0] == 0.0 and 0.5 < curve["defined_loss"][0] < 0.9
     summary = validation.proxy_summary(agreement)
     assert summary["proxy_spearman_loss"] == pytest.approx(1.0) and summary["proxy_curve_models"][-1] == 32
-    row = report.proxy_row(summary)
+    row = proxy_row(summary)
     assert row[0] == "cheap proxies of mem" and "best proxy loss" in row[1] and "from 8 models" in row[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import nbformat
@@ -15,8 +16,12 @@ from conftest import ROOT
 from test_experiments import fake_estimates
 
 import memlib
-from memlib import report
-from memlib.experiments import summarize as summarize_utility
+from memlib.report.artifacts import ENVIRONMENT_FILE, STAGES, write_json
+from memlib.report.figures import FIGURES, FINDINGS_FIGURES, figure_path
+from memlib.report.html import render_report
+from memlib.report.prose import caveats, headline, headline_sentence, validation_rows
+from memlib.report.summary import summarize
+from memlib.stages.utility import summarize as summarize_utility
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -47,7 +52,7 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     """Four executed-looking notebooks (papermill metadata, a progress bar on stderr) and a summary.json."""
     status = status or {}
     out.mkdir(parents=True, exist_ok=True)
-    for k, stage in enumerate(report.STAGES):
+    for k, stage in enumerate(STAGES):
         start = T0 + dt.timedelta(minutes=10 * k)
         if status.get(stage) == "stale":
             start = T0 - dt.timedelta(hours=1)
@@ -74,16 +79,16 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
     cfg = memlib.load_profile("smoke")
     split = {"mem_spearman": 0.5, "pairs_jaccard": None, "models_per_half": [20, 20]}
-    summary = report.summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
-    report.write_json(summary, out / "summary.json")
+    summary = summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
+    write_json(summary, out / "summary.json")
     (out / "parameters.yaml").write_text("profile: smoke\nlr: 0.1\n")
-    report.write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / report.ENVIRONMENT_FILE)
+    write_json({"commit": "abc", "cuda": None, "versions": {"torch": "2"}}, out / ENVIRONMENT_FILE)
 
 
 def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(tmp_path):
     out = tmp_path / "smoke"
     write_run(out)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     sentence = html.index("training examples,")
     assert "Contents:" in html and html.index("Contents:") < sentence < html.index('id="stage-1"')
     assert "95% CI" in html[sentence : sentence + 2000], "numbers carry their uncertainty"
@@ -108,7 +113,7 @@ def test_findings_come_first_with_uncertainty_contents_and_a_collapsed_appendix(
 def test_a_failed_or_stale_stage_puts_a_banner_on_top(tmp_path, status, says):
     out = tmp_path / "smoke"
     write_run(out, status=status)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     banner = html.index("This report does not show one consistent run")
     assert banner < html.index("training examples,"), "above the headline"
     assert says in html[banner : banner + 600]
@@ -119,13 +124,13 @@ def test_enough_models_no_caveat(tmp_path):
     write_run(out, min_out=300.0)
     summary = json.loads((out / "summary.json").read_text())
     summary["retrain_models"], summary["ci_clipped"] = 8, False
-    assert report.caveats(summary) == []
+    assert caveats(summary) == []
 
 
 def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     out = tmp_path / "smoke"
     write_run(out)
-    html = report.render_report(out).read_text()
+    html = render_report(out).read_text()
     assert "finding flipped labels" not in html and "validation.json" not in html[: html.index('id="stage-1"')]
     checks = {
         "flipped": 130,
@@ -144,10 +149,10 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
         **{"top_mem_jaccard_arch": 0.3, "pairs_jaccard_arch": 0.2, "pairs_a": 12, "pairs_b": 9},
         **{"mean_mem_difference_arch": 0.013, "test_accuracy_gap_arch": -0.011},
     }
-    report.write_json(checks, out / "validation.json")
-    findings = report.render_report(out).read_text()
+    write_json(checks, out / "validation.json")
+    findings = render_report(out).read_text()
     findings = findings[: findings.index('id="stage-1"')]
-    rows = dict(report.validation_rows(checks))
+    rows = dict(validation_rows(checks))
     assert rows["finding flipped labels"] == (
         "130 flips: AUROC of mem 0.610 (precision at k 0.25); best peer score cleanlab 0.990 (precision at k 0.90)"
     )
@@ -157,4 +162,43 @@ def test_headline_carries_stage_five_figures_when_there_are_some(tmp_path):
     assert rows["mem_mlp vs mem_cnn"].startswith("Spearman of mem 0.420; Jaccard of the top 10% by mem 0.30")
     assert "mean mem difference +0.013 beside a test accuracy gap of -0.011" in rows["mem_mlp vs mem_cnn"]
     for label in rows:
-        assert report.html.escape(label) in findings, "in the headline table, before stage 1"
+        assert escape(label) in findings, "in the headline table, before stage 1"
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.5])
+def test_the_memorized_fraction_follows_mem_threshold(threshold):
+    mem = np.array([0.0, 0.1, 0.3, 0.6, 0.9] * 20)
+    runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
+    cfg = memlib.load_profile("smoke").replace(mem_threshold=threshold)
+    s = summarize(cfg, fake_estimates(mem), summarize_utility(runs), {}, np.array([0.9]))
+    frac = float(np.mean(mem >= threshold))  # 0.6 at 0.25, 0.4 at 0.5
+    half = 1.96 * np.sqrt(frac * (1 - frac) / len(mem))
+    assert [k for k in s if k.startswith("frac_mem_ge_")] == [
+        f"frac_mem_ge_{threshold:g}",
+        f"frac_mem_ge_{threshold:g}_ci95",
+    ]
+    assert s[f"frac_mem_ge_{threshold:g}"] == pytest.approx(frac)
+    assert s[f"frac_mem_ge_{threshold:g}_ci95"] == pytest.approx([frac - half, frac + half], abs=1e-6)
+    said = f"{frac:.1%} (95% CI {frac - half:.1%} to {frac + half:.1%})"
+    assert f"{said} are memorized (mem ≥ {threshold:g};" in headline_sentence(s)
+    assert dict(headline(s))["memorization"].startswith(f"{said} of training examples have mem ≥ {threshold:g}")
+
+
+def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "smoke"
+    write_run(out)
+    for name in FIGURES:
+        fig = plt.figure(figsize=(1, 1))
+        figure_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(figure_path(out, name))
+        plt.close(fig)
+    findings = render_report(out).read_text()
+    findings = findings[: findings.index('id="stage-1"')]
+    assert findings.count("<img") == len(FINDINGS_FIGURES)
+    at = [findings.index(escape(FIGURES[name].caption)) for name in FINDINGS_FIGURES]
+    assert at == sorted(at), "each figure with its caption, in the table's order"

@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT
 
 import memlib
-from memlib.store import CHECKSUMS, COMPLETED, data_names
+from memlib.runs.store import CHECKSUMS, COMPLETED, data_names
 
 pytestmark = pytest.mark.slow
 

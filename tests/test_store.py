@@ -11,9 +11,10 @@ import pytest
 from conftest import snapshot
 
 import memlib
-from memlib.design import subset_mask, subset_masks
-from memlib.runner import open_subset_store
-from memlib.store import Store, StoreError
+import memlib.runs.subsets
+from memlib.runs.store import Store, StoreError
+from memlib.runs.subsets import open_subset_store
+from memlib.train.design import subset_mask, subset_masks
 
 META = {"fingerprint": "a", "config": {"k": "a"}}
 
@@ -263,7 +264,7 @@ def test_every_finished_mask_is_checked_against_its_design(smoke, digits):
     store.write_rows(rows)  # a writer that wrote the wrong mask: its checksum agrees with it
     with pytest.raises(StoreError, match=r"rows 100\b.*python -m memlib repair smoke"):
         open_subset_store(cfg, digits, create=False)
-    assert memlib.runner.repair_subset_store(cfg, digits) == [100]
+    assert memlib.runs.subsets.repair_subset_store(cfg, digits) == [100]
     assert open_subset_store(cfg, digits).pending() == [100]
 
 
@@ -311,7 +312,7 @@ def test_a_store_made_before_checksums_is_upgraded_by_repair_not_retrained(smoke
     (store.path / "checksums.npy").unlink()
     with pytest.raises(StoreError, match="made before stored rows carried checksums"):
         open_subset_store(cfg, digits, create=False)
-    assert memlib.runner.repair_subset_store(cfg, digits) == []
+    assert memlib.runs.subsets.repair_subset_store(cfg, digits) == []
     assert open_subset_store(cfg, digits, create=False).done() == 24
 
 

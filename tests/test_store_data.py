@@ -10,9 +10,9 @@ from conftest import snapshot, tiny_dataset
 from test_experiments import fake_estimates
 
 import memlib
-from memlib.estimation import Pairs
-from memlib.experiments import marginal_utility, retrain_store_path
-from memlib.store import StoreError
+from memlib.analysis.estimation import Pairs
+from memlib.runs.store import StoreError
+from memlib.stages.utility import marginal_utility, retrain_store_path
 
 
 class CountingLearner(memlib.NearestNeighbourLearner):
@@ -50,13 +50,13 @@ def test_stage1_store_refuses_other_data_and_says_what_changed(smoke):
 
 
 def test_a_store_does_not_mix_precisions_when_auto_resolves_otherwise(smoke, monkeypatch):
-    import memlib.runner
+    import memlib.runs.subsets
 
     data = tiny_dataset()
     memlib.train_subsets(smoke, data, learner=memlib.NearestNeighbourLearner(data), rows=range(4))
-    made_in = memlib.runner.stored_meta(smoke.out_dir / "store")["precision"]
+    made_in = memlib.runs.subsets.stored_meta(smoke.out_dir / "store")["precision"]
     other = "fp32" if made_in == "bf16" else "bf16"
-    monkeypatch.setattr(memlib.runner, "resolve_precision", lambda name, device: other)  # another machine
+    monkeypatch.setattr(memlib.runs.subsets, "resolve_precision", lambda name, device: other)  # another machine
     before = snapshot(smoke.out_dir)
     with pytest.raises(
         StoreError, match=f"trained in {made_in}, but on this machine precision: auto trains in {other}"

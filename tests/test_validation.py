@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from memlib.estimation import influence
-from memlib.peers import cleanlab_scores, in_model_means, out_of_sample_probs, suspicion, training_scores
-from memlib.signals import NOT_SEEN
-from memlib.validation import (
+from memlib.analysis import peers, validation
+from memlib.analysis.estimation import influence, memorization
+from memlib.analysis.peers import (
+    PEERS,
+    Peer,
+    PeerInputs,
+    PeerRuns,
+    cleanlab_issues,
+    in_model_means,
+    out_of_sample_probs,
+    signed_scores,
+    suspicion,
+)
+from memlib.analysis.stability import paper_bound
+from memlib.analysis.validation import (
     auroc,
     average_precision,
     benjamini_hochberg,
     exceedance_p,
     fdr_pairs,
-    paper_bound,
     precision_at_k,
     recovery,
 )
+from memlib.report.prose import validation_rows
+from memlib.stages.validate import scores_from_store
+from memlib.train.signals import NOT_SEEN
 
 
 def test_ranking_metrics_on_scores_whose_values_are_known():
@@ -84,9 +99,11 @@ def test_peer_scores_average_over_the_models_that_trained_on_each_example():
     aum = np.where(masks, np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 4.0, -1.0]]), np.nan).astype(np.float16)
     signals = {"forgetting": forgetting, "correct_epochs": forgetting, "aum": aum, "margin": aum, "loss": aum}
     signals["el2n"] = aum
-    scores = training_scores(masks, signals, epochs=4)
+    inputs = PeerInputs(PeerRuns(masks, masks, signals, None, None), np.zeros(3, dtype=np.int64), 3, epochs=4)
+    scores = {name: PEERS[name].score(inputs) for name in ("aum", "learning_speed", "forgetting")}
     np.testing.assert_allclose(scores["aum"], [2.0, 3.0, -1.0])
     np.testing.assert_allclose(scores["learning_speed"], [0.25, 0.125, 0.75])
+    np.testing.assert_allclose(scores["forgetting"], [1.0, 0.5, 3.0])
     assert suspicion("aum", scores["aum"]).argmax() == 2, "low AUM is suspicious"
     assert suspicion("mem", np.array([np.nan, 0.1])).argmax() == 1, "no estimate ranks last"
 
@@ -116,14 +133,74 @@ def test_cleanlab_flags_the_example_whose_label_its_probabilities_contradict():
     probs += rng.random((90, 3)) * 0.01
     probs[5] = [0.02, 0.96, 0.02]  # labelled 0, predicted 1 with confidence
     probs /= probs.sum(1, keepdims=True)
-    quality, issues = cleanlab_scores(labels, probs)
-    assert quality.argmin() == 5 and issues[5] and issues.sum() == 1
+    issues = cleanlab_issues(labels, probs)
+    assert issues[5] and issues.sum() == 1
+
+
+def peer_runs(runs: int = 24, n: int = 40, classes: int = 3, seed: int = 0) -> tuple[PeerRuns, np.ndarray]:
+    """Random runs with every recorded signal and top-k probabilities; and the labels they trained on."""
+    rng = np.random.default_rng(seed)
+    masks = rng.random((runs, n)) < 0.7
+    signals = {
+        name: np.where(masks, rng.random((runs, n)), np.nan).astype(np.float16)
+        for name in ("loss", "margin", "aum", "el2n")
+    }
+    for name in ("correct_epochs", "forgetting", "learned_epoch"):
+        signals[name] = np.where(masks, rng.integers(0, 5, (runs, n)), NOT_SEEN).astype(np.uint8)
+    probs = rng.dirichlet(np.ones(classes), (runs, n))
+    topk_class = np.argsort(-probs, axis=-1).astype(np.uint8)
+    topk_prob = np.take_along_axis(probs, topk_class, -1).astype(np.float16)
+    correct = rng.random((runs, n)) < 0.5 + 0.4 * masks
+    return PeerRuns(masks, correct, signals, topk_prob, topk_class), rng.integers(0, classes, n)
+
+
+def test_the_registry_scores_mem_and_cleanlab_as_their_definitions():
+    from cleanlab.rank import get_label_quality_scores
+
+    runs, labels = peer_runs()
+    inputs = PeerInputs(runs, labels, 3, epochs=5)
+    scores = peers.peer_scores(inputs)
+    assert list(scores) == list(PEERS) == list(validation.score_descriptions())
+    np.testing.assert_array_equal(scores["mem"], memorization(runs.masks, runs.train_correct).value)
+    quality = get_label_quality_scores(labels, inputs.out_of_sample_probs, method="self_confidence")
+    np.testing.assert_array_equal(scores["cleanlab"], quality)
+    signed = signed_scores(runs, labels, 3, 5)
+    for name, peer in PEERS.items():
+        np.testing.assert_array_equal(signed[name], peer.sign * scores[name])
+    given = peers.peer_scores(inputs, given={"mem": np.ones(40)})
+    np.testing.assert_array_equal(given["mem"], 1.0)
+
+
+def test_a_peer_registered_once_reaches_every_table(monkeypatch):
+    """One entry in PEERS: signed scores, recovery, the proxy comparison, stage 5's scores and the report take it."""
+    runs, labels = peer_runs()
+    doc = "negative mean learned epoch (a toy score)"
+    monkeypatch.setitem(PEERS, "toy", Peer(-1, doc, lambda x: x.in_model_mean("learned_epoch")))
+    signed = signed_scores(runs, labels, 3, 5)
+    np.testing.assert_array_equal(signed["toy"], -in_model_means(runs.masks, runs.signals["learned_epoch"]))
+    assert validation.score_descriptions()["toy"] == doc
+    flipped = np.zeros(40, dtype=bool)
+    flipped[:6] = True
+    assert "toy" in {row["score"] for row in recovery({k: suspicion(k, v) for k, v in signed.items()}, flipped)}
+    agreement = validation.proxy_agreement(runs, labels, 3, 5, flipped)
+    assert "toy" in agreement["with_mem"]
+    assert len(agreement["curve"]["spearman_toy"]) == len(agreement["curve"]["auroc_toy"]) == 5  # t = 1, 2, 4, 8, 12
+    figures = validation.proxy_summary(agreement)
+    assert {"proxy_spearman_toy", "proxy_pearson_toy", "proxy_curve_spearman_toy"} <= set(figures)
+    store = {"masks": runs.masks, "train_correct": runs.train_correct, "train_topk_prob": runs.topk_prob}
+    store |= {"train_topk_class": runs.topk_class, **{f"signal_{k}": v for k, v in runs.signals.items()}}
+    cfg, data = SimpleNamespace(epochs=5), SimpleNamespace(y_train=labels, num_classes=3)
+    est = SimpleNamespace(mem=SimpleNamespace(value=signed["mem"]))
+    scores, _, _ = scores_from_store(cfg, store, data, est)
+    np.testing.assert_array_equal(scores["toy"], -signed["toy"])
+    checks = {"flipped": 6, "auroc_mem": 0.5, "precision_at_k_mem": 0.2, "auroc_toy": 0.9, "precision_at_k_toy": 0.5}
+    assert "best peer score toy 0.900" in dict(validation_rows(checks))["finding flipped labels"]
 
 
 @pytest.mark.slow
 def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, digits):
     import memlib
-    from memlib.validation import compare_architecture
+    from memlib.stages.validate import compare_architecture
 
     cfg = smoke.replace(
         num_models=12, min_out=2, mask_design="balanced", epochs=1, group_size=4, width=8, compare_arch="mem_cnn"

@@ -1,0 +1,233 @@
+"""Preflight: everything that can be wrong with a config is found here, before any long work starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.published import PUBLISHED_SOURCES
+from ..analysis.regime import summary_line
+from ..config import Config, ConfigError, display_path, resolve
+from ..data import dataset as data_module
+from ..data.dataset import Dataset
+from ..data.datasets import load_dataset
+from ..data.own import user_code_error
+from ..runs.store import SPEC_FILE, refuse_unspecified
+from ..runs.subsets import open_subset_store, subset_store_path, subset_store_spec
+from ..train.design import check_out_counts
+from ..train.engine import resolve_device
+from ..train.models import build_model, check_arch
+from .train import store_fit
+from .utility import check_retrain_store
+
+
+def check(cfg: Config, data: Dataset | None = None) -> dict:
+    """Validate a config against its data (loaded here if not given), architecture and any existing store.
+
+    Checks every stage's store (stage 1's and stage 3's) against this config and data. Writes nothing.
+    Raises ConfigError, DataError or StoreError with a message that says what to do.
+    """
+    cfg.validate()
+    resolve_device(cfg.device)  # a GPU named where there is none
+    check_arch(cfg.arch, cfg.model_module)
+    if cfg.compare_arch:
+        check_arch(cfg.compare_arch, cfg.model_module)
+    writable = check_results_dir(cfg)
+    if data is None:
+        data = load_dataset(cfg)
+    check_design_fits(cfg, data)
+    parameters = check_model_runs(cfg, data)
+    out = check_out_counts(cfg, data.n_train)
+    check_published(cfg)
+    path = subset_store_path(cfg)
+    done, regime = 0, "no finished models yet (stage 1 says after its first group)"
+    if (path / SPEC_FILE).exists():  # an existing store must match this config and data, and every row verify
+        store = open_subset_store(cfg, data, create=False)
+        done = store.done()
+        if done:  # do the finished models fit what they trained on (the paper's regime)?
+            regime = f"{done} finished models: {summary_line(store_fit(cfg, store, data))}"
+    else:
+        refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
+        check_disk_fits(cfg, data)
+    retrained = check_retrain_store(cfg, data)  # stage 3's store too: same training config and data
+    return {
+        **data.describe(),
+        "architecture": cfg.arch,
+        "parameters": parameters,
+        "models": cfg.num_models,
+        "models out per example (min / mean)": f"{int(out.min())} / {float(np.mean(out)):.0f}",
+        "models already finished": done,
+        "regime": regime,
+        "retrained models already finished (stage 3)": retrained,
+        "results": display_path(cfg.out_dir)
+        + ("" if writable else " (read-only: every model is finished, so the stages that only read can run)"),
+    }
+
+
+def check_model_runs(cfg: Config, data: Dataset) -> int:
+    """The architecture builds for this data, fits in memory and maps 2 images to (2, classes); returns its size."""
+    import torch
+
+    c, h, w = data.image_shape
+    with torch.device("meta"):  # parameters counted without allocating them
+        meta_model = _build(cfg, data)
+    parameters = sum(p.numel() for p in meta_model.parameters())
+    check_model_fits(cfg, parameters)
+    model = _build(cfg, data)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.as_tensor(data.x_train[:2]))
+    except Exception as exc:  # timm models raise many kinds of error on an input they cannot take
+        mine = _user_model_error(cfg, exc, f"its forward pass on 2 images of {c}x{h}x{w}")
+        if mine is not None:
+            raise mine from None
+        raise ConfigError(
+            f"arch {cfg.arch!r} does not accept {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc}). "
+            "Choose an architecture for this image size (memlib's mem_mlp, mem_cnn, mem_resnet18 take any)."
+        ) from exc
+    if tuple(logits.shape) != (2, data.num_classes):
+        raise ConfigError(
+            f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes}): choose another"
+            " architecture"
+        )
+    return parameters
+
+
+def check_published(cfg: Config) -> None:
+    """The published estimates a profile names exist, and exist for its dataset."""
+    for name in ("published_pairs", "published_cscores"):
+        path = getattr(cfg, name)
+        if path is None:
+            continue
+        if cfg.dataset not in ("cifar10", "cifar100"):
+            raise ConfigError(
+                f"{name} is set, but published estimates exist only for CIFAR-10/100 (dataset: {cfg.dataset})"
+            )
+        if not resolve(path).is_file():
+            raise ConfigError(f"{name}: {resolve(path)} does not exist. {PUBLISHED_SOURCES}")
+
+
+def _build(cfg: Config, data: Dataset):
+    c, h, w = data.image_shape
+    try:
+        return build_model(cfg, in_chans=c, img_size=h, num_classes=data.num_classes)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        mine = _user_model_error(cfg, exc, f"built for {c}x{h}x{w} images and {data.num_classes} classes")
+        if mine is not None:
+            raise mine from None
+        raise ConfigError(
+            f"arch {cfg.arch!r} cannot be built for {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _user_model_error(cfg: Config, exc: BaseException, context: str) -> ConfigError | None:
+    """The error for the user's own architecture failing (their file and line), or None if it is not theirs."""
+    file = _user_file(cfg)
+    if file is None:
+        return None
+    return ConfigError(user_code_error(exc, f"architecture {cfg.arch} in {display_path(file)}", file) + f" ({context})")
+
+
+def _user_file(cfg: Config) -> str | None:
+    """The file of the architecture's entry function, if it is the user's model_module (not memlib or timm)."""
+    if not cfg.model_module:
+        return None
+    import timm
+
+    try:
+        file = timm.models.model_entrypoint(cfg.arch).__code__.co_filename
+    except (RuntimeError, AttributeError):
+        return None
+    return file if Path(file).resolve() == resolve(cfg.model_module).resolve() else None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_design_fits(cfg: Config, data: Dataset) -> None:
+    """ConfigError, before any mask is built, if num_models x n masks cannot fit in memory."""
+    n = data.n_train
+    need = 2 * cfg.num_models * n  # the masks (bools) and one copy while they are stacked
+    if cfg.mask_design == "balanced":
+        need += cfg.num_models * min(n, 4096) * 12  # a chunk's random keys (float32) and their order (int64)
+    free = data_module.available_memory()
+    if need > 0.8 * free:
+        raise ConfigError(
+            f"the masks of num_models={cfg.num_models:,} runs x {n:,} training examples need about {_gib(need)} "
+            f"of memory; {_gib(free)} is free here. Lower num_models or train_size."
+        )
+
+
+def check_model_fits(cfg: Config, parameters: int) -> None:
+    """ConfigError if a group of models (weights, gradients, optimizer state) cannot fit where they train."""
+    import torch
+
+    device = resolve_device(cfg.device)
+    copies = cfg.group_size * (1 if device.type == "cuda" else cfg.workers)
+    need = parameters * 4 * 4 * copies  # fp32 weights, gradients, momentum and one working copy
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"on {device}"
+    else:
+        free, where = data_module.available_memory(), "in memory"
+    if need > 0.8 * free:
+        raise ConfigError(
+            f"{cfg.arch} with width={cfg.width} has {parameters:,} parameters; {copies} models at once "
+            f"(group_size x workers) need at least {_gib(need)} {where}, {_gib(free)} is free. Lower width, "
+            "group_size or workers."
+        )
+
+
+def check_disk_fits(cfg: Config, data: Dataset) -> None:
+    """ConfigError if the stage-1 store would not fit on the disk of results_dir (its files fill up as it trains)."""
+    spec, _ = subset_store_spec(cfg, data)
+    need = sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in spec.values())
+    free = shutil.disk_usage(_existing_ancestor(cfg.out_dir)).free
+    if need > free:
+        raise ConfigError(
+            f"the store of {cfg.num_models:,} models needs {_gib(need)} under {cfg.out_dir}; the disk has {_gib(free)} "
+            "free. Free some space or choose another results_dir."
+        )
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_results_dir(cfg: Config) -> bool:
+    """ConfigError unless <results_dir>/<profile> is a folder that can be written, or can be created. Writes nothing.
+
+    A folder that cannot be written but holds a finished stage-1 store passes (returns False): its stores can
+    still be read (by `check` and the stages that only read them). Returns True where it can be written.
+    """
+    target = cfg.out_dir
+    for path in (target, *target.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"results_dir: {path} is a file, not a folder; choose another results_dir")
+            if not os.access(path, os.W_OK | os.X_OK):
+                if path == target and _finished(subset_store_path(cfg)):
+                    return False
+                action = "write in" if path == target else f"create {target} in"
+                raise ConfigError(
+                    f"results_dir: cannot {action} {path} (read-only, or no permission); choose another results_dir"
+                )
+            return True
+    return True
+
+
+def _finished(store: Path) -> bool:
+    """Whether the store at `store` has every row marked finished (read from its completed-mask only)."""
+    try:
+        done = np.load(store / "completed.npy", mmap_mode="r")
+        return bool(len(done)) and bool(np.all(done))
+    except (OSError, ValueError, EOFError):
+        return False

@@ -1,0 +1,110 @@
+"""Stage 1: train the subset models into the stage-1 store, and say whether they fit what they train on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ..analysis.regime import fit_report, summary_line
+from ..config import Config, project_root
+from ..data.dataset import Dataset
+from ..runs.executors import run_jobs
+from ..runs.store import Store
+from ..runs.subsets import open_subset_store
+from ..train.design import check_out_counts, subset_jobs
+from ..train.engine import resolve_device, resolve_precision
+
+
+def store_fit(cfg: Config, store: Store, data: Dataset, rows: np.ndarray | slice | None = None) -> dict:
+    """The regime of a stage-1 store's finished rows (or `rows`): memlib.analysis.regime.fit_report on its arrays."""
+    rows = np.flatnonzero(store.completed) if rows is None else rows
+    if len(rows) == store.rows:  # every row: the memory-mapped arrays as they are (read in chunks, not copied)
+        rows = slice(None)
+    flips = data.flips
+    return fit_report(
+        store["masks"][rows],
+        store["train_correct"][rows],
+        store["test_correct"][rows],
+        data.y_train,
+        data.classes,
+        cfg.fit_target,
+        flips.indicator(data.n_train) if flips is not None else None,
+    )
+
+
+def early_fit_line(cfg: Config, store: Store, data: Dataset) -> str | None:
+    """After stage 1's first group: do its models fit what they train on? A warning line when they do not."""
+    store.reload()
+    rows = np.flatnonzero(store.completed)
+    if not len(rows):
+        return None
+    fit = store_fit(cfg, store, data, rows)
+    if fit["in_regime"]:
+        return f"first {len(rows)} models: {summary_line(fit)}"
+    return (
+        f"warning: the first {len(rows)} models are not in the paper's regime: {summary_line(fit)}. Their "
+        "memorization estimates will understate memorization; stop (Ctrl-C, finished models are kept) and train "
+        "longer (see the report's caveat), or let it run."
+    )
+
+
+def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
+    """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained).
+
+    After the first group it trains, it prints whether the finished models fit what they trained on.
+    """
+    check_out_counts(cfg, data.n_train)
+    store = open_subset_store(cfg, data)
+    rows = range(cfg.num_models) if rows is None else rows
+    jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
+    hook = (lambda: early_fit_line(cfg, store, data)) if cfg.executor != "slurm" or learner is not None else None
+    store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models", first_group=hook)
+    return store
+
+
+def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """What the run was made with: commit, library versions, processor, and the device and precision that train."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "papermill"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    dev = resolve_device(device)
+    accelerator = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
+    return {
+        "commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "training_device": str(dev),
+        "training_precision": resolve_precision(precision, dev)
+        + (" (bf16 autocast, fp32 master weights)" if resolve_precision(precision, dev) == "bf16" else ""),
+        "accelerator": accelerator,
+        "cuda": torch.version.cuda if dev.type == "cuda" else None,
+        "versions": versions,
+    }
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '+dirty' if it has uncommitted changes), or 'unknown'."""
+    try:
+        root = project_root()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        if sha.returncode != 0:
+            return "unknown"
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"

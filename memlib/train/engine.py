@@ -1,0 +1,782 @@
+"""The engine: training a group of K models in lockstep on one device, and evaluating them on every example.
+
+A learner is anything with `fit_eval(train_idx, seed) -> Outcome`; the neural learner also has
+`fit_eval_group(runs) -> list[Outcome]`, which trains K runs at once. Each run keeps its own seed (initial
+weights, shuffles, augmentation draws) and its own subset, so a run's outcome does not depend on which group
+it trains in beyond floating-point rounding.
+
+Three paths, chosen per architecture and device by `choose_path` (the measurements that chose it are there):
+- stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all K models (in bf16,
+  on bf16 working copies of the fp32 weights);
+- vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
+  statistics kept per model;
+- single: one model after another, each a group of one (`SingleModel`: the nn.Module itself, unstacked).
+All three run through one training loop (`train_group`) with one optimizer, written over stacked parameters
+with torch.optim's update rules, and one LR/momentum schedule taken from torch's own schedulers, so every path
+takes the steps that torch.optim takes for each model alone (tests/test_engine.py keeps that plain loop).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Config, ConfigError
+from ..data.dataset import Dataset
+from .models import build_model
+from .signals import SignalRecorder
+
+PATHS = ("auto", "stacked", "vmap", "single")
+PRECISIONS = ("auto", "fp32", "bf16")
+TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
+
+
+@dataclass
+class Outcome:
+    """What one trained model gets right, and the probability it gives the true label, per example."""
+
+    train_correct: np.ndarray
+    train_prob: np.ndarray
+    test_correct: np.ndarray
+    test_prob: np.ndarray
+    signals: dict[str, np.ndarray] | None = None  # per-example training signals (memlib.train.signals)
+    train_topk_prob: np.ndarray | None = None  # (n, k) the k most probable classes' probabilities
+    train_topk_class: np.ndarray | None = None  # (n, k) and those classes
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device and precision
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but torch sees no GPU here; use device: auto or cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 bf16 or AMX), so bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto': bf16 autocast (fp32 master weights) where the device runs it fast, else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision: bf16, but this GPU has no bf16 support; use precision: auto or fp32")
+    return name
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data resident on the device
+# ---------------------------------------------------------------------------------------------------
+
+
+class DeviceData:
+    """A split's images and labels on the device, standardized with the training statistics.
+
+    With `compact`, images that are whole multiples of 1/255 (every image dataset memlib loads) stay on the
+    device as uint8 (a quarter of the memory) and are converted on the fly, batch by batch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, device, compact: bool):
+        self.device = torch.device(device)
+        self.y = torch.as_tensor(y, device=self.device)
+        self.mean = torch.as_tensor(mean, device=self.device)
+        self.std = torch.as_tensor(std, device=self.device)
+        as_bytes = np.rint(x * 255.0)
+        self.compact = bool(compact and np.array_equal(as_bytes / 255.0, x.astype(np.float64)))
+        if self.compact:
+            self.x = torch.as_tensor(as_bytes.astype(np.uint8), device=self.device)
+        else:
+            self.x = torch.as_tensor((x - mean) / std, dtype=torch.float32, device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def images(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Standardized float32 images at `idx` (any index shape; image axes last)."""
+        if isinstance(idx, torch.Tensor):  # index_select: 4 to 6 times faster than x[idx] on the CPU
+            x = self.x.index_select(0, idx.reshape(-1)).view(*idx.shape, *self.x.shape[1:])
+        else:
+            x = self.x[idx]
+        if self.compact:
+            x = (x.float() / 255.0 - self.mean) / self.std
+        return x
+
+    def converted(self, dtype: torch.dtype) -> DeviceData:
+        """The same split with its standardized images stored in `dtype` (bf16: the values autocast would make)."""
+        new = copy.copy(self)
+        new.x, new.compact = self.images(slice(None)).to(dtype), False
+        return new
+
+
+def device_data(data: Dataset, device: torch.device, compact: bool | None = None) -> tuple[DeviceData, DeviceData]:
+    """Train and test splits on `device` (uint8 on a GPU)."""
+    compact = device.type == "cuda" if compact is None else compact
+    mean = data.x_train.mean(axis=(0, 2, 3), keepdims=True)[0]
+    std = data.x_train.std(axis=(0, 2, 3), keepdims=True)[0] + 1e-6
+    return (
+        DeviceData(data.x_train, data.y_train, mean, std, device, compact),
+        DeviceData(data.x_test, data.y_test, mean, std, device, compact),
+    )
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard augmentation on the device: random horizontal flip and random crop after `pad`-pixel padding."""
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, generator=generator).to(dev) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer and schedule for K models stacked on axis 0 (torch.optim's update rule, torch's schedules)
+# ---------------------------------------------------------------------------------------------------
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of an epoch over n examples; a last batch of one is folded into the previous
+    (a batch of one breaks BatchNorm)."""
+    bs = min(batch_size, n)
+    starts = list(range(0, n, bs))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _torch_schedule(cfg: Config, total_steps: int):
+    """torch's scheduler for `cfg`, driving a dummy SGD whose LR and momentum `schedule_table` reads step by step.
+
+    Only the schedule is torch's: the training step itself is `StackedOptimizer`'s. For Adam the momentum is
+    not cycled (and not read), as torch.optim.Adam would not have it cycled either.
+    """
+    sgd = cfg.optimizer == "sgd"
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum if sgd else 0.0)
+    if cfg.schedule == "onecycle" and total_steps >= 3:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.lr,
+            total_steps=total_steps,
+            pct_start=max(0.25, 2 / total_steps),  # at least two warm-up steps, or the schedule divides by zero
+            cycle_momentum=sgd,
+        )
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    else:
+        sched = None
+    return opt, sched
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule_table_cached(recipe: tuple, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    cfg = Config(**dict(recipe))
+    opt, sched = _torch_schedule(cfg, total_steps)
+    lrs, moms = np.empty(total_steps), np.empty(total_steps)
+    key = "momentum" if cfg.optimizer == "sgd" else None
+    for step in range(total_steps):
+        group = opt.param_groups[0]
+        lrs[step] = group["lr"]
+        moms[step] = group[key] if key else 0.0
+        opt.step()  # no gradient: a no-op that keeps the scheduler's bookkeeping honest
+        if sched is not None:
+            sched.step()
+    return lrs, moms
+
+
+def schedule_table(cfg: Config, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The learning rate and SGD momentum at every step, exactly as torch's optimizer and scheduler set them."""
+    keys = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule")
+    return _schedule_table_cached(tuple((k, getattr(cfg, k)) for k in keys), total_steps)
+
+
+class StackedOptimizer:
+    """torch.optim's SGD (momentum, Nesterov, weight decay) or Adam, applied to K models stacked on axis 0.
+
+    Each model has its own learning rate and momentum at each step (`lr`, `momentum`: K-vectors) and may sit
+    a step out (`active`), so runs with different numbers of steps per epoch train side by side.
+    """
+
+    def __init__(self, cfg: Config, params: list[torch.Tensor], copies: list[torch.Tensor] | None = None):
+        """`copies`: bf16 working copies of `params` (StackedMLP.leaves), refreshed after every step."""
+        self.cfg, self.params = cfg, params
+        self.copies = copies if copies is not None and copies[0] is not params[0] else None
+        self.state = [dict() for _ in params]
+        self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
+
+    @torch.no_grad()
+    def step(self, grads, lr: torch.Tensor, momentum: torch.Tensor, active: torch.Tensor | None) -> None:
+        """One step for every active model; `lr` and `momentum` are each model's values at its own step.
+
+        Gradients may be bf16 (those of bf16 working copies of the weights): they are widened as they are read.
+        """
+        cfg = self.cfg
+        self.steps += 1 if active is None else active
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        copies = self.copies or [None] * len(self.params)
+        every_sgd = active is None and cfg.optimizer == "sgd"  # the common step: two passes, copies refreshed
+        rates: dict[int, tuple] = {}  # lr, momentum and lr * momentum shaped to broadcast over a tensor of each rank
+        lr_mom = lr * momentum if every_sgd else None
+        for p, g, st, copy_to in zip(self.params, grads, self.state, copies):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            if every_sgd:
+                if p.dim() not in rates:
+                    rates[p.dim()] = (lr.view(shape), momentum.view(shape), lr_mom.view(shape))
+                _sgd_step(p, g, st, *rates[p.dim()], cfg.weight_decay, nesterov, copy_to)
+                continue
+            keep = None if active is None else active.view(shape)
+            g = g if g.dtype == p.dtype else g.to(p.dtype)
+            d_p = g.add_(p, alpha=cfg.weight_decay) if cfg.weight_decay else g  # g is ours: updated in place
+            if cfg.optimizer == "adam":
+                beta1, beta2, eps = 0.9, 0.999, 1e-8
+                m, v = _buffer(st, "m", p), _buffer(st, "v", p)
+                m_new = m.lerp(d_p, 1 - beta1)
+                v_new = v * beta2 + (1 - beta2) * d_p * d_p
+                steps = torch.clamp(self.steps, min=1).view(shape)
+                bc1, bc2 = (1 - beta1**steps).to(p.dtype), (1 - beta2**steps).to(p.dtype)
+                update = (lr.view(shape) / bc1) * (m_new / (v_new.sqrt() / bc2.sqrt() + eps))
+                _assign(m, m_new, keep)
+                _assign(v, v_new, keep)
+                p.sub_(update if keep is None else update * keep)
+                continue
+            # torch.optim.SGD starts the buffer at d_p; from zeros, buf * momentum + d_p is exactly that
+            buf = _buffer(st, "buf", p)  # (steps where some sit out: never the first)
+            mom, rate = momentum.view(shape), lr.view(shape)
+            buf_new = buf * mom + d_p
+            _assign(buf, buf_new, keep)
+            update = d_p + mom * buf_new if nesterov else buf_new
+            p.sub_(rate * update * keep)
+        if self.copies is not None and not every_sgd:
+            torch._foreach_copy_(self.copies, self.params)
+
+
+def _buffer(state: dict, name: str, like: torch.Tensor, make=torch.zeros_like) -> torch.Tensor:
+    """state[name], made by `make` the first time it is asked for (and not allocated again on every step)."""
+    buf = state.get(name)
+    if buf is None:
+        buf = state[name] = make(like)
+    return buf
+
+
+def _sgd_step(p, g, state: dict, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, copy_to=None) -> None:
+    """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`.
+
+    `lr`, `momentum` and their product `lr_momentum` are per model, shaped to broadcast over p. The update is
+    memory-bound. On the CPU it runs model by model for large weights, so that a model's weights,
+    gradient, momentum and working copy stay in cache from the first pass over them to the last, and in
+    two passes (momentum buffer, then weights) rather than four. A bf16 gradient is widened first: on the
+    CPU, widening and then adding in fp32 took 0.15 ms where one mixed-dtype addcmul took 0.23 ms.
+    """
+    first = "buf" not in state
+    buf = _buffer(state, "buf", p, torch.empty_like)
+    args = (weight_decay, nesterov, first)
+    # model by model only where a cache pays for it: on a GPU each part is a kernel launch (a group of 250
+    # recipe MLPs would launch about 2,500 a step), so the whole stack updates at once there
+    if p.device.type != "cpu" or p.numel() // p.shape[0] < 1 << 16:
+        _sgd_update(p, g, buf, lr, momentum, lr_momentum, *args, copy_to)  # (no indexing: views cost time too)
+        return
+    for k in range(p.shape[0]):
+        _sgd_update(
+            p[k], g[k], buf[k], lr[k], momentum[k], lr_momentum[k], *args, None if copy_to is None else copy_to[k]
+        )
+
+
+def _sgd_update(p, g, buf, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, first: bool, copy_to):
+    """One part of `_sgd_step`: the whole stack, or one model's tensors."""
+    g = g if g.dtype == p.dtype else g.to(p.dtype)
+    d_p = g.add_(p, alpha=weight_decay) if weight_decay else g  # (g is ours: updated in place)
+    if first:  # torch.optim.SGD starts the buffer at d_p
+        buf.copy_(d_p)
+    else:
+        torch.addcmul(d_p, buf, momentum, out=buf)  # buf = momentum * buf + d_p
+    if nesterov:
+        p.addcmul_(d_p, lr, value=-1)
+        p.addcmul_(buf, lr_momentum, value=-1)
+    else:
+        p.addcmul_(buf, lr, value=-1)
+    if copy_to is not None:
+        copy_to.copy_(p)
+
+
+def _assign(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
+    if keep is None:
+        dst.copy_(src)
+    else:
+        dst.copy_(torch.where(keep, src, dst))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stacked forward passes
+# ---------------------------------------------------------------------------------------------------
+
+
+def mlp_layers(model: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of a Flatten/Linear/ReLU stack (memlib's MLPs), or None for any other architecture."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    kinds = [type(m) for m in model]
+    if not kinds or kinds[0] is not nn.Flatten or any(k not in (nn.Flatten, nn.Linear, nn.ReLU) for k in kinds):
+        return None
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    pattern = [k for k in kinds[1:]]
+    expected = [nn.Linear, nn.ReLU] * (len(linears) - 1) + [nn.Linear]
+    return linears if pattern == expected and all(m.bias is not None for m in linears) else None
+
+
+class StackedMLP:
+    """K MLPs as batched matrices: weights kept as (K, in, out), one baddbmm per layer for all models.
+
+    (K, in, out) rather than nn.Linear's (K, out, in): the gradient then comes out contiguous, which made
+    the optimizer's elementwise update 8x faster on the CPU. The weights (`params`) stay fp32; with a bf16
+    `compute_dtype`, the forward pass runs on bf16 working copies (`leaves`, refreshed by the optimizer after each
+    step) and the gradients come out in bf16. These are the values bf16 autocast would make from the fp32
+    weights, without casting every weight twice a step.
+    """
+
+    def __init__(self, models: list[nn.Module], compute_dtype: torch.dtype = torch.float32):
+        layers = [mlp_layers(m) for m in models]
+        depth = len(layers[0])
+        self.weights = [torch.stack([ls[i].weight.detach().t() for ls in layers]).contiguous() for i in range(depth)]
+        self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(depth)]
+        self.params = [t for pair in zip(self.weights, self.biases) for t in pair]
+        if compute_dtype == torch.float32:
+            self.leaves = [t.requires_grad_() for t in self.params]
+            self.copies = None
+        else:
+            self.leaves = [t.to(compute_dtype).requires_grad_() for t in self.params]
+            self.copies = self.leaves  # the optimizer refreshes them from the fp32 weights after each step
+
+    def gradients(self, loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """d loss / d leaves, stacked like the leaves (the optimizer widens bf16 ones as it reads them)."""
+        return torch.autograd.grad(loss, self.leaves)
+
+    def train(self) -> None:
+        pass
+
+    def eval(self) -> None:
+        pass
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (K, B, ...) -> logits (K, B, classes)."""
+        h = x.reshape(x.shape[0], x.shape[1], -1).to(self.leaves[0].dtype)
+        last = len(self.weights) - 1
+        for i in range(last + 1):
+            h = torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i])
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Each model's weights under nn.Sequential's names (for tests and for saving)."""
+        out = []
+        for k in range(self.weights[0].shape[0]):
+            sd, pos = {}, 1
+            for w, b in zip(self.weights, self.biases):
+                sd[f"{pos}.weight"], sd[f"{pos}.bias"] = w[k].detach().t(), b[k, 0].detach()
+                pos += 2
+            out.append(sd)
+        return out
+
+
+class VmapModels:
+    """K copies of any nn.Module through torch.func: parameters and buffers stacked, forward vmapped."""
+
+    def __init__(self, models: list[nn.Module]):
+        from torch.func import stack_module_state
+
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n].detach().clone().requires_grad_() for n in self.names]
+        self.leaves = self.params  # autocast casts them in the forward pass
+        self.copies = None
+        self.buffers = {n: b.clone() for n, b in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    def gradients(self, loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(loss, self.leaves)
+
+    def train(self) -> None:
+        self.base.train()
+
+    def eval(self) -> None:
+        self.base.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        def one(params, buffers, xb):
+            return functional_call(self.base, (dict(zip(self.names, params)), buffers), (xb,))
+
+        return vmap(one, in_dims=(0, 0, 0), randomness="error")(self.params, self.buffers, x)
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        k_models = self.params[0].shape[0]
+        return [
+            {
+                **{n: p[k].detach() for n, p in zip(self.names, self.params)},
+                **{n: b[k] for n, b in self.buffers.items()},
+            }
+            for k in range(k_models)
+        ]
+
+
+class SingleModel:
+    """One nn.Module as a group of one (the single path): the module itself runs, with no stacking and no vmap.
+
+    `params` are its parameters seen with a model axis of 1 (views: the optimizer updates the module's own
+    weights in place), and its gradients are given that axis too, so that `train_group` and `StackedOptimizer`
+    train it as they train K models. With `channels_last` (a CNN on a GPU), batches go in as channels-last.
+    """
+
+    def __init__(self, model: nn.Module, channels_last: bool = False):
+        self.module, self.channels_last = model, channels_last
+        self.leaves = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p.detach().unsqueeze(0) for p in self.leaves]
+        self.copies = None
+
+    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.leaves)]
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (1, B, ...) -> logits (1, B, classes)."""
+        x = x[0]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.module(x).unsqueeze(0)
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        return [self.module.state_dict()]
+
+
+def choose_path(cfg: Config, model: nn.Module, device: torch.device) -> str:
+    """Which path trains a group of this architecture on this device (`engine: auto`).
+
+    Measured on a 2-core AMD EPYC (Zen 4, AVX-512 bf16), 1 thread per process, by
+    benchmarks/train_throughput.py (figures in benchmarks/README.md):
+    - MLPs: stacked matrices beat one model at a time (bf16: x2.0 against x1.65 for autocast alone), so MLPs
+      are stacked on every device; on a GPU one small MLP at a time is bound by kernel launches, not arithmetic.
+    - CNNs on the CPU: vmap (and grouped convolutions) were not faster than one model at a time, so other
+      architectures train one at a time. No GPU has measured vmap against one at a time yet: set
+      `engine: vmap` to try it.
+    """
+    if cfg.engine != "auto":
+        if cfg.engine == "stacked" and mlp_layers(model) is None:
+            raise ConfigError(
+                f"engine: stacked needs an MLP (Flatten/Linear/ReLU); {cfg.arch} is not one. Use auto, vmap or single."
+            )
+        return cfg.engine
+    return "stacked" if mlp_layers(model) is not None else "single"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+
+def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_batches: list[int]):
+    """Every model's batches of one epoch as padded (steps, K, width) indices, loss weights and batch sizes.
+
+    Built at once for the epoch (no per-step work that grows with K): element i of model k's shuffled subset
+    goes to batch min(i // B, last) at offset i - B * batch, which is `batch_bounds` with its folded last batch.
+    """
+    dev = perms[0].device
+    k_models, steps = len(perms), max(n_batches)
+    lengths = torch.tensor([len(p) for p in perms], device=dev)
+    model = torch.repeat_interleave(torch.arange(k_models, device=dev), lengths)
+    pos = torch.arange(int(lengths.sum()), device=dev) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    last = torch.tensor(n_batches, device=dev)[model] - 1
+    batch = torch.minimum(pos // batch_size, last)
+    offset = pos - batch * batch_size
+    index = torch.zeros(steps, k_models, width, dtype=torch.long, device=dev)
+    index[batch, model, offset] = torch.cat(perms)
+    sizes = torch.zeros(steps, k_models, dtype=torch.long, device=dev)
+    sizes.index_put_((batch, model), torch.ones_like(batch), accumulate=True)
+    valid = torch.arange(width, device=dev)[None, None, :] < sizes[:, :, None]
+    weight = valid / sizes.clamp(min=1)[:, :, None]
+    return index, weight.float(), sizes
+
+
+def _step_tables(cfg: Config, n_batches: list[int], dev: torch.device):
+    """Each model's learning rate and momentum at each (epoch, step), (epochs, steps, K), as torch's scheduler
+    sets them for a model with its number of batches per epoch; and whether model k takes step s, (steps, K)."""
+    k_models = len(n_batches)
+    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
+    mom_all = np.zeros_like(lr_all)
+    for k, nb in enumerate(n_batches):
+        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
+        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
+    active = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
+    return torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev), active
+
+
+def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], width: int):
+    """One step's (K, width) indices and loss weights, and which entries are real ((K, width) bool; None: all).
+
+    A group of one takes its batch as it is, never padded: its BatchNorm layers then see only real examples,
+    as they do when the model trains alone.
+    """
+    if len(sizes) == 1:
+        return index[:, : sizes[0]], weight[:, : sizes[0]], None
+    return index, weight, (weight > 0 if any(b != width for b in sizes) else None)
+
+
+def _forward(models, train: DeviceData, idx: torch.Tensor, sizes: list[int], generators, cfg: Config, precision: str):
+    """The logits (K, width, classes) of one step's batches, each model's augmented with its own draws."""
+    xb = train.images(idx)  # (K, width, C, H, W)
+    if cfg.augment == "flip_crop":  # each model's own draws, over its real batch only
+        xb = xb.clone()
+        for k, b in enumerate(sizes):
+            if b:
+                xb[k, :b] = random_crop_flip(xb[k, :b], generators[k])
+    with _autocast(train.device, precision):
+        return models(xb)
+
+
+def train_group(
+    models,
+    train: DeviceData,
+    subsets: list[torch.Tensor],
+    generators: list[torch.Generator],
+    cfg: Config,
+    precision: str,
+    steps: int | None = None,
+    recorder: SignalRecorder | None = None,
+) -> None:
+    """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
+
+    `models` is a group: StackedMLP or VmapModels (K stacked models), or SingleModel (one nn.Module, K = 1).
+    Every model draws its shuffles and augmentation from its own generator, in the same order whatever its
+    group, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
+    steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
+    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early.
+    """
+    dev = train.device
+    bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
+    n_batches = [len(b) for b in bounds]
+    width = max(e - s for b in bounds for s, e in b)
+    lr_all, mom_all, active_all = _step_tables(cfg, n_batches, dev)
+    everyone = min(n_batches)  # steps before which every model is active
+    opt = StackedOptimizer(cfg, models.params, models.copies)
+    models.train()
+    done = 0
+    for epoch in range(cfg.epochs):
+        perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
+        index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
+        host_sizes = sizes.cpu().tolist()
+        for s in range(max(n_batches)):
+            if steps is not None and done >= steps:
+                return
+            idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
+            logits = _forward(models, train, idx, host_sizes[s], generators, cfg, precision)
+            losses = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                train.y[idx].flatten(),
+                reduction="none",
+                label_smoothing=cfg.label_smoothing,
+            )
+            loss = (losses.view(idx.shape) * w).sum()
+            if recorder is not None:
+                recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
+            grads = models.gradients(loss)
+            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
+            done += 1
+
+
+@torch.inference_mode()
+def evaluate(model, split: DeviceData, precision: str, k_models: int | None = None, rows: int = 65536, topk: int = 0):
+    """Per-example correctness (bool) and true-label probability (float32), in large batches.
+
+    `model` is one nn.Module (k_models None: arrays of shape (n,)) or K stacked models (arrays (K, n)).
+    With `topk`, also the topk largest class probabilities (float16) and their classes (uint8/uint16), (..., topk).
+    """
+    model.eval()
+    stacked = k_models is not None
+    batch = max(256, rows // (k_models or 1))
+    correct, prob, top_p, top_c = [], [], [], []
+    for s in range(0, len(split), batch):
+        x = split.images(slice(s, s + batch))
+        y = split.y[s : s + batch]
+        if stacked:
+            x = x.unsqueeze(0).expand(k_models, *x.shape)
+        with _autocast(split.device, precision):
+            logits = model(x).float()
+        yy = y.expand(k_models, -1) if stacked else y
+        correct.append((logits.argmax(-1) == yy).cpu())
+        p = logits.softmax(-1)
+        prob.append(p.gather(-1, yy.unsqueeze(-1)).squeeze(-1).cpu())
+        if topk:
+            values, classes = p.topk(topk, dim=-1)
+            top_p.append(values.half().cpu())
+            top_c.append(classes.cpu())
+    out = torch.cat(correct, -1).numpy(), torch.cat(prob, -1).numpy()
+    if not topk:
+        return out
+    class_dtype = np.uint8 if logits.shape[-1] <= 256 else np.uint16
+    return (*out, torch.cat(top_p, -2).numpy(), torch.cat(top_c, -2).numpy().astype(class_dtype))
+
+
+class NeuralLearner:
+    """Trains `timm.create_model(cfg.arch)` on subsets, K at a time, with the data resident on the device."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: Dataset,
+        device: str | None = None,
+        precision: str | None = None,
+        path: str | None = None,
+        eval_rows: int | None = None,
+        record_signals: bool = True,
+    ):
+        self.cfg, self.record_signals = cfg, record_signals
+        self.device = resolve_device(device or cfg.device)
+        # rows per evaluation batch, over all K models: on the CPU 16,384 evaluated 8 stacked MLPs 20% faster
+        # than 65,536 (a batch's activations stay in cache); a GPU takes larger batches (not yet measured)
+        self.eval_rows = eval_rows or (16384 if self.device.type == "cpu" else 65536)
+        self.precision = resolve_precision(precision or cfg.precision, self.device)
+        self.train, self.test = device_data(data, self.device)
+        self.shape, self.num_classes = data.image_shape, data.num_classes
+        self._train_bf16: DeviceData | None = None
+        self.path = "choosing"
+        self.path = path or choose_path(cfg, self.make_model(0), self.device)
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A fresh model with the initial weights that `seed` gives."""
+        torch.manual_seed(seed)
+        c, h, _ = self.shape
+        model = build_model(self.cfg, in_chans=c, img_size=h, num_classes=self.num_classes).to(self.device)
+        if self.device.type == "cuda" and self.path == "single":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def fit_eval(self, train_idx: np.ndarray, seed: int) -> Outcome:
+        """Train one fresh model on the training examples `train_idx` (seeded by `seed`) and evaluate it."""
+        return self.fit_eval_group([(train_idx, seed)])[0]
+
+    def train_input(self) -> DeviceData:
+        """The training split as the stacked path reads it: in bf16 when it trains in bf16 without augmentation.
+
+        These are the values autocast would make of each batch; stored once, a batch is gathered in half the
+        bytes and not cast again.
+        """
+        if self.path != "stacked" or self.precision != "bf16" or self.cfg.augment != "none":
+            return self.train
+        if self._train_bf16 is None:
+            self._train_bf16 = self.train.converted(torch.bfloat16)
+        return self._train_bf16
+
+    def fit_eval_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None) -> list[Outcome]:
+        """Train one model per (train_idx, seed) in lockstep on this learner's path, and evaluate them all."""
+        signals: list = []
+        models = self.fit_group(runs, steps, signals if self.record_signals else None)
+        signals += [None] * (len(runs) - len(signals))
+        topk = min(self.num_classes, TOPK_CLASSES) if self.record_signals else 0
+        if self.path == "single":
+            outs = []
+            for i, model in enumerate(models):
+                tr = evaluate(model, self.train, self.precision, rows=self.eval_rows, topk=topk)
+                te = evaluate(model, self.test, self.precision, rows=self.eval_rows)
+                outs.append(Outcome(tr[0], tr[1], te[0], te[1], signals[i], *tr[2:]))
+            return outs
+        k = len(runs)
+        tr = evaluate(models, self.train_input(), self.precision, k, self.eval_rows, topk=topk)
+        te_c, te_p = evaluate(models, self.test, self.precision, k, self.eval_rows)
+        return [Outcome(tr[0][i], tr[1][i], te_c[i], te_p[i], signals[i], *(a[i] for a in tr[2:])) for i in range(k)]
+
+    def fit_group(self, runs: list[tuple[np.ndarray, int]], steps: int | None = None, signals: list | None = None):
+        """The trained models: a list of nn.Module (single path) or one stacked object (stacked, vmap).
+
+        With a `signals` list, each model's training signals (memlib.train.signals) are appended to it, in order.
+        """
+        generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]
+        n, epochs = len(self.train), self.cfg.epochs
+        if self.path == "single":  # one model at a time: K groups of one, trained in turn
+            out = []
+            for run, sub, g in zip(runs, subsets, generators):
+                model = self.make_model(run[1])
+                rec = SignalRecorder(1, n, epochs, self.device) if signals is not None else None
+                group = SingleModel(model, channels_last=self.device.type == "cuda")
+                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec)
+                out.append(model)
+                if rec is not None:
+                    signals += rec.result()
+            return out
+        models = [self.make_model(seed) for _, seed in runs]
+        if self.path == "stacked":
+            stacked = StackedMLP(models, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        else:
+            stacked = VmapModels(models)
+        rec = SignalRecorder(len(runs), n, epochs, self.device) if signals is not None else None
+        train_group(stacked, self.train_input(), subsets, generators, self.cfg, self.precision, steps, rec)
+        if rec is not None:
+            signals += rec.result()
+        return stacked
+
+
+class NearestNeighbourLearner:
+    """1-nearest-neighbour on raw pixels: exact and deterministic for any subset (ties go to the lowest index)."""
+
+    def __init__(self, data: Dataset):
+        x_train = data.x_train.reshape(data.n_train, -1).astype(np.float64)
+        x_test = data.x_test.reshape(data.n_test, -1).astype(np.float64)
+        self.d_train = _sq_distances(x_train, x_train)
+        self.d_test = _sq_distances(x_test, x_train)
+        self.y_train, self.y_test = data.y_train, data.y_test
+
+    def predict(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted labels of all train and all test examples from the training examples `train_idx`."""
+        train_idx = np.sort(train_idx)
+        nn_train = train_idx[np.argmin(self.d_train[:, train_idx], axis=1)]
+        nn_test = train_idx[np.argmin(self.d_test[:, train_idx], axis=1)]
+        return self.y_train[nn_train], self.y_train[nn_test]
+
+    def fit_eval(self, train_idx: np.ndarray, seed: int) -> Outcome:
+        pred_train, pred_test = self.predict(train_idx)
+        train_correct, test_correct = pred_train == self.y_train, pred_test == self.y_test
+        return Outcome(train_correct, train_correct.astype(np.float32), test_correct, test_correct.astype(np.float32))
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)

@@ -1,0 +1,100 @@
+"""The package layout: imports run one way (no cycles), and each package imports only the layers below it."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "memlib"
+
+# package -> the memlib packages it may import (besides itself). stages, __main__ and __init__ may import anything.
+ALLOWED = {
+    "config": set(),
+    "seeds": set(),
+    "columns": set(),
+    "data": {"config", "seeds"},
+    "train": {"config", "seeds", "columns", "data"},
+    "runs": {"config", "seeds", "columns", "data", "train"},
+    "analysis": {"config", "columns"},  # numpy, scipy, torch (fast masked sums) and the run arrays; no training
+    "report": {"config", "analysis"},
+}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every memlib module -> the memlib modules it imports (at the top or inside functions)."""
+    modules = {_module(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:  # `from memlib.x import y` may name a module y
+                    found |= {m for m in (f"{target}.{alias.name}", target) if m in modules}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in modules}
+        graph[name] = {m for m in found if m != name and not name.startswith(m + ".") and m != "memlib"}
+    return graph
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "memlib"
+
+
+def test_no_import_cycles():
+    graph = imports()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    wrong = []
+    for module, targets in sorted(imports().items()):
+        layer = _layer(module)
+        if layer not in ALLOWED:
+            continue
+        for target in sorted(targets):
+            if _layer(target) != layer and _layer(target) not in ALLOWED[layer]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_graph_sees_imports_inside_functions():
+    """The checker itself: a lazy import inside a function counts (a checker that misses them proves nothing)."""
+    source = (ROOT / "train" / "models.py").read_text()
+    assert "        from ..data.own import import_user_module" in source  # inside build_model: a lazy import
+    assert "memlib.data.own" in imports()["memlib.train.models"]
+
+
+def test_stages_reach_the_executors_through_their_table():
+    """A stage that imported memlib.runs.local itself would train locally under `executor: slurm` (it once did)."""
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in sorted(imports().items())
+        for target in targets
+        if target in ("memlib.runs.local", "memlib.runs.slurm")
+        and _layer(module) not in ("runs", "__main__")  # the CLI: submit and status
+    ]
+    assert not wrong, "\n".join(wrong)

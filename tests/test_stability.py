@@ -1,0 +1,208 @@
+"""memlib.analysis.stability against the formulas it replaced, written out here as they were (estimation.se_curve,
+estimation.split_half, validation.convergence and validation.pair_sets_split_half): the same numbers, bit for bit."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import tiny_dataset
+from scipy import stats
+
+import memlib
+from memlib.analysis import stability
+from memlib.analysis.estimation import estimate_from_arrays, high_influence_pairs, memorization
+from memlib.analysis.validation import fdr_pairs
+from memlib.train.design import subset_mask
+
+HALVES = [slice(0, None, 2), slice(1, None, 2)]
+
+
+def synthetic(runs: int = 80, n: int = 30, m: int = 12, seed: int = 0):
+    """Masks, and train and test correctness with memorized, easy, hard and noisy examples and planted pairs."""
+    rng = np.random.default_rng(seed)
+    masks = np.stack([subset_mask(seed, i, n, 0.7) for i in range(runs)])
+    masks[:6, 0] = True  # example 0 is in each of the first 6 runs: no estimate from them
+    train = rng.random((runs, n)) < 0.5 + 0.4 * masks
+    train[:, 1:6] = masks[:, 1:6]  # memorized: right exactly when trained on
+    train[:, 6:9] = True  # easy: always right (no error at any t)
+    train[:, 9:11] = False  # never fit
+    test = rng.random((runs, m)) < 0.6
+    test[:, :4] = masks[:, 1:5]  # test j is decided by train j + 1
+    data = tiny_dataset(n_train=n, n_test=m)
+    data.y_test[:4] = data.y_train[1:5]
+    return masks, train, test, data
+
+
+def old_paper_bound(t, p):
+    p = min(p, 1 - p)
+    t = np.asarray(t, dtype=np.float64)
+    return 1 / (p * t) + 1 / ((1 - p) * t) + np.exp(-p * t / 16) / 2
+
+
+def old_convergence(masks, outcomes, ratio, counts=None):
+    """validation.convergence as it was."""
+    total = len(masks)
+    if counts is None:
+        counts = sorted({int(c) for c in np.geomspace(min(10, total // 2), total // 2, 8)})
+    rows = {"models": [], "mean_se": [], "observed_rms": [], "spearman": [], "bound_rms": []}
+    for t in counts:
+        a, b = memorization(masks[:t], outcomes[:t]), memorization(masks[-t:], outcomes[-t:])
+        ok = np.isfinite(a.value) & np.isfinite(b.value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rho = float(stats.spearmanr(a.value[ok], b.value[ok]).statistic) if ok.sum() > 2 else float("nan")
+        rows["models"].append(t)
+        rows["mean_se"].append(float(np.nanmean(a.se)))
+        rows["observed_rms"].append(float(np.sqrt(np.mean((a.value[ok] - b.value[ok]) ** 2) / 2)))
+        rows["spearman"].append(rho)
+        rows["bound_rms"].append(float(np.sqrt(old_paper_bound(t, ratio))))
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+def old_se_curve(masks, outcomes, counts=None):
+    """estimation.se_curve as it was."""
+    total = len(masks)
+    if counts is None:
+        counts = sorted({int(c) for c in np.geomspace(min(20, total), total, 12)})
+    varies = np.asarray(outcomes).min(0) != np.asarray(outcomes).max(0)
+    mean_se, seen = [], []
+    for k in counts:
+        first = memorization(masks[:k], outcomes[:k])
+        mean_se.append(float(np.nanmean(first.se[varies])) if varies.any() else 0.0)
+        if 2 * k <= total:
+            last = memorization(masks[-k:], outcomes[-k:])
+            diff = (first.value - last.value)[varies]
+            seen.append(float(np.sqrt(np.nanmean(diff**2) / 2)) if varies.any() else 0.0)
+        else:
+            seen.append(np.nan)
+    return {
+        "models": np.array(counts),
+        "mean_se": np.array(mean_se),
+        "observed_error": np.array(seen),
+        "examples": int(varies.sum()),
+    }
+
+
+def old_split_half(masks, trc, ttc, data, infl_threshold, mem_threshold):
+    """estimation.split_half as it was, from arrays."""
+    est = [estimate_from_arrays(masks[h], trc[h], ttc[h], data, infl_threshold, mem_threshold) for h in HALVES]
+    a, b = est[0].pairs.keys(), est[1].pairs.keys()
+    union = a | b
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a_mem, b_mem = est[0].mem.value, est[1].mem.value
+        ok = np.isfinite(a_mem) & np.isfinite(b_mem)
+        spearman = float(stats.spearmanr(a_mem[ok], b_mem[ok]).statistic)
+        pearson = float(np.corrcoef(a_mem[ok], b_mem[ok])[0, 1])
+    high_a = set(np.flatnonzero(est[0].mem.value >= mem_threshold).tolist())
+    high_b = set(np.flatnonzero(est[1].mem.value >= mem_threshold).tolist())
+    return {
+        "mem_a": est[0].mem.value,
+        "mem_b": est[1].mem.value,
+        "models_per_half": [int(len(masks[h])) for h in HALVES],
+        "mem_spearman": spearman,
+        "mem_pearson": pearson,
+        "examples_compared": int(ok.sum()),
+        "high_mem_jaccard": len(high_a & high_b) / max(len(high_a | high_b), 1),
+        "pairs_a": len(a),
+        "pairs_b": len(b),
+        "pairs_both": len(a & b),
+        "pairs_jaccard": len(a & b) / len(union) if union else float("nan"),
+    }
+
+
+def old_pair_sets_split_half(masks, trc, ttc, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr):
+    """validation.pair_sets_split_half as it was."""
+    out, sets = {}, {"fixed": [], "fdr": []}
+    for h in HALVES:
+        m, tr, tt = masks[h], trc[h], ttc[h]
+        mem = memorization(m, tr).value
+        fixed = high_influence_pairs(m, tt, mem, tr_labels, tt_labels, infl_threshold, mem_threshold)
+        controlled, _, _ = fdr_pairs(m, tt, mem, tr_labels, tt_labels, infl_threshold, mem_threshold, fdr)
+        sets["fixed"].append(fixed.keys())
+        sets["fdr"].append(controlled.keys())
+    for name, (a, b) in sets.items():
+        out[f"pairs_{name}_half_a"], out[f"pairs_{name}_half_b"] = len(a), len(b)
+        out[f"pairs_{name}_both_halves"] = len(a & b)
+        union = a | b
+        out[f"pairs_jaccard_{name}"] = len(a & b) / len(union) if union else float("nan")
+    return out
+
+
+def assert_same(new: dict, old: dict) -> None:
+    """The same keys in the same order, and equal values (NaN equal to NaN)."""
+    assert list(new) == list(old)
+    for key, value in old.items():
+        np.testing.assert_array_equal(new[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["correctness", "probability"])
+def test_convergence_reproduces_both_curves_it_replaced(kind):
+    masks, train, _, _ = synthetic()
+    if kind == "probability":
+        train = np.where(train, 0.9, 0.2) * np.random.default_rng(1).random(train.shape) ** 0.1
+    curve = stability.convergence(masks, train, 0.7)
+    assert curve.models.tolist() == [10, 12, 14, 18, 22, 26, 32, 40]  # 8 from 10 to half the runs
+    assert_same(curve.summary(), old_convergence(masks, train, 0.7))
+    assert np.isfinite(curve.spearman).all()
+    counts = sorted({int(c) for c in np.geomspace(20, 80, 12)})  # se_curve's, up to every run
+    old = old_se_curve(masks, train)
+    curve = stability.convergence(masks, train, 0.7, counts=counts)
+    np.testing.assert_array_equal(curve.models, old["models"])
+    np.testing.assert_array_equal(curve.mean_se_varying, old["mean_se"])
+    np.testing.assert_array_equal(curve.observed_rms_varying, old["observed_error"])
+    assert curve.examples_varying == old["examples"] == (25 if kind == "correctness" else 30)
+    late = curve.models > 40  # no disjoint last t runs: observed errors and Spearman undefined
+    assert np.isnan(curve.observed_rms[late]).all() and np.isnan(curve.spearman[late]).all()
+    assert np.isfinite(curve.observed_rms[~late]).all()
+
+
+def test_convergence_without_any_varying_outcome_reports_no_error():
+    masks, train, _, _ = synthetic()
+    always = np.ones_like(train)
+    curve = stability.convergence(masks, always, 0.7)
+    old = old_se_curve(masks, always, counts=curve.models.tolist())
+    assert curve.examples_varying == 0
+    np.testing.assert_array_equal(curve.mean_se_varying, old["mean_se"])
+    np.testing.assert_array_equal(curve.observed_rms_varying, old["observed_error"])
+    assert_same(curve.summary(), old_convergence(masks, always, 0.7))
+
+
+def test_split_half_reproduces_stage_two_and_stage_five_figures():
+    masks, train, test, data = synthetic()
+    old = old_split_half(masks, train, test, data, 0.15, 0.25)
+    assert old["pairs_both"] > 0 and 0 < old["high_mem_jaccard"] < 1, "the case exercises every figure"
+    cfg = SimpleNamespace(infl_threshold=0.15, mem_threshold=0.25)
+    store = {"masks": masks, "train_correct": train, "test_correct": test}
+    assert_same(memlib.split_half(cfg, store, data), old)
+
+    def fdr(m, test_outcomes, mem):
+        return fdr_pairs(m, test_outcomes, mem, data.y_train, data.y_test, 0.15, 0.25, 0.05)[0]
+
+    halves = stability.split_half_from_arrays(
+        masks, train, test, data.y_train, data.y_test, 0.15, 0.25, selectors={"fdr": fdr}
+    )
+    want = old_pair_sets_split_half(masks, train, test, data.y_train, data.y_test, 0.15, 0.25, 0.05)
+    assert_same(halves.pair_summary(), want)
+    assert_same(halves.summary(), old), "the extra pair set leaves stage 2's figures as they were"
+
+
+def test_split_half_where_nothing_reaches_the_threshold_keeps_a_zero_jaccard():
+    masks, train, test, data = synthetic()
+    old = old_split_half(masks, train, test, data, 0.15, 2.0)
+    new = stability.split_half_from_arrays(masks, train, test, data.y_train, data.y_test, 0.15, 2.0).summary()
+    assert_same(new, old)
+    assert new["high_mem_jaccard"] == 0.0 and np.isnan(new["pairs_jaccard"])
+
+
+def test_jaccard_and_correlations():
+    assert stability.jaccard({1, 2, 3}, {2, 3, 4}) == 0.5
+    assert np.isnan(stability.jaccard(set(), set())) and stability.jaccard(set(), set(), empty=0.0) == 0.0
+    a = np.array([1.0, 2.0, np.nan, 4.0, 3.0])
+    b = np.array([2.0, 4.0, 1.0, 9.0, np.inf])
+    assert stability.correlations(a, b) == (1.0, pytest.approx(np.corrcoef([1, 2, 4], [2, 4, 9])[0, 1]), 3)
+    spearman, pearson, n = stability.correlations(a, np.ones(5))
+    assert np.isnan(spearman) and np.isnan(pearson) and n == 4, "a constant score has no correlation"
