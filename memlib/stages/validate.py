@@ -3,6 +3,8 @@ and a second architecture trained on the same design."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..analysis.estimation import Estimates, Pairs
@@ -44,13 +46,21 @@ def scores_from_store(cfg: Config, store: Store, data: Dataset, est: Estimates) 
     return scores, issues, inputs.out_of_sample_probs
 
 
-def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
-    """Everything stage 5 reports: recovery of the flips, peers, both pair sets, split-half Jaccards.
+@dataclass(frozen=True)
+class Validation:
+    """What stage 5 measured on one store (per-example arrays in the dataset's original order)."""
 
-    Returns a dict with the per-example scores (`scores`), the flips (`flipped`, all False without label noise),
-    cleanlab's issue mask, the FDR pairs with their p-values, the recovery rows and the plain-named figures
-    that go into validation.json (`summary`).
-    """
+    scores: dict[str, np.ndarray]  # every registry score, raw (memlib.analysis.peers.PEERS; "mem" is stage 2's)
+    flipped: np.ndarray  # bool per training example: its label was flipped (all False without label noise)
+    cleanlab_issues: np.ndarray  # bool per training example: cleanlab's find_label_issues flags it
+    fdr_pairs: Pairs  # the FDR-controlled high-influence pairs
+    fdr_p: np.ndarray  # their p-values
+    recovery: list[dict]  # per score: AUROC, AP and precision at k for the flips ([] without label noise)
+    summary: dict  # the plain-named figures that go into validation.json
+
+
+def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> Validation:
+    """Everything stage 5 reports: recovery of the flips, peers, both pair sets, split-half Jaccards."""
     store.require_complete()
     scores, issues, _ = scores_from_store(cfg, store, data, est)
     flips = data.flips
@@ -66,15 +76,7 @@ def validate(cfg: Config, store: Store, data: Dataset, est: Estimates) -> dict:
     }
     pair_figures, controlled, p_values = _pair_sets(cfg, store, data, est)
     summary.update(pair_figures)
-    return {
-        "scores": scores,
-        "flipped": flipped,
-        "cleanlab_issues": issues,
-        "fdr_pairs": controlled,
-        "fdr_p": p_values,
-        "recovery": rows,
-        "summary": summary,
-    }
+    return Validation(scores, flipped, issues, controlled, p_values, rows, summary)
 
 
 def _recovery_summary(rows: list[dict], issues: np.ndarray, flipped: np.ndarray) -> dict:
@@ -114,7 +116,7 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
     return figures, controlled, p_values
 
 
-def export(path, est: Estimates, result: dict, data: Dataset) -> None:
+def export(path, est: Estimates, result: Validation, data: Dataset) -> None:
     """Add the validation's arrays to estimates.npz (the authors' keys stay as stage 2 wrote them).
 
     Added: `tr_flipped` (bool per training example), `tr_labels_clean` (labels before the flips), the peer
@@ -123,17 +125,17 @@ def export(path, est: Estimates, result: dict, data: Dataset) -> None:
     """
     with np.load(path) as f:
         existing = {k: f[k] for k in f.files}
-    pairs = result["fdr_pairs"]
+    pairs = result.fdr_pairs
     extra = {
-        "tr_flipped": result["flipped"],
+        "tr_flipped": result.flipped,
         "tr_labels_clean": data.y_train_clean,
-        "tr_cleanlab_issue": result["cleanlab_issues"],
-        **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result["scores"].items()},
+        "tr_cleanlab_issue": result.cleanlab_issues,
+        **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result.scores.items()},
         "fdr_tr_idx": est.tr_index[pairs.tr_pos],
         "fdr_tt_idx": est.tt_index[pairs.tt_pos],
         "fdr_infl": pairs.infl,
         "fdr_infl_se": pairs.infl_se,
-        "fdr_p": result["fdr_p"],
+        "fdr_p": result.fdr_p,
         "fdr_mem": pairs.mem,
     }
     np.savez_compressed(path, **{**existing, **extra})
