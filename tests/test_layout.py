@@ -98,3 +98,32 @@ def test_stages_reach_the_executors_through_their_table():
         and _layer(module) not in ("runs", "__main__")  # the CLI: submit and status
     ]
     assert not wrong, "\n".join(wrong)
+
+
+LONG = 60  # lines; a longer function says why in a comment on its `def` line: `# long: <reason>`
+
+
+def long_functions(source: str) -> list[str]:
+    """The functions of `source` over LONG lines whose def line gives no `# long:` reason."""
+    lines = source.splitlines()
+    return [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > LONG
+        and "# long:" not in lines[node.lineno - 1]
+    ]
+
+
+def test_no_function_is_long_without_saying_why():
+    long = [
+        f"{p.relative_to(ROOT.parent)}: {f}" for p in sorted(ROOT.rglob("*.py")) for f in long_functions(p.read_text())
+    ]
+    assert not long, "split these, or say why on the def line (# long: ...):\n" + "\n".join(long)
+
+
+def test_the_length_check_sees_a_long_function():
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONG))
+    assert long_functions(f"def f():\n{body}") == [f"f ({LONG + 1} lines)"]
+    assert long_functions(f"def f():  # long: one table\n{body}") == []
+    assert long_functions(f"def f():\n{body[: -len(body.splitlines()[-1]) - 1]}") == []

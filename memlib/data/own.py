@@ -112,28 +112,7 @@ def load_imagefolder_dataset(cfg: Config) -> Dataset:
     from PIL import Image
 
     root = _data_path(cfg, "imagefolder")
-    files: dict[str, list[tuple[Path, str]]] = {}
-    folders: dict[str, list[Path]] = {}
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root} has no {split}/ folder: the layout is {split}/<class name>/<image files>")
-        folders[split] = sorted(p for p in (root / split).iterdir() if p.is_dir())
-        files[split] = [
-            (f, d.name) for d in folders[split] for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS
-        ]
-        if not files[split]:
-            raise DataError(f"{root / split} holds no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
-    classes = [d.name for d in folders["train"]]
-    empty = [c for c in classes if not any(name == c for _, name in files["train"])]
-    if empty:
-        raise DataError(
-            f"{root}/train: the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
-            f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}), so the class would have "
-            "no training example. Add its images, or remove the folder (from test/ too)"
-        )
-    unknown = sorted({c for _, c in files["test"]} - set(classes))
-    if unknown:
-        raise DataError(f"{root}/test has classes that train/ lacks: {', '.join(unknown)}")
+    files, classes = _imagefolder_files(root)
     sizes = {s: _image_sizes([f for f, _ in files[s]]) for s in files}  # every file opens as an image
     with Image.open(files["train"][0][0]) as first:
         gray = first.mode in ("1", "L", "I", "I;16")
@@ -166,6 +145,33 @@ def load_imagefolder_dataset(cfg: Config) -> Dataset:
         display_path(root),
         every_class=True,
     )
+
+
+def _imagefolder_files(root: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
+    """Per split, the image files with their class folder's name; the classes (train/'s folders, sorted)."""
+    files: dict[str, list[tuple[Path, str]]] = {}
+    folders: dict[str, list[Path]] = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder: the layout is {split}/<class name>/<image files>")
+        folders[split] = sorted(p for p in (root / split).iterdir() if p.is_dir())
+        files[split] = [
+            (f, d.name) for d in folders[split] for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+        if not files[split]:
+            raise DataError(f"{root / split} holds no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
+    classes = [d.name for d in folders["train"]]
+    empty = [c for c in classes if not any(name == c for _, name in files["train"])]
+    if empty:
+        raise DataError(
+            f"{root}/train: the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+            f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}), so the class would have "
+            "no training example. Add its images, or remove the folder (from test/ too)"
+        )
+    unknown = sorted({c for _, c in files["test"]} - set(classes))
+    if unknown:
+        raise DataError(f"{root}/test has classes that train/ lacks: {', '.join(unknown)}")
+    return files, classes
 
 
 def load_torchvision_dataset(cfg: Config) -> Dataset:
