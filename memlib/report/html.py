@@ -103,7 +103,7 @@ def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | Non
         + [("appendix", "Appendix: configuration and environment")]
     )
     parts.append(
-        "<nav><strong>Contents:</strong> "
+        '<nav style="margin-bottom:1em"><strong>Contents:</strong> '
         + " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in toc)
         + "</nav>"
     )
