@@ -142,6 +142,19 @@ def test_planted_influence_through_the_store(tmp_path):
     assert {(s, j) for j, s in enumerate(sources)} <= est.pairs.keys()
 
 
+@pytest.mark.filterwarnings("error")
+def test_a_stores_read_only_arrays_are_estimated_without_a_warning(tmp_path):
+    """A store's arrays are read-only memory maps; torch's warning about them showed in every executed notebook."""
+    rng = np.random.default_rng(0)
+    for name, a in {"masks": rng.random((60, 20)) < 0.7, "correct": rng.random((60, 20)) < 0.5}.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    masks, correct = (np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("masks", "correct"))
+    assert not masks.flags.writeable
+    got = memorization(masks, correct)
+    np.testing.assert_array_equal(got.value, memorization(np.array(masks), np.array(correct)).value)
+    influence(masks, correct)
+
+
 def _fill(tmp_path, cfg, data, learner) -> Store:
     spec, meta = subset_store_spec(cfg, data)
     store = Store.open(tmp_path / "store", spec, meta)

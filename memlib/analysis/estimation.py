@@ -21,6 +21,7 @@ number of rows; export_influence writes the whole train x test matrix to disk th
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,17 @@ def _memorization_columns(masks: np.ndarray, outcomes: np.ndarray) -> tuple[np.n
     return value, se, n_in
 
 
+def _int8_operand(a: np.ndarray) -> torch.Tensor:
+    """A 0/1 array as an int8 tensor sharing its memory (no copy of a store's memory-mapped, read-only arrays).
+
+    torch warns that a read-only array gives a writable tensor; these tensors are only read (torch._int_mm's
+    operands), so the warning, which would show in every executed notebook, is silenced here and nowhere else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=bool).view(np.int8))
+
+
 class _Targets:
     """Outcomes (runs x examples) made ready once for many chunks of train rows: operands and totals over runs."""
 
@@ -115,7 +127,7 @@ class _Targets:
         v = np.asarray(outcomes)
         self.runs, self.binary = v.shape[0], is_binary(v)
         if self.binary:
-            self.int8 = torch.from_numpy(np.ascontiguousarray(v, dtype=bool).view(np.int8))
+            self.int8 = _int8_operand(v)
             self.s_all = np.count_nonzero(v, axis=0).astype(np.float64)[None]
             self.q_all = self.s_all
         else:
@@ -130,7 +142,7 @@ class _Targets:
         For 0/1 outcomes the sums are int32 counts and the squares are the outcomes themselves (None).
         """
         if self.binary:
-            m = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool).view(np.int8))
+            m = _int8_operand(masks)
             return torch._int_mm(m.T, self.int8).numpy(), None
         m = np.asarray(masks, dtype=np.float32)
         return m.T @ self.v, m.T @ self.v2
