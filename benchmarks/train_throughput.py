@@ -184,7 +184,7 @@ def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> 
     accs = run_path(path, cfg, data, runs, args.steps)
     if cfg.device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
-    queue.put({"seconds": time.perf_counter() - start, "accs": accs})
+    queue.put({"seconds": time.perf_counter() - start, "accs": dict(zip(share, accs))})  # run index -> accuracy
 
 
 class _Inline:
@@ -224,7 +224,7 @@ def measure(args, path: str, procs: int) -> dict:
         w.join()
     if path == "peak":
         return {k: sum(r[k] for r in results) for k in ("fp32", "bf16")}
-    return {"wall": wall, "accs": [a for r in results for a in r["accs"]]}
+    return {"wall": wall, "accs": {i: a for r in results for i, a in r["accs"].items()}}
 
 
 def flops_per_model(cfg: memlib.Config, data: Dataset, steps: int | None) -> float:
@@ -304,26 +304,52 @@ def main() -> None:
                 print(f"  round {round_ + 1}: {path} {r['wall']:.1f} s", flush=True)
             if path not in best or r["wall"] < best[path]["wall"]:
                 best[path] = r
-    rows = {}
+    rows, per_run = {}, {}
     for path in paths:
         r = best[path]
         rate = args.models / r["wall"] * 3600 * (args.steps / per_model if args.steps else 1)
         peak_used = peak["bf16"] if path.startswith("engine") and engine.precision == "bf16" else peak["fp32"]
         frac = flops * args.models / r["wall"] / peak_used
-        acc = float(np.mean(r["accs"])) if r["accs"] else float("nan")
+        per_run[path] = np.array([r["accs"][i] for i in sorted(r["accs"])])
+        acc, se = _mean_se(per_run[path])
         rows[path] = (rate, frac, acc)
         which = "bf16" if peak_used is peak["bf16"] else "fp32"
         print(f"({path:<12}) {r['wall']:7.1f} s  {rate:9.0f} models/hour  {frac:6.1%} of the {which} peak  "
-              f"test accuracy {acc:.4f}", flush=True)  # fmt: skip
+              f"test accuracy {acc:.4f} (se {se:.4f})", flush=True)  # fmt: skip
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     eng = rows["engine"]
     loop = rows.get("loop", (float("nan"),) * 3)
     prev = rows.get("previous", (float("nan"),) * 3)
-    accs = [v[2] for v in rows.values() if np.isfinite(v[2])]
-    gap = (max(accs) - min(accs)) if len(accs) > 1 else float("nan")
+    gap, gap_se, pair = accuracy_gap(per_run)
+    if pair:
+        z = gap / gap_se if gap_se > 0 else float("inf")
+        print(f"accuracy gap {gap:.4f}: {pair[0]} minus {pair[1]} over the same {len(per_run[pair[0]])} runs (masks "
+              f"and seeds), paired se {gap_se:.4f}, so {z:.1f} se")  # fmt: skip
     print(f"speedup_vs_loop={eng[0] / loop[0]:.2f} speedup_vs_previous={eng[0] / prev[0]:.2f} "
-          f"engine_models_per_hour={eng[0]:.0f} frac_of_peak={eng[1]:.2f} acc_gap={gap:.4f} "
+          f"engine_models_per_hour={eng[0]:.0f} frac_of_peak={eng[1]:.2f} acc_gap={gap:.4f} acc_gap_se={gap_se:.4f} "
           f"device={str(device) + ':' + name.replace(' ', '_')}")  # fmt: skip
+
+
+def _mean_se(a: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of per-model accuracies (nan for none; se nan for one)."""
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+
+
+def accuracy_gap(per_run: dict[str, np.ndarray]) -> tuple[float, float, tuple[str, str] | None]:
+    """The largest difference of mean test accuracy between two paths, with its paired standard error.
+
+    Every path trains the same runs (masks and seeds), so the se is that of the per-run differences: the noise of
+    training a model, not the spread of runs, decides whether a gap of a few tenths of a point is real.
+    """
+    measured = {p: a for p, a in per_run.items() if len(a)}
+    if len(measured) < 2:
+        return float("nan"), float("nan"), None
+    hi = max(measured, key=lambda p: measured[p].mean())
+    lo = min(measured, key=lambda p: measured[p].mean())
+    gap, se = _mean_se(measured[hi] - measured[lo])
+    return gap, se, (hi, lo)
 
 
 if __name__ == "__main__":
