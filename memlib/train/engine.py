@@ -9,7 +9,7 @@ Three paths, chosen per architecture and device by `choose_path` (the measuremen
 - stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all K models (in bf16,
   on bf16 working copies of the fp32 weights);
 - vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
-  statistics kept per model;
+  statistics kept per model (runs of different subset sizes train apart, so BatchNorm never sees padding);
 - single: one model after another, each a group of one (`SingleModel`: the nn.Module itself, unstacked).
 All three run through one training loop (`train_group`) with one optimizer, written over stacked parameters
 with torch.optim's update rules, and one LR/momentum schedule taken from torch's own schedulers, so every path
@@ -441,6 +441,17 @@ class VmapModels:
 
         return vmap(one, in_dims=(0, 0, 0), randomness="error")(self.params, self.buffers, x)
 
+    @classmethod
+    def join(cls, parts: list[VmapModels], positions: list[list[int]]) -> VmapModels:
+        """One group of the models of `parts`, trained apart: model j of parts[i] goes to positions[i][j]."""
+        order = torch.as_tensor([p for ps in positions for p in ps], device=parts[0].params[0].device)
+        where = torch.argsort(order)  # position -> its model in the parts' concatenation
+        out = copy.copy(parts[0])
+        out.params = [torch.cat([g.params[i] for g in parts])[where] for i in range(len(out.names))]
+        out.leaves = out.params
+        out.buffers = {n: torch.cat([g.buffers[n] for g in parts])[where] for n in out.buffers}
+        return out
+
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         k_models = self.params[0].shape[0]
         return [
@@ -678,7 +689,9 @@ class NeuralLearner:
         self.shape, self.num_classes = data.image_shape, data.num_classes
         self._train_bf16: DeviceData | None = None
         self.path = "choosing"
-        self.path = path or choose_path(cfg, self.make_model(0), self.device)
+        probe = self.make_model(0)
+        self.path = path or choose_path(cfg, probe, self.device)
+        self.batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules())
 
     def make_model(self, seed: int) -> nn.Module:
         """A fresh model with the initial weights that `seed` gives."""
@@ -742,6 +755,8 @@ class NeuralLearner:
                 if rec is not None:
                     signals += rec.result()
             return out
+        if self.path == "vmap" and self.batchnorm and len({len(idx) for idx, _ in runs}) > 1:
+            return self._fit_by_size(runs, steps, signals)
         models = [self.make_model(seed) for _, seed in runs]
         if self.path == "stacked":
             stacked = StackedMLP(models, torch.bfloat16 if self.precision == "bf16" else torch.float32)
@@ -752,6 +767,24 @@ class NeuralLearner:
         if rec is not None:
             signals += rec.result()
         return stacked
+
+    def _fit_by_size(self, runs: list[tuple[np.ndarray, int]], steps: int | None, signals: list | None) -> VmapModels:
+        """A vmap group with BatchNorm, trained as one group per subset size and joined back in the runs' order.
+
+        In one group, a model's short last batch is padded (copies of example 0) and a model with fewer batches
+        still runs the steps it sits out; BatchNorm would take both into its statistics. Runs of one size have
+        the same batches, so each such group needs no padding and every model takes the steps it takes alone.
+        """
+        sizes = list(dict.fromkeys(len(idx) for idx, _ in runs))
+        positions = [[i for i, (idx, _) in enumerate(runs) if len(idx) == size] for size in sizes]
+        parts, found = [], {}
+        for pos in positions:
+            got: list | None = [] if signals is not None else None
+            parts.append(self.fit_group([runs[i] for i in pos], steps, got))
+            found.update(zip(pos, got or []))
+        if signals is not None:
+            signals += [found[i] for i in range(len(runs))]
+        return VmapModels.join(parts, positions)
 
 
 class NearestNeighbourLearner:
