@@ -184,7 +184,7 @@ def test_batchnorm_in_a_vmap_group_never_sees_padding(fp32, digits, device):
     group = NeuralLearner(cfg, digits, path="vmap").fit_group(runs, None, signals)
     alone = _alone(cfg, digits, runs)
     diffs = [_max_diff(group.state_dicts()[k], model.state_dict()) for k, model in enumerate(alone)]
-    assert max(diffs) < 1e-5, diffs  # 0.02 to 0.05 in the weights, and a step count off by one, before
+    assert max(diffs) < 1e-5, diffs  # before: running statistics 0.02 to 0.05 off, a step count off by one
     assert len(signals) == len(runs)
     for k, (idx, seed) in enumerate(runs):  # each run's signals are its own, in the order of the runs
         one: list = []
