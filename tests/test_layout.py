@@ -138,3 +138,22 @@ def test_the_length_check_sees_a_long_function():
     assert long_functions(f"def f():\n{body}") == [f"f ({LONG + 1} lines)"]
     assert long_functions(f"def f():  # long: one table\n{body}") == []
     assert long_functions(f"def f():\n{body[: -len(body.splitlines()[-1]) - 1]}") == []
+
+
+def test_the_config_names_the_executors_of_the_table():
+    """config.EXECUTORS (what a profile may say; config imports nothing) is the table's names, in its order."""
+    from memlib import config
+    from memlib.runs.executors import EXECUTORS
+
+    assert config.EXECUTORS == tuple(EXECUTORS)
+
+
+def test_the_slurm_executor_imports_no_torch():
+    """A SLURM task unpickles its GroupTask from memlib.runs.slurm; torch imported there changed how a signalled task
+    ended (resubmitted, not requeued). Torch comes in only when the task builds its learner."""
+    import subprocess
+    import sys
+
+    code = "import sys, memlib.runs.slurm; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert out.stdout.strip() == "False"

@@ -27,13 +27,18 @@ EXECUTORS: dict[str, tuple[str, str]] = {
 }
 
 
+def executor(name: str) -> Callable[..., int]:
+    """The function of the executor `name` (imported now: memlib.runs.slurm needs submitit)."""
+    module, function = EXECUTORS[name][1].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def run_jobs(
     store: Store,
     jobs: list[Job],
     cfg: Config,
     data: Dataset,
     learner=None,
-    workers: int | None = None,
     desc: str = "training",
     first_group: Callable[[], str | None] | None = None,
 ) -> int:
@@ -42,9 +47,6 @@ def run_jobs(
     A `learner` given (a test's exact learner) always runs here, on the local executor, in this process.
     `first_group`, called once after the first group trains, may return a line to print (the local executor's).
     """
-    name = "local" if learner is not None else cfg.executor
-    module, function = EXECUTORS[name][1].split(":")
-    run = getattr(importlib.import_module(module), function)
-    if name == "local":
-        return run(store, jobs, cfg, data, learner=learner, workers=workers, desc=desc, first_group=first_group)
-    return run(store, jobs, cfg, desc=desc)
+    if learner is not None:
+        return executor("local")(store, jobs, cfg, data, learner=learner, desc=desc, first_group=first_group)
+    return executor(cfg.executor)(store, jobs, cfg, data, desc=desc, first_group=first_group)

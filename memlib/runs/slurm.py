@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +39,8 @@ import submitit
 from tqdm import tqdm
 
 from ..config import Config, display_path
-from ..train.design import Job
+from ..data.dataset import Dataset
+from ..train.design import Job, group_rows
 from .store import SPEC_FILE, ArraySpec, Store, describe_rows
 
 RECORD_DIR = "slurm"
@@ -279,14 +280,26 @@ def submit_array(store: Store, jobs: list[Job], cfg: Config) -> tuple[list[Task]
 
 
 def _groups(jobs: list[Job], group_size: int) -> dict[int, list[Job]]:
-    groups: dict[int, list[Job]] = {}
-    for job in sorted(jobs, key=lambda j: j.row):
-        groups.setdefault(job.row // group_size, []).append(job)
-    return groups
+    """The design's groups (memlib.train.design.group_rows) by their index, each group's jobs in row order.
+
+    Not memlib.runs.group.job_groups: that module imports torch, and with it imported here the task that
+    tests/test_slurm.py signals (USR2) was submitted again instead of requeued, 3 runs in 3. Keep this light."""
+    by_row = {j.row: j for j in jobs}
+    return {rows[0] // group_size: [by_row[r] for r in rows] for rows in group_rows(sorted(by_row), group_size)}
 
 
-def run_array(store: Store, jobs: list[Job], cfg: Config, desc: str = "training") -> int:
+def run_array(
+    store: Store,
+    jobs: list[Job],
+    cfg: Config,
+    data: Dataset | None = None,
+    desc: str = "training",
+    first_group: Callable[[], str | None] | None = None,
+) -> int:
     """Train the unfinished groups of `jobs` as SLURM array tasks, with a progress bar; returns rows finished.
+
+    An executor of memlib.runs.executors: `data` and `first_group` are taken and not used (each task loads the
+    data itself on its node, and the driver has no first group of its own to report on).
 
     Reattaches to the store's live tasks (nothing that is queued or running is submitted again), resubmits a
     group whose task ended without finishing it at most `slurm_retries` times, and returns once every row is

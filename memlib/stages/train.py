@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -63,7 +64,7 @@ def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] 
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
-    hook = (lambda: early_fit_line(cfg, store, data)) if cfg.executor != "slurm" or learner is not None else None
+    hook = functools.partial(early_fit_line, cfg, store, data)  # an executor with no first group never calls it
     store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models", first_group=hook)
     return store
 
@@ -82,6 +83,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
             versions[pkg] = "not installed"
     dev = resolve_device(device)
     accelerator = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
+    prec = resolve_precision(precision, dev)
     return {
         "commit": git_commit(),
         "python": sys.version.split()[0],
@@ -89,8 +91,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "training_device": str(dev),
-        "training_precision": resolve_precision(precision, dev)
-        + (" (bf16 autocast, fp32 master weights)" if resolve_precision(precision, dev) == "bf16" else ""),
+        "training_precision": prec + (" (bf16 autocast, fp32 master weights)" if prec == "bf16" else ""),
         "accelerator": accelerator,
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "versions": versions,
