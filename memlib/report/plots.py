@@ -157,22 +157,28 @@ def pairs_removal(table: pd.DataFrame, path=None) -> plt.Figure:
     return _save(fig, path)
 
 
-def split_half(sh: dict, path=None) -> plt.Figure:
-    """Memorization from two disjoint halves of the models, one against the other."""
+def mem_against_mem(x, y, labels: tuple[str, str], title: str, diagonal, size: float, path=None) -> plt.Figure:
+    """Two memorization estimates of the same training examples, one against the other, with the diagonal."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(sh["mem_a"], sh["mem_b"], s=6, alpha=0.4, color="#34495e")
-    lim = [min(sh["mem_a"].min(), sh["mem_b"].min()), max(sh["mem_a"].max(), sh["mem_b"].max())]
-    ax.plot(lim, lim, ":", color="gray")
-    a, b = sh["models_per_half"]
-    ax.set_xlabel(f"mem, even-indexed models ({a})")
-    ax.set_ylabel(f"mem, odd-indexed models ({b})")
-    ax.set_title(
-        f"Split-half stability: Spearman {sh['mem_spearman']:.3f}\n"
-        f"pairs Jaccard {sh['pairs_jaccard']:.2f} ({sh['pairs_both']} in both of {sh['pairs_a']} / {sh['pairs_b']})",
-        fontsize=10,
-    )
+    ax.scatter(x, y, s=size, alpha=0.4, color="#34495e")
+    ax.plot(diagonal, diagonal, ":", color="gray")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def split_half(sh: dict, path=None) -> plt.Figure:
+    """Memorization from two disjoint halves of the models, one against the other."""
+    lim = [min(sh["mem_a"].min(), sh["mem_b"].min()), max(sh["mem_a"].max(), sh["mem_b"].max())]
+    a, b = sh["models_per_half"]
+    title = (
+        f"Split-half stability: Spearman {sh['mem_spearman']:.3f}\n"
+        f"pairs Jaccard {sh['pairs_jaccard']:.2f} ({sh['pairs_both']} in both of {sh['pairs_a']} / {sh['pairs_b']})"
+    )
+    labels = (f"mem, even-indexed models ({a})", f"mem, odd-indexed models ({b})")
+    return mem_against_mem(sh["mem_a"], sh["mem_b"], labels, title, lim, 6, path)
 
 
 def training_overview(test_acc: np.ndarray, out_counts: np.ndarray, path=None) -> plt.Figure:

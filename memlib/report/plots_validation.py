@@ -9,7 +9,7 @@ import numpy as np
 from ..analysis.estimation import Estimates
 from ..analysis.stability import Convergence
 from ..analysis.validation import auroc, roc_points
-from .plots import _save
+from .plots import _save, mem_against_mem
 
 
 def roc_curves(scores: dict[str, np.ndarray], flipped: np.ndarray, path=None) -> plt.Figure:
@@ -70,18 +70,12 @@ def convergence(curve: Convergence, path=None) -> plt.Figure:
 
 def arch_scatter(a: Estimates, b: Estimates, names: tuple[str, str], consistency: dict, path=None) -> plt.Figure:
     """mem of one architecture against the other's, on the same training examples."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(a.mem.value, b.mem.value, s=5, alpha=0.4, color="#34495e")
-    ax.plot([-0.2, 1], [-0.2, 1], ":", color="gray")
-    ax.set_xlabel(f"mem, {names[0]}")
-    ax.set_ylabel(f"mem, {names[1]}")
-    ax.set_title(
+    title = (
         f"Spearman {consistency['spearman_arch']:.3f}; top-mem Jaccard {consistency['top_mem_jaccard_arch']:.2f}\n"
-        f"test accuracy gap {consistency['test_accuracy_gap_arch']:+.3f}",
-        fontsize=10,
+        f"test accuracy gap {consistency['test_accuracy_gap_arch']:+.3f}"
     )
-    fig.tight_layout()
-    return _save(fig, path)
+    labels = (f"mem, {names[0]}", f"mem, {names[1]}")
+    return mem_against_mem(a.mem.value, b.mem.value, labels, title, [-0.2, 1], 5, path)
 
 
 def proxy_curves(agreement: dict, path=None) -> plt.Figure:
