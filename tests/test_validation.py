@@ -160,7 +160,7 @@ def test_the_registry_scores_mem_and_cleanlab_as_their_definitions():
     runs, labels = peer_runs()
     inputs = PeerInputs(runs, labels, 3, epochs=5)
     scores = peers.peer_scores(inputs)
-    assert list(scores) == list(PEERS) == list(validation.score_descriptions())
+    assert list(scores) == list(PEERS) == list(peers.descriptions())
     np.testing.assert_array_equal(scores["mem"], memorization(runs.masks, runs.train_correct).value)
     quality = get_label_quality_scores(labels, inputs.out_of_sample_probs, method="self_confidence")
     np.testing.assert_array_equal(scores["cleanlab"], quality)
@@ -178,7 +178,7 @@ def test_a_peer_registered_once_reaches_every_table(monkeypatch):
     monkeypatch.setitem(PEERS, "toy", Peer(-1, doc, lambda x: x.in_model_mean("learned_epoch")))
     signed = signed_scores(runs, labels, 3, 5)
     np.testing.assert_array_equal(signed["toy"], -in_model_means(runs.masks, runs.signals["learned_epoch"]))
-    assert validation.score_descriptions()["toy"] == doc
+    assert peers.descriptions()["toy"] == doc
     flipped = np.zeros(40, dtype=bool)
     flipped[:6] = True
     assert "toy" in {row["score"] for row in recovery({k: suspicion(k, v) for k, v in signed.items()}, flipped)}

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from .estimation import Estimates, Pairs, influence, memorization
-from .peers import PeerRuns, descriptions, signed_scores
+from .peers import PeerRuns, signed_scores
 from .stability import correlations, jaccard
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,13 +234,3 @@ def arch_consistency(a: Estimates, b: Estimates, acc_a: float, acc_b: float, top
         "mean_mem_difference_arch": float(np.mean(ma[ok] - mb[ok])),
         "test_accuracy_gap_arch": float(acc_a - acc_b),
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The stage
-# ---------------------------------------------------------------------------------------------------
-
-
-def score_descriptions() -> dict[str, str]:
-    """What each score is (for the report's table): memlib.analysis.peers.PEERS's docs."""
-    return descriptions()
