@@ -20,6 +20,7 @@ from ..runs.store import Store
 from ..runs.subsets import open_subset_store
 from ..train.design import check_out_counts, subset_jobs
 from ..train.engine import resolve_device, resolve_precision
+from ..train.layouts import layout_for
 
 
 def store_fit(cfg: Config, store: Store, data: Dataset, rows: np.ndarray | slice | None = None) -> dict:
@@ -84,6 +85,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
     dev = resolve_device(device)
     accelerator = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
     prec = resolve_precision(precision, dev)
+    kind, layout = layout_for(dev)
     return {
         "commit": git_commit(),
         "python": sys.version.split()[0],
@@ -92,6 +94,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
         "torch_threads": torch.get_num_threads(),
         "training_device": str(dev),
         "training_precision": prec + (" (bf16 autocast, fp32 master weights)" if prec == "bf16" else ""),
+        "stacked_layout": f"{layout.name} (memlib.train.layouts.LAYOUTS[{kind!r}], for MLPs)",
         "accelerator": accelerator,
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "versions": versions,

@@ -22,7 +22,6 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from ..config import Config, ConfigError
 from ..data.dataset import Dataset
+from .layouts import PLAIN, Layout, cpu_flags, layout_for
 from .models import build_model
 from .signals import SignalRecorder
 
@@ -69,11 +69,7 @@ def resolve_device(name: str) -> torch.device:
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 bf16 or AMX), so bf16 autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -355,6 +351,26 @@ def mlp_layers(model: nn.Module) -> list[nn.Linear] | None:
     return linears if pattern == expected and all(m.bias is not None for m in linears) else None
 
 
+class _ContiguousWeightGrad(torch.autograd.Function):
+    """baddbmm(b, h, w) whose backward pass forms the weight gradient from a contiguous copy of h's transpose.
+
+    The gradients are autograd's own for baddbmm (h: (K, B, in), w: (K, in, out), b: (K, 1, out)); only the weight
+    gradient's first operand is laid out differently (`Layout.weight_grad` says where that is faster).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b, h, w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w = ctx.saved_tensors
+        grad_h = torch.bmm(grad, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(h.transpose(1, 2).contiguous(), grad)
+        return grad_h, grad_w, grad.sum(1, keepdim=True)
+
+
 class StackedMLP:
     """K MLPs as batched matrices: weights kept as (K, in, out), one baddbmm per layer for all models.
 
@@ -362,12 +378,14 @@ class StackedMLP:
     the optimizer's elementwise update 8x faster on the CPU. The weights (`params`) stay fp32; with a bf16
     `compute_dtype`, the forward pass runs on bf16 working copies (`leaves`, refreshed by the optimizer after each
     step) and the gradients come out in bf16. These are the values bf16 autocast would make from the fp32
-    weights, without casting every weight twice a step.
+    weights, without casting every weight twice a step. `layout` (memlib.train.layouts) says how the weight
+    gradients and evaluation's first layer are multiplied on this kind of device.
     """
 
-    def __init__(self, models: list[nn.Module], compute_dtype: torch.dtype = torch.float32):
+    def __init__(self, models: list[nn.Module], compute_dtype: torch.dtype = torch.float32, layout: Layout = PLAIN):
         layers = [mlp_layers(m) for m in models]
         depth = len(layers[0])
+        self.layout, self.k_models = layout, len(models)
         self.weights = [torch.stack([ls[i].weight.detach().t() for ls in layers]).contiguous() for i in range(depth)]
         self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(depth)]
         self.params = [t for pair in zip(self.weights, self.biases) for t in pair]
@@ -390,10 +408,28 @@ class StackedMLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (K, B, ...) -> logits (K, B, classes)."""
-        h = x.reshape(x.shape[0], x.shape[1], -1).to(self.leaves[0].dtype)
+        return self._layers(x.reshape(x.shape[0], x.shape[1], -1).to(self.leaves[0].dtype), 0)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...), one batch that every model reads -> logits (K, B, classes)."""
+        h = x.reshape(x.shape[0], -1).to(self.leaves[0].dtype)
+        if self.layout.eval_first == "bmm":
+            return self._layers(h.unsqueeze(0).expand(self.k_models, *h.shape), 0)
+        w, b = self.leaves[0], self.leaves[1]  # (K, in, out), (K, 1, out) -> (in, K * out), (1, K * out)
+        wide = torch.addmm(b.transpose(0, 1).reshape(1, -1), h, w.transpose(0, 1).reshape(w.shape[1], -1))
+        return self._layers(wide.view(len(h), self.k_models, -1).transpose(0, 1), 1)
+
+    def _layers(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Layers `start`... of all K models on h (K, B, features): ReLU between them, none after the last."""
         last = len(self.weights) - 1
-        for i in range(last + 1):
-            h = torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i])
+        if start > 0:
+            h = torch.relu(h)
+        for i in range(start, last + 1):
+            w, b = self.leaves[2 * i], self.leaves[2 * i + 1]
+            if self.layout.weight_grad == "contiguous" and w.requires_grad and torch.is_grad_enabled():
+                h = _ContiguousWeightGrad.apply(h, w, b)
+            else:
+                h = torch.baddbmm(b, h, w)
             if i < last:
                 h = torch.relu(h)
         return h
@@ -440,6 +476,10 @@ class VmapModels:
             return functional_call(self.base, (dict(zip(self.names, params)), buffers), (xb,))
 
         return vmap(one, in_dims=(0, 0, 0), randomness="error")(self.params, self.buffers, x)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...), one batch that every model reads -> logits (K, B, classes)."""
+        return self(x.unsqueeze(0).expand(self.params[0].shape[0], *x.shape))
 
     @classmethod
     def join(cls, parts: list[VmapModels], positions: list[list[int]]) -> VmapModels:
@@ -647,10 +687,8 @@ def evaluate(model, split: DeviceData, precision: str, k_models: int | None = No
     for s in range(0, len(split), batch):
         x = split.images(slice(s, s + batch))
         y = split.y[s : s + batch]
-        if stacked:
-            x = x.unsqueeze(0).expand(k_models, *x.shape)
         with _autocast(split.device, precision):
-            logits = model(x).float()
+            logits = (model.shared(x) if stacked else model(x)).float()
         yy = y.expand(k_models, -1) if stacked else y
         correct.append((logits.argmax(-1) == yy).cpu())
         p = logits.softmax(-1)
@@ -678,6 +716,7 @@ class NeuralLearner:
         path: str | None = None,
         eval_rows: int | None = None,
         record_signals: bool = True,
+        layout: Layout | None = None,
     ):
         self.cfg, self.record_signals = cfg, record_signals
         self.device = resolve_device(device or cfg.device)
@@ -691,6 +730,8 @@ class NeuralLearner:
         self.path = "choosing"
         probe = self.make_model(0)
         self.path = path or choose_path(cfg, probe, self.device)
+        # the stacked path's products: by this device's kind (memlib.train.layouts says what measured each)
+        self.layout_kind, self.layout = ("given", layout) if layout else layout_for(self.device)
         self.batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules())
 
     def make_model(self, seed: int) -> nn.Module:
@@ -759,7 +800,7 @@ class NeuralLearner:
             return self._fit_by_size(runs, steps, signals)
         models = [self.make_model(seed) for _, seed in runs]
         if self.path == "stacked":
-            stacked = StackedMLP(models, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+            stacked = StackedMLP(models, torch.bfloat16 if self.precision == "bf16" else torch.float32, self.layout)
         else:
             stacked = VmapModels(models)
         rec = SignalRecorder(len(runs), n, epochs, self.device) if signals is not None else None

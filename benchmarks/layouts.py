@@ -1,0 +1,157 @@
+"""Which layout of the stacked path's products is fastest on this machine: the entry for memlib.train.layouts.
+
+    python benchmarks/layouts.py                 # this CPU, one thread (the engine's layout per process)
+    python benchmarks/layouts.py --device cuda   # a GPU
+
+Two layouts, side by side in one run, on the released demo's recipe (MLP 784-512-256-10, K models in lockstep,
+batch 128, Fashion-MNIST; digits when it is absent):
+    plain  view/bmm         autograd's own weight gradients; evaluation's first layer as K batched products
+    other  contiguous/wide  weight gradients from a contiguous operand; the first layer as one wide product
+First the products alone (GFLOP/s, beside a square matmul's rate in the same precision), then the engine itself:
+the same K runs trained for --steps steps and evaluated on the test split with each layout, in alternating
+rounds, each layout's best round kept. The two layouts compute the same sums in another order, so the script
+also prints how many test predictions they share.
+
+It prints the LAYOUTS entry its figures choose (a layout wins where it is at least 5% faster) and, as its last
+line, the headline. Compare ratios within one run: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from train_throughput import matmul_rate, recipe  # noqa: E402
+
+from memlib.train.design import subset_jobs  # noqa: E402
+from memlib.train.engine import NeuralLearner, evaluate, mlp_layers, resolve_device  # noqa: E402
+from memlib.train.layouts import PLAIN, Layout, device_kind  # noqa: E402
+
+OTHER = Layout("contiguous", "wide", "the layout benchmarks/layouts.py weighs against the plain one")
+WINS = 1.05  # a layout is chosen where it is at least this much faster
+
+
+def _rate(fn, flops: float, device: torch.device, seconds: float = 0.4, windows: int = 3) -> float:
+    """FLOP/s of fn(): the best of a few short windows."""
+    fn()
+    best = 0.0
+    for _ in range(windows):
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, flops * reps / (time.perf_counter() - start))
+    return best
+
+
+def products(k: int, batch: int, eval_rows: int, dims: list[int], dtype: torch.dtype, device) -> list[str]:
+    """The products each layout chooses between, alone: GFLOP/s of each, as printable lines."""
+    lines = []
+    for d_in, d_out in zip(dims, dims[1:]):
+        h = torch.randn(k, batch, d_in, device=device).to(dtype)
+        g = torch.randn(k, batch, d_out, device=device).to(dtype)
+        flops = 2 * k * batch * d_in * d_out
+        view = _rate(lambda h=h, g=g: torch.bmm(h.transpose(1, 2), g), flops, device)
+        contiguous = _rate(lambda h=h, g=g: torch.bmm(h.transpose(1, 2).contiguous(), g), flops, device)
+        lines.append(f"weight gradient {k} x ({d_in}x{batch})({batch}x{d_out}): view {view / 1e9:.0f}, "
+                     f"contiguous {contiguous / 1e9:.0f} GFLOP/s (x{contiguous / view:.2f})")  # fmt: skip
+    rows = max(256, eval_rows // k)
+    x = torch.randn(rows, dims[0], device=device).to(dtype)
+    w = torch.randn(k, dims[0], dims[1], device=device).to(dtype)
+    wide_w = w.transpose(0, 1).reshape(dims[0], -1)
+    flops = 2 * k * rows * dims[0] * dims[1]
+    bmm = _rate(lambda: torch.bmm(x.unsqueeze(0).expand(k, *x.shape), w), flops, device)
+    wide = _rate(lambda: x @ wide_w, flops, device)
+    lines.append(f"evaluation's first layer, {k} models x ({rows}x{dims[0]})({dims[0]}x{dims[1]}): bmm "
+                 f"{bmm / 1e9:.0f}, wide {wide / 1e9:.0f} GFLOP/s (x{wide / bmm:.2f})")  # fmt: skip
+    return lines
+
+
+def engine_round(learner: NeuralLearner, layout: Layout, runs, steps: int) -> tuple[float, float, np.ndarray]:
+    """Seconds to train the group `steps` steps, seconds to evaluate it on the test split, its predictions."""
+    learner.layout = layout
+    sync = torch.cuda.synchronize if learner.device.type == "cuda" else lambda: None
+    start = time.perf_counter()
+    models = learner.fit_group(runs, steps)
+    sync()
+    trained = time.perf_counter() - start
+    start = time.perf_counter()
+    correct, _ = evaluate(models, learner.test, learner.precision, len(runs), learner.eval_rows)
+    sync()
+    return trained, time.perf_counter() - start, correct
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the engine runs 1 per process)")
+    parser.add_argument("--models", type=int, default=8, help="K, models in lockstep (the profiles' group)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg, data = recipe(
+        argparse.Namespace(
+            models=args.models, epochs=10, device=args.device, group_size=args.models, precision="auto",
+            synthetic_cifar=False, arch=None, width=None, batch_size=None,
+        )
+    )  # fmt: skip
+    device = resolve_device(cfg.device)
+    kind = device_kind(device)
+    learner = NeuralLearner(cfg, data, record_signals=False)
+    if learner.path != "stacked":
+        raise SystemExit(f"{cfg.arch} trains on the {learner.path} path here; layouts are the stacked path's")
+    dtype = torch.bfloat16 if learner.precision == "bf16" else torch.float32
+    cpu = platform.processor() or platform.machine()
+    if device.type == "cpu":
+        name = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = name[0].split(":", 1)[1].strip() if name else cpu
+    else:
+        cpu = torch.cuda.get_device_name(device)
+    linears = mlp_layers(learner.make_model(0))
+    dims = [linears[0].in_features] + [m.out_features for m in linears]
+    layers = "-".join(map(str, dims))
+    print(f"{cpu} ({kind}), {args.threads} thread(s), {learner.precision}; K = {args.models}, batch "
+          f"{cfg.batch_size}, layers {layers}; LAYOUTS[{kind!r}] is now {learner.layout.name}")  # fmt: skip
+    print(f"square {dtype} matmul: {matmul_rate(dtype, device, 3, 0.4) / 1e9:.0f} GFLOP/s")
+    for line in products(args.models, cfg.batch_size, learner.eval_rows, dims, dtype, device):
+        print("  " + line)
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, range(args.models))]
+    best = {PLAIN.name: [np.inf, np.inf], OTHER.name: [np.inf, np.inf]}
+    predictions = {}
+    for r in range(args.rounds):
+        for layout in (PLAIN, OTHER) if r % 2 == 0 else (OTHER, PLAIN):
+            trained, evaluated, predictions[layout.name] = engine_round(learner, layout, runs, args.steps)
+            best[layout.name] = [min(best[layout.name][0], trained), min(best[layout.name][1], evaluated)]
+            print(f"  round {r + 1}: {layout.name:16s} {args.steps} steps {trained:6.2f} s, "
+                  f"evaluation {evaluated:5.2f} s")  # fmt: skip
+    (t_plain, e_plain), (t_other, e_other) = best[PLAIN.name], best[OTHER.name]
+    train_x, eval_x = t_plain / t_other, e_plain / e_other
+    same = float((predictions[PLAIN.name] == predictions[OTHER.name]).mean())
+    print(f"contiguous/wide against view/bmm: training step x{train_x:.2f}, evaluation x{eval_x:.2f} "
+          f"(above 1: faster); test predictions shared {same:.4f}")  # fmt: skip
+    chosen = Layout("contiguous" if train_x >= WINS else "view", "wide" if eval_x >= WINS else "bmm", "")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print("\nthe entry these figures choose, for memlib/train/layouts.py:\n")
+    print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n'
+          f'        "python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, '
+          f'commit {commit}: training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide '
+          f'against view/bmm",\n    ),\n')  # fmt: skip
+    print(f"kind={kind} train_x={train_x:.2f} eval_x={eval_x:.2f} predictions_shared={same:.4f} "
+          f"chosen={chosen.name} table={learner.layout.name}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""How the stacked path lays out its matrix products on each kind of device: a table, and what chose each entry.
+
+The same products run fast or slow by their layout alone, and the fast layout differs between processors: on an
+AMD EPYC (Zen 4) the layouts below ran at the same speed, while on an Intel Xeon with AMX a contiguous operand
+and one wide product ran about twice as fast as a transposed view and K batched products. A layout changes only
+the rounding of the same sums, yet it does change it, so the layout is looked up by device kind, never timed at
+start-up: two runs on one kind of machine then train the same models. `benchmarks/layouts.py` measures both
+layouts side by side on the machine it runs on and prints the entry to put here, with its figures.
+
+An entry's fields:
+- `weight_grad`: how the backward pass forms each layer's weight gradient, input^T @ grad_output, K at a time.
+  "view": autograd's own (the input's transpose is a strided view); "contiguous": the transposed input copied
+  to a contiguous operand first (memlib's `_ContiguousWeightGrad`).
+- `eval_first`: how evaluation computes the first layer, whose input all K models share. "bmm": K batched
+  products of the same input (expanded, not copied); "wide": one product of the input with all K models'
+  weights side by side, (rows, in) @ (in, K * out).
+- `measured`: the measurement that chose the entry (where, when, which command, what it printed).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+WEIGHT_GRADS = ("view", "contiguous")
+EVAL_FIRSTS = ("bmm", "wide")
+
+
+@dataclass(frozen=True)
+class Layout:
+    weight_grad: str
+    eval_first: str
+    measured: str
+
+    def __post_init__(self):
+        if self.weight_grad not in WEIGHT_GRADS or self.eval_first not in EVAL_FIRSTS:
+            raise ValueError(f"unknown layout {self.weight_grad!r}/{self.eval_first!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.weight_grad}/{self.eval_first}"
+
+
+PLAIN = Layout("view", "bmm", "autograd's own products: the layout memlib always used")
+
+# Device kinds (`device_kind`), most specific first. An extension is one entry, with its measurement.
+LAYOUTS: dict[str, Layout] = {
+    "cpu-amx": Layout(
+        "contiguous",
+        "wide",
+        "issue 15's one-thread probe on an Intel Xeon with AMX: the weight-gradient product ran at 825 GFLOP/s "
+        "from a contiguous operand against 450 through a transposed view, and one (1024x784)(784x512) bf16 "
+        "product at 1,016 against 541 for 8 batched (128x784)(784x512). Whole-engine speed and accuracy with "
+        "this layout: not yet measured on AMX (python benchmarks/layouts.py there).",
+    ),
+    "cpu-avx512-bf16": Layout(
+        "view",
+        "bmm",
+        "benchmarks/README.md, AMD EPYC (Zen 4), 2026-11-25: a contiguous weight-gradient operand ran layer 1 in "
+        "9.00 ms against 9.00, and the wide first layer of evaluation was 3% slower, so memlib's layout stays",
+    ),
+    "cpu": Layout("view", "bmm", "not measured on CPUs without bf16 matrix units: the layout memlib always used"),
+    "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def device_kind(device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """The LAYOUTS key of a device: 'cuda', or the CPU's kind by its bf16 matrix units."""
+    if device.type == "cuda":
+        return "cuda"
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "cpu-amx"
+    if "avx512_bf16" in flags:
+        return "cpu-avx512-bf16"
+    return "cpu"
+
+
+def layout_for(device: torch.device) -> tuple[str, Layout]:
+    """The device's kind and the stacked path's layout there."""
+    kind = device_kind(device)
+    return kind, LAYOUTS[kind]

@@ -1,0 +1,101 @@
+"""The stacked path's layouts (memlib.train.layouts): each computes the same model, and each device kind gets its own.
+
+The layouts differ only in how they lay out the same products, so their gradients, trained weights and predictions
+agree to rounding; which one a machine uses is looked up by its kind (never timed at start-up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import memlib
+from memlib.train import layouts
+from memlib.train.design import subset_jobs
+from memlib.train.engine import NeuralLearner, StackedMLP
+from memlib.train.layouts import LAYOUTS, PLAIN, Layout, device_kind
+from memlib.train.models import build_model
+
+OTHER = Layout("contiguous", "wide", "the layout the tests weigh against the plain one")
+
+
+def _models(device: str, k: int = 3, width: int = 64) -> list[torch.nn.Module]:
+    cfg = memlib.load_profile("smoke").replace(width=width)
+    torch.manual_seed(0)
+    return [build_model(cfg, 1, 8, 10).to(device) for _ in range(k)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_both_layouts_give_the_same_gradients_and_logits(device, dtype):
+    models = _models(device)
+    plain, other = StackedMLP(models, dtype, PLAIN), StackedMLP(models, dtype, OTHER)
+    torch.manual_seed(1)
+    x, y = torch.randn(3, 40, 1, 8, 8, device=device), torch.randint(0, 10, (120,), device=device)
+    grads = {}
+    for name, group in (("plain", plain), ("other", other)):
+        loss = F.cross_entropy(group(x).float().flatten(0, 1), y)
+        grads[name] = torch.autograd.grad(loss, group.leaves)
+    assert any(n == "_ContiguousWeightGradBackward" for n in _grad_fns(other(x))), "the other layout was not used"
+    tol = 1e-6 if dtype == torch.float32 else 1 / 64  # bf16: a rounding of the same sums in another order
+    for g, r in zip(grads["other"], grads["plain"]):
+        assert g.dtype == r.dtype and g.shape == r.shape and g.is_contiguous()
+        assert float((g.float() - r.float()).abs().max()) <= tol * max(float(r.float().abs().max()), 1e-3)
+    shared = torch.randn(50, 1, 8, 8, device=device)
+    with torch.no_grad():
+        wide, expanded = other.shared(shared).float(), plain(shared.unsqueeze(0).expand(3, *shared.shape)).float()
+    assert wide.shape == expanded.shape == (3, 50, 10)
+    assert float((wide - expanded).abs().max()) <= tol * float(expanded.abs().max())
+
+
+def _grad_fns(out: torch.Tensor) -> list[str]:
+    """The names of the backward nodes behind `out`."""
+    seen, todo = [], [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in seen:
+            seen.append(type(fn).__name__)
+            todo += [f for f, _ in fn.next_functions]
+    return seen
+
+
+def test_a_group_trained_in_either_layout_ends_with_the_same_weights(smoke, digits, device):
+    cfg = smoke.replace(device=device, precision="fp32", epochs=2, width=64)
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, digits.n_train, range(3))]
+    torch.set_num_threads(1)
+    got = {}
+    for layout in (PLAIN, OTHER):
+        learner = NeuralLearner(cfg, digits, path="stacked", layout=layout, record_signals=False)
+        got[layout.name] = (learner.fit_group(runs).state_dicts(), learner.fit_eval_group(runs))
+    (plain_w, plain_out), (other_w, other_out) = got[PLAIN.name], got[OTHER.name]
+    start = NeuralLearner(cfg, digits).make_model(runs[0][1]).state_dict()
+    assert max(float((plain_w[0][k] - start[k]).abs().max()) for k in start) > 1e-2, "training moved the weights"
+    for a, b in zip(plain_w, other_w):
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    for a, b in zip(plain_out, other_out):  # evaluation: the wide first layer against K batched products
+        assert np.mean(a.test_correct == b.test_correct) > 0.99 and np.abs(a.test_prob - b.test_prob).max() < 1e-4
+
+
+def test_each_device_kind_has_its_layout_and_says_what_measured_it():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert device_kind(cpu, frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})) == "cpu-amx"
+    assert device_kind(cpu, frozenset({"avx512f", "avx512_bf16"})) == "cpu-avx512-bf16"
+    assert device_kind(cpu, frozenset({"avx2"})) == "cpu" and device_kind(cpu, frozenset()) == "cpu"
+    assert device_kind(cuda, frozenset({"amx_bf16"})) == "cuda"
+    assert set(LAYOUTS) == {"cpu-amx", "cpu-avx512-bf16", "cpu", "cuda"}
+    assert all(len(entry.measured) > 40 for entry in LAYOUTS.values())
+    with pytest.raises(ValueError, match="unknown layout"):
+        Layout("transposed", "bmm", "a typo")
+
+
+def test_an_amx_cpu_trains_with_the_amx_entry(smoke, digits, monkeypatch):
+    monkeypatch.setattr(layouts, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    learner = NeuralLearner(smoke.replace(device="cpu"), digits, record_signals=False)
+    assert (learner.layout_kind, learner.layout) == ("cpu-amx", LAYOUTS["cpu-amx"])
+    group = learner.fit_group([(np.arange(100), 0)], steps=1)
+    assert group.layout is LAYOUTS["cpu-amx"]
+    x = torch.zeros(1, 4, *digits.image_shape)
+    assert ("_ContiguousWeightGradBackward" in _grad_fns(group(x))) == (LAYOUTS["cpu-amx"].weight_grad == "contiguous")
+    env = memlib.environment("cpu")
+    assert env["stacked_layout"].startswith(f"{LAYOUTS['cpu-amx'].name} (memlib.train.layouts.LAYOUTS['cpu-amx']")
