@@ -96,6 +96,7 @@ lab: $(STAMP) ## JupyterLab on the notebooks, prepared with PROFILE's parameters
 
 bench: $(STAMP) ## benchmark scripts: speed ratios measured side by side (a few minutes)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/layouts.py
 	$(PY) benchmarks/estimate_scale.py
 
 # gpu-check needs no .venv: a GPU machine has torch but no network to build one, so it runs with .venv's python

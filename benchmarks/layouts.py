@@ -23,6 +23,7 @@ import datetime
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(cfg.device)
     kind = device_kind(device)
     learner = NeuralLearner(cfg, data, record_signals=False)
+    table = learner.layout  # this kind's entry now; the rounds below set each layout in turn
     if learner.path != "stacked":
         raise SystemExit(f"{cfg.arch} trains on the {learner.path} path here; layouts are the stacked path's")
     dtype = torch.bfloat16 if learner.precision == "bf16" else torch.float32
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     dims = [linears[0].in_features] + [m.out_features for m in linears]
     layers = "-".join(map(str, dims))
     print(f"{cpu} ({kind}), {args.threads} thread(s), {learner.precision}; K = {args.models}, batch "
-          f"{cfg.batch_size}, layers {layers}; LAYOUTS[{kind!r}] is now {learner.layout.name}")  # fmt: skip
+          f"{cfg.batch_size}, layers {layers}; LAYOUTS[{kind!r}] is now {table.name}")  # fmt: skip
     print(f"square {dtype} matmul: {matmul_rate(dtype, device, 3, 0.4) / 1e9:.0f} GFLOP/s")
     for line in products(args.models, cfg.batch_size, learner.eval_rows, dims, dtype, device):
         print("  " + line)
@@ -144,13 +146,15 @@ def main(argv: list[str] | None = None) -> None:
           f"(above 1: faster); test predictions shared {same:.4f}")  # fmt: skip
     chosen = Layout("contiguous" if train_x >= WINS else "view", "wide" if eval_x >= WINS else "bmm", "")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    measured = (
+        f"python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, commit {commit}: "
+        f"training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide against view/bmm"
+    )
+    text = "\n".join(f'        "{part}"' for part in textwrap.wrap(measured, 100, drop_whitespace=False))
     print("\nthe entry these figures choose, for memlib/train/layouts.py:\n")
-    print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n'
-          f'        "python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, '
-          f'commit {commit}: training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide '
-          f'against view/bmm",\n    ),\n')  # fmt: skip
+    print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n{text},\n    ),\n')
     print(f"kind={kind} train_x={train_x:.2f} eval_x={eval_x:.2f} predictions_shared={same:.4f} "
-          f"chosen={chosen.name} table={learner.layout.name}")  # fmt: skip
+          f"chosen={chosen.name} table={table.name}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -99,3 +99,19 @@ def test_an_amx_cpu_trains_with_the_amx_entry(smoke, digits, monkeypatch):
     assert ("_ContiguousWeightGradBackward" in _grad_fns(group(x))) == (LAYOUTS["cpu-amx"].weight_grad == "contiguous")
     env = memlib.environment("cpu")
     assert env["stacked_layout"].startswith(f"{LAYOUTS['cpu-amx'].name} (memlib.train.layouts.LAYOUTS['cpu-amx']")
+
+
+def test_the_layouts_benchmark_prints_an_entry_the_table_takes():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "benchmarks/layouts.py", "--steps", "2", "--rounds", "1", "--models", "2"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    headline = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert headline["kind"] == device_kind(torch.device("cpu")) and headline["table"] == LAYOUTS[headline["kind"]].name
+    assert float(headline["train_x"]) > 0 and float(headline["eval_x"]) > 0
+    entry = out[out.index(f'"{headline["kind"]}": Layout(') :].split("\n\n")[0]
+    layout = eval("{" + entry + "}", {"Layout": Layout})[headline["kind"]]
+    assert layout.name == headline["chosen"] and "benchmarks/layouts.py" in layout.measured
