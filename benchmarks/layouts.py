@@ -9,8 +9,9 @@ batch 128, Fashion-MNIST; digits when it is absent):
     other  contiguous/wide  weight gradients from a contiguous operand; the first layer as one wide product
 First the products alone (GFLOP/s, beside a square matmul's rate in the same precision), then the engine itself:
 the same K runs trained for --steps steps and evaluated on the test split with each layout, in alternating
-rounds, each layout's best round kept. The two layouts compute the same sums in another order, so the script
-also prints how many test predictions they share.
+rounds, each layout's best round kept; then, in the table's layout, the time per model-step at a few group sizes
+(--groups), for a profile's `group_size` on this machine. The two layouts compute the same sums in another
+order, so the script also prints how many test predictions they share.
 
 It prints the LAYOUTS entry its figures choose (a layout wins where it is at least 5% faster) and, as its last
 line, the headline. Compare ratios within one run: the machine is shared.
@@ -94,6 +95,19 @@ def engine_round(learner: NeuralLearner, layout: Layout, runs, steps: int) -> tu
     return trained, time.perf_counter() - start, correct
 
 
+def group_sizes(learner: NeuralLearner, cfg, data, sizes: list[int], steps: int, rounds: int) -> list[str]:
+    """Training time per model-step at each group size K, with this kind's table layout: printable lines."""
+    per_step, cfg = {}, cfg.replace(num_models=max(cfg.num_models, *sizes))
+    for _ in range(rounds):
+        for k in sizes:
+            runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, range(k))]
+            trained, _, _ = engine_round(learner, learner.layout, runs, steps)
+            per_step[k] = min(per_step.get(k, np.inf), trained / (k * steps))
+    base = per_step[sizes[0]]
+    return [f"K = {k:3d}: {1e3 * t:6.3f} ms per model-step (x{base / t:.2f} against K = {sizes[0]})"
+            for k, t in per_step.items()]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=int, default=8, help="K, models in lockstep (the profiles' group)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--groups", default="4,8,16", help="group sizes K to time with the table's layout ('': none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg, data = recipe(
@@ -139,6 +154,12 @@ def main(argv: list[str] | None = None) -> None:
             best[layout.name] = [min(best[layout.name][0], trained), min(best[layout.name][1], evaluated)]
             print(f"  round {r + 1}: {layout.name:16s} {args.steps} steps {trained:6.2f} s, "
                   f"evaluation {evaluated:5.2f} s")  # fmt: skip
+    learner.layout = table
+    sizes = [int(k) for k in args.groups.split(",") if k.strip()]
+    if sizes:
+        print(f"group sizes, {table.name}, {args.steps} steps, best of {args.rounds}:")
+        for line in group_sizes(learner, cfg, data, sizes, args.steps, args.rounds):
+            print("  " + line)
     (t_plain, e_plain), (t_other, e_other) = best[PLAIN.name], best[OTHER.name]
     train_x, eval_x = t_plain / t_other, e_plain / e_other
     same = float((predictions[PLAIN.name] == predictions[OTHER.name]).mean())
