@@ -288,7 +288,8 @@ def main() -> None:
     shape = "x".join(map(str, data.image_shape))
     print(f"{cfg.arch} on {data.name} ({data.n_train} train, {data.n_test} test, {shape}), {args.models} models per "
           f"path, {cfg.epochs} epochs, batch {cfg.batch_size}; {procs} process(es) x {threads} thread(s) on {device} "
-          f"({name}); engine: {engine.path}, {engine.precision}, K = {cfg.group_size}")  # fmt: skip
+          f"({name}); engine: {engine.path}, {engine.precision}, K = {cfg.group_size}"
+          + (f", layout {engine.layout.name} ({engine.layout_kind})" if engine.path == "stacked" else ""))  # fmt: skip
     peak = measure(args, "peak", procs)
     print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     flops = flops_per_model(cfg, data, args.steps)
