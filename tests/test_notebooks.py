@@ -110,6 +110,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert env["training_device"] == "cpu" and env["cpu_cores"] >= 1
     report = render_report(out).read_text()
     assert "Made with" in report and f"torch {version('torch')}" in report, "the report says what made it"
+    assert env["stacked_layout"] in report, "and the layout of its stacked products (memlib.train.layouts)"
     assert report.count("<img") >= 8, "figures are inline"
     assert "Stage 4: figures and headline numbers" in report
     assert "Stage 5: validating the estimates" in report

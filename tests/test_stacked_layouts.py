@@ -98,7 +98,7 @@ def test_an_amx_cpu_trains_with_the_amx_entry(smoke, digits, monkeypatch):
     x = torch.zeros(1, 4, *digits.image_shape)
     assert ("_ContiguousWeightGradBackward" in _grad_fns(group(x))) == (LAYOUTS["cpu-amx"].weight_grad == "contiguous")
     env = memlib.environment("cpu")
-    assert env["stacked_layout"].startswith(f"{LAYOUTS['cpu-amx'].name} (memlib.train.layouts.LAYOUTS['cpu-amx']")
+    assert env["stacked_layout"].startswith(f"{LAYOUTS['cpu-amx'].name} (for MLPs: the cpu-amx entry of LAYOUTS")
 
 
 def test_the_layouts_benchmark_prints_an_entry_the_table_takes():

@@ -165,6 +165,7 @@ def _appendix(out_dir: Path, stages: list[dict]) -> str:
             ("commit", env.get("commit", "unknown")),
             ("training device", f"{env.get('training_device')} · accelerator: {env.get('accelerator')}"),
             ("training precision", str(env.get("training_precision", "—"))),
+            ("matrix layout", str(env.get("stacked_layout", "—"))),
             ("processor", f"{env.get('cpu_cores')} cores · {env.get('platform')} · Python {env.get('python')}"),
             ("CUDA", env.get("cuda") or "— (no GPU used)"),
             ("libraries", " · ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())),

@@ -94,7 +94,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
         "torch_threads": torch.get_num_threads(),
         "training_device": str(dev),
         "training_precision": prec + (" (bf16 autocast, fp32 master weights)" if prec == "bf16" else ""),
-        "stacked_layout": f"{layout.name} (memlib.train.layouts.LAYOUTS[{kind!r}], for MLPs)",
+        "stacked_layout": f"{layout.name} (for MLPs: the {kind} entry of LAYOUTS, memlib/train/layouts.py)",
         "accelerator": accelerator,
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "versions": versions,

@@ -7,7 +7,8 @@ it trains in beyond floating-point rounding.
 
 Three paths, chosen per architecture and device by `choose_path` (the measurements that chose it are there):
 - stacked: MLPs (Flatten/Linear/ReLU) as batched matrices, one `baddbmm` per layer for all K models (in bf16,
-  on bf16 working copies of the fp32 weights);
+  on bf16 working copies of the fp32 weights), their products laid out as memlib.train.layouts says for the
+  device's kind;
 - vmap: any timm model through torch.func (`stack_module_state` + `vmap(functional_call)`), BatchNorm
   statistics kept per model (runs of different subset sizes train apart, so BatchNorm never sees padding);
 - single: one model after another, each a group of one (`SingleModel`: the nn.Module itself, unstacked).
