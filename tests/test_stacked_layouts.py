@@ -47,6 +47,11 @@ def test_both_layouts_give_the_same_gradients_and_logits(device, dtype):
         wide, expanded = other.shared(shared).float(), plain(shared.unsqueeze(0).expand(3, *shared.shape)).float()
     assert wide.shape == expanded.shape == (3, 50, 10)
     assert float((wide - expanded).abs().max()) <= tol * float(expanded.abs().max())
+    with torch.no_grad():  # a step changes the weights in place: the wide copy of them must follow
+        for group in (plain, other):
+            group.leaves[0].mul_(-1)
+        wide, expanded = other.shared(shared).float(), plain(shared.unsqueeze(0).expand(3, *shared.shape)).float()
+    assert float((wide - expanded).abs().max()) <= tol * float(expanded.abs().max())
 
 
 def _grad_fns(out: torch.Tensor) -> list[str]:

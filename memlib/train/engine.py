@@ -387,6 +387,7 @@ class StackedMLP:
         layers = [mlp_layers(m) for m in models]
         depth = len(layers[0])
         self.layout, self.k_models = layout, len(models)
+        self._wide = None  # evaluation's wide first layer (layout.eval_first == "wide"), kept while the weights stay
         self.weights = [torch.stack([ls[i].weight.detach().t() for ls in layers]).contiguous() for i in range(depth)]
         self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(depth)]
         self.params = [t for pair in zip(self.weights, self.biases) for t in pair]
@@ -412,13 +413,25 @@ class StackedMLP:
         return self._layers(x.reshape(x.shape[0], x.shape[1], -1).to(self.leaves[0].dtype), 0)
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, ...), one batch that every model reads -> logits (K, B, classes)."""
+        """x: (B, ...), one batch that every model reads -> logits (K, B, classes); for evaluation (no gradients)."""
         h = x.reshape(x.shape[0], -1).to(self.leaves[0].dtype)
         if self.layout.eval_first == "bmm":
             return self._layers(h.unsqueeze(0).expand(self.k_models, *h.shape), 0)
-        w, b = self.leaves[0], self.leaves[1]  # (K, in, out), (K, 1, out) -> (in, K * out), (1, K * out)
-        wide = torch.addmm(b.transpose(0, 1).reshape(1, -1), h, w.transpose(0, 1).reshape(w.shape[1], -1))
+        b, w = self._wide_first()
+        wide = torch.addmm(b, h, w)
         return self._layers(wide.view(len(h), self.k_models, -1).transpose(0, 1), 1)
+
+    def _wide_first(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's biases (1, K * out) and weights (in, K * out), side by side; copied once per update."""
+        w, b = self.leaves[0], self.leaves[1]  # (K, in, out), (K, 1, out)
+        version = (w._version, b._version, w.data_ptr())
+        if self._wide is None or self._wide[0] != version:
+            self._wide = (
+                version,
+                b.detach().transpose(0, 1).reshape(1, -1),
+                w.detach().transpose(0, 1).reshape(w.shape[1], -1),
+            )
+        return self._wide[1], self._wide[2]
 
     def _layers(self, h: torch.Tensor, start: int) -> torch.Tensor:
         """Layers `start`... of all K models on h (K, B, features): ReLU between them, none after the last."""
