@@ -98,6 +98,8 @@ def engine_round(learner: NeuralLearner, layout: Layout, runs, steps: int) -> tu
 def group_sizes(learner: NeuralLearner, cfg, data, sizes: list[int], steps: int, rounds: int) -> list[str]:
     """Training time per model-step at each group size K, with this kind's table layout: printable lines."""
     per_step, cfg = {}, cfg.replace(num_models=max(cfg.num_models, *sizes))
+    for k in sizes:  # warm-up, untimed
+        engine_round(learner, learner.layout, [(np.arange(100), 0)] * k, min(steps, 5))
     for _ in range(rounds):
         for k in sizes:
             runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, range(k))]
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, range(args.models))]
     best = {PLAIN.name: [np.inf, np.inf], OTHER.name: [np.inf, np.inf]}
     predictions = {}
+    for layout in (PLAIN, OTHER):  # warm-up, untimed: the first round of a size allocates its buffers
+        engine_round(learner, layout, runs, min(args.steps, 5))
     for r in range(args.rounds):
         for layout in (PLAIN, OTHER) if r % 2 == 0 else (OTHER, PLAIN):
             trained, evaluated, predictions[layout.name] = engine_round(learner, layout, runs, args.steps)
