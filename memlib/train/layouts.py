@@ -59,9 +59,9 @@ LAYOUTS: dict[str, Layout] = {
     "cpu-avx512-bf16": Layout(
         "view",
         "bmm",
-        "python benchmarks/layouts.py --steps 60 --rounds 4, AMD EPYC (Zen 4), 1 thread, 2026-11-30, commit "
-        "4d01f3c: training step x0.98 and evaluation x0.95 with contiguous/wide against view/bmm (the weight-"
-        "gradient products alone x0.89, x0.73, x0.38), so the layout memlib always used stays",
+        "python benchmarks/layouts.py, AMD EPYC (Zen 4), 1 thread, 2026-11-30, commit 3d7729b: training step x0.94 "
+        "and evaluation x0.94 with contiguous/wide against view/bmm (the weight-gradient products alone x0.90, "
+        "x0.77, x0.36), so the layout memlib always used stays; three more runs chose the same",
     ),
     "cpu": Layout("view", "bmm", "not measured on CPUs without bf16 matrix units: the layout memlib always used"),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
