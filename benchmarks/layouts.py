@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
-import subprocess
 import sys
 import textwrap
 import time
@@ -33,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_throughput import matmul_rate, recipe  # noqa: E402
+from train_throughput import cpu_name, matmul_rate, recipe  # noqa: E402
 
+from memlib.stages.train import git_commit  # noqa: E402
 from memlib.train.design import subset_jobs  # noqa: E402
 from memlib.train.engine import NeuralLearner, evaluate, mlp_layers, resolve_device  # noqa: E402
 from memlib.train.layouts import PLAIN, Layout, device_kind  # noqa: E402
@@ -133,12 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if learner.path != "stacked":
         raise SystemExit(f"{cfg.arch} trains on the {learner.path} path here; layouts are the stacked path's")
     dtype = torch.bfloat16 if learner.precision == "bf16" else torch.float32
-    cpu = platform.processor() or platform.machine()
-    if device.type == "cpu":
-        name = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
-        cpu = name[0].split(":", 1)[1].strip() if name else cpu
-    else:
-        cpu = torch.cuda.get_device_name(device)
+    cpu = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     linears = mlp_layers(learner.make_model(0))
     dims = [linears[0].in_features] + [m.out_features for m in linears]
     layers = "-".join(map(str, dims))
@@ -170,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"contiguous/wide against view/bmm: training step x{train_x:.2f}, evaluation x{eval_x:.2f} "
           f"(above 1: faster); test predictions shared {same:.4f}")  # fmt: skip
     chosen = Layout("contiguous" if train_x >= WINS else "view", "wide" if eval_x >= WINS else "bmm", "")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     measured = (
         f"python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, commit {commit}: "
         f"training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide against view/bmm"

@@ -67,7 +67,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 bf16 or AMX), so bf16 autocast pays."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
