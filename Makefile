@@ -13,6 +13,9 @@ PAPERMILL ?= $(PY) -m papermill
 JUPYTER ?= $(VENV)/bin/jupyter
 STAGES := 01_train_subsets 02_estimate 03_filter_retrain 04_figures 05_validate
 PYTHON ?= python3
+# The notebooks' kernels import memlib from this checkout, whichever VENV runs them (a VENV made in another
+# checkout has that checkout's memlib installed).
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # PROFILE is a name in configs/ or a path to a YAML file; memlib says where its results go (<results_dir>/<profile>)
 # and writes every value of the profile to parameters.yaml there, so that every target uses the same folder and the
 # same values as memlib. The notebooks get two parameters: the profile and that file (`load_profile(profile, params)`).

@@ -145,3 +145,16 @@ def test_ctrl_c_says_how_to_resume_and_how_many_models_are_kept(tmp_path):
     assert found, out[-2000:]
     assert int(found.group(1)) == int(np.load(store).sum()) >= 4
     assert "!! " not in out and "failed" not in out, "an interruption is not reported as a failure"
+
+
+def test_every_target_imports_memlib_from_this_checkout_whichever_venv_runs_it():
+    # A VENV made in another checkout has that checkout's memlib installed; the notebooks' kernels inherit
+    # make's environment, so make puts this checkout first on their path (and keeps what the caller had after it).
+    show = "show-path:\n\t@echo $$PYTHONPATH"
+    for before, after in ((None, str(ROOT)), ("/elsewhere", f"{ROOT}:/elsewhere")):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | ({"PYTHONPATH": before} if before else {})
+        res = subprocess.run(
+            ["make", "--no-print-directory", "--eval", show, "show-path"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0 and res.stdout.strip() == after, res.stdout + res.stderr
