@@ -14,7 +14,9 @@ rounds, each layout's best round kept; then, in the table's layout, the time per
 order, so the script also prints how many test predictions they share.
 
 It prints the LAYOUTS entry its figures choose (a layout wins where it is at least 5% faster) and, as its last
-line, the headline. Compare ratios within one run: the machine is shared.
+line, the headline. Compare ratios within one run: the machine is shared. Below 30 steps or 2 rounds the ratios
+are noise (3 steps once read x1.34 where 60 steps read x0.94), so such a run marks its entry "too short to choose"
+and its headline `enough=0`: paste only an entry from a run with `enough=1`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from memlib.train.layouts import PLAIN, Layout, device_kind  # noqa: E402
 
 OTHER = Layout("contiguous", "wide", "the layout benchmarks/layouts.py weighs against the plain one")
 WINS = 1.05  # a layout is chosen where it is at least this much faster
+ENOUGH = {"steps": 30, "rounds": 2}  # the least run whose ratios choose an entry
 
 
 def _rate(fn, flops: float, device: torch.device, seconds: float = 0.4, windows: int = 3) -> float:
@@ -165,15 +168,21 @@ def main(argv: list[str] | None = None) -> None:
           f"(above 1: faster); test predictions shared {same:.4f}")  # fmt: skip
     chosen = Layout("contiguous" if train_x >= WINS else "view", "wide" if eval_x >= WINS else "bmm", "")
     commit = git_commit()
+    enough = args.steps >= ENOUGH["steps"] and args.rounds >= ENOUGH["rounds"]
     measured = (
-        f"python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, commit {commit}: "
+        ("" if enough else f"TOO SHORT TO CHOOSE ({args.steps} steps, {args.rounds} round(s)): ")
+        + f"python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, commit {commit}: "
         f"training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide against view/bmm"
     )
     text = "\n".join(f'        "{part}"' for part in textwrap.wrap(measured, 100, drop_whitespace=False))
-    print("\nthe entry these figures choose, for memlib/train/layouts.py:\n")
+    if enough:
+        print("\nthe entry these figures choose, for memlib/train/layouts.py:\n")
+    else:
+        print(f"\ntoo short to choose: rerun with --steps {ENOUGH['steps']} or more and --rounds {ENOUGH['rounds']} or "
+              "more before pasting an entry. Its form only:\n")  # fmt: skip
     print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n{text},\n    ),\n')
     print(f"kind={kind} train_x={train_x:.2f} eval_x={eval_x:.2f} predictions_shared={same:.4f} "
-          f"chosen={chosen.name} table={table.name}")  # fmt: skip
+          f"chosen={chosen.name} table={table.name} enough={int(enough)}")  # fmt: skip
 
 
 if __name__ == "__main__":

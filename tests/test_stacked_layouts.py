@@ -120,3 +120,6 @@ def test_the_layouts_benchmark_prints_an_entry_the_table_takes():
     entry = out[out.index(f'"{headline["kind"]}": Layout(') :].split("\n\n")[0]
     layout = eval("{" + entry + "}", {"Layout": Layout})[headline["kind"]]
     assert layout.name == headline["chosen"] and "benchmarks/layouts.py" in layout.measured
+    # 2 steps in 1 round choose nothing: the entry says so, and so does the headline
+    assert headline["enough"] == "0" and layout.measured.startswith("TOO SHORT TO CHOOSE (2 steps, 1 round(s))")
+    assert "too short to choose: rerun with --steps 30" in out
