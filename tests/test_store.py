@@ -173,8 +173,15 @@ def test_repair_on_a_read_only_folder_changes_nothing(tmp_path, monkeypatch):
 def test_unreadable_spec_is_reported(tmp_path):
     store, spec = make(tmp_path)
     (store.path / "spec.json").write_text("{not json")
-    with pytest.raises(StoreError, match="unreadable"):
+    with pytest.raises(StoreError, match="unreadable") as opened:
         Store.open(tmp_path / "s", spec, store.meta)
+    # one message wherever the spec is read: repair where it can rewrite the spec, else move the store away
+    with pytest.raises(StoreError) as read:
+        memlib.runs.subsets.stored_meta(tmp_path / "s", "python -m memlib repair PROFILE")
+    assert str(opened.value) == str(read.value)
+    assert "Nothing was changed. Run `python -m memlib repair PROFILE`: it rewrites it" in str(opened.value)
+    with pytest.raises(StoreError, match="Nothing was changed. Move .* away and rerun the stage that made it"):
+        memlib.runs.subsets.stored_meta(tmp_path / "s")
 
 
 def test_folder_without_spec_is_refused_never_removed(tmp_path):

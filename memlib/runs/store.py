@@ -421,19 +421,35 @@ def _write_spec(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) ->
     os.replace(tmp, path / SPEC_FILE)
 
 
+def unreadable_spec(path: Path, exc: Exception, fix: str | None, shown: str | None = None) -> StoreError:
+    """The error for a store whose spec.json cannot be read, with what to do about it.
+
+    `fix` is a `python -m memlib repair` command where repair can rewrite the spec from the profile (stage 1's
+    store: it keeps every finished row that verifies), so the message never says to delete work it can recover;
+    None where nothing can (then: move the store away and rerun its stage). `shown` is `path` as the user sees it.
+    """
+    shown = shown or str(path)
+    if fix is None:
+        how = f"Move {shown} away and rerun the stage that made it (it cannot be read without it)."
+    else:
+        how = (
+            f"Run `{fix}`: it rewrites it from the profile and keeps every finished model that verifies under it "
+            f"(none is retrained). If another profile made this store, move {shown} away instead."
+        )
+    return StoreError(f"{shown.rstrip('/')}/{SPEC_FILE} is unreadable ({exc}). Nothing was changed. {how}")
+
+
 def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any], fix: str | None = None) -> None:
     """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing.
 
-    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`).
+    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`; a `Store.repair`
+    call cannot rewrite a spec, so it is not offered here).
     """
     fix = fix if fix and fix.startswith("python -m memlib repair") else "python -m memlib repair PROFILE"
     try:
         doc = json.loads((path / SPEC_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise StoreError(
-            f"{path / SPEC_FILE} is unreadable ({exc}). Nothing was changed. If this config made the store, "
-            f"`{fix}` rewrites it and keeps the rows that verify; otherwise move {path} away."
-        ) from exc
+        raise unreadable_spec(path, exc, fix) from exc
     old_meta = doc.get("meta", {})
     if old_meta.get("fingerprint") != meta.get("fingerprint"):
         old_cfg, new_cfg = old_meta.get("config", {}), meta.get("config", {})

@@ -13,7 +13,7 @@ from ..config import Config, display_path, profile_argument
 from ..data.dataset import Dataset
 from ..train.design import subset_masks
 from ..train.engine import TOPK_CLASSES, resolve_device, resolve_precision
-from .store import SPEC_FILE, ArraySpec, Store, StoreError, check_compatible
+from .store import SPEC_FILE, ArraySpec, Store, StoreError, check_compatible, unreadable_spec
 
 
 def subset_store_spec(cfg: Config, data: Dataset) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
@@ -64,8 +64,7 @@ def data_record(data: Dataset) -> dict[str, str]:
 def stored_meta(path: Path, fix: str | None = None) -> dict[str, Any] | None:
     """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable.
 
-    `fix` is the repair command the message offers where repair can rebuild the spec from the config (stage 1's
-    store: it keeps every finished row that verifies), so the message never says to delete work it can recover.
+    `fix`: the repair command the message offers, or None where no repair can rebuild the spec (`unreadable_spec`).
     """
     file = Path(path) / SPEC_FILE
     if not file.exists():
@@ -76,14 +75,7 @@ def stored_meta(path: Path, fix: str | None = None) -> dict[str, Any] | None:
             raise ValueError("its meta is not a mapping")
         return meta
     except (OSError, ValueError, AttributeError) as exc:
-        if fix is None:
-            how = f"Move {display_path(path)} away and rerun the stage that made it (it cannot be read without it)."
-        else:
-            how = (
-                f"Run `{fix}`: it rewrites it from the profile and keeps every finished model that verifies under it "
-                f"(none is retrained). If another profile made this store, move {display_path(path)} away instead."
-            )
-        raise StoreError(f"{display_path(file)} is unreadable ({exc}). Nothing was changed. {how}") from None
+        raise unreadable_spec(Path(path), exc, fix, shown=display_path(path)) from None
 
 
 def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
