@@ -436,16 +436,15 @@ def unreadable_spec(path: Path, exc: Exception, fix: str | None, shown: str | No
             f"Run `{fix}`: it rewrites it from the profile and keeps every finished model that verifies under it "
             f"(none is retrained). If another profile made this store, move {shown} away instead."
         )
-    return StoreError(f"{shown.rstrip('/')}/{SPEC_FILE} is unreadable ({exc}). Nothing was changed. {how}")
+    return StoreError(f"{shown}/{SPEC_FILE} is unreadable ({exc}). Nothing was changed. {how}")
 
 
 def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any], fix: str | None = None) -> None:
     """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing.
 
-    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`; a `Store.repair`
-    call cannot rewrite a spec, so it is not offered here).
+    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`).
     """
-    fix = fix if fix and fix.startswith("python -m memlib repair") else "python -m memlib repair PROFILE"
+    fix = fix or "python -m memlib repair PROFILE"
     try:
         doc = json.loads((path / SPEC_FILE).read_text())
     except (OSError, ValueError) as exc:
