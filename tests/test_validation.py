@@ -25,7 +25,6 @@ from memlib.analysis.validation import (
     auroc,
     average_precision,
     benjamini_hochberg,
-    exceedance_p,
     fdr_pairs,
     precision_at_k,
     recovery,
@@ -64,11 +63,6 @@ def test_benjamini_hochberg_against_a_hand_computed_case():
     # the same p-values in a family of 60 tests: bound 0.05 * k / 60, only 0.005 <= 0.00083? no: nothing
     assert not benjamini_hochberg(p, 0.05, m=60).any()
     assert benjamini_hochberg(np.array([0.0001]), 0.05, m=60).all()
-
-
-def test_exceedance_p_value_of_an_estimate_and_its_standard_error():
-    p = exceedance_p(np.array([0.15 + 1.6448536, 0.15, 0.5, 0.1, 0.3]), np.array([1.0, 1.0, 0.0, 0.0, np.nan]), 0.15)
-    np.testing.assert_allclose(p, [0.05, 0.5, 0.0, 1.0, 1.0], atol=1e-6)
 
 
 def test_fdr_pairs_select_a_planted_pair_and_count_every_candidate_tested():

@@ -168,6 +168,27 @@ def influence_chunks(
         yield r, _influence_block(targets, m)
 
 
+def influence_counts(
+    masks: np.ndarray, outcomes: np.ndarray, rows: np.ndarray, chunk: int = 1024
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """For 0/1 outcomes (T x m): per chunk of train `rows`, (rows, x_in, n_in, x_all), exact integer counts.
+
+    x_in (r x m): runs that trained on the row and got the example right; n_in (r x 1): runs that trained on the
+    row; x_all (1 x m): runs that got the example right. Out of the row: x_all - x_in of T - n_in runs.
+    """
+    masks, outcomes = np.asarray(masks), np.asarray(outcomes)
+    if not is_binary(outcomes):
+        raise ValueError("influence_counts takes 0/1 outcomes (correctness), not probabilities")
+    targets = _Targets(outcomes)
+    x_all = targets.s_all.astype(np.int64)
+    for start in range(0, len(rows), chunk):
+        r = np.asarray(rows[start : start + chunk])
+        m = masks[:, r]
+        x_in, _ = targets.sums(m)
+        n_in = np.count_nonzero(np.asarray(m, dtype=bool), axis=0).astype(np.int64)[:, None]
+        yield r, x_in.astype(np.int64), n_in, x_all
+
+
 def _influence_block(targets: _Targets, masks: np.ndarray, block: int = 16) -> MaskedDiff:
     """Influence of the train examples whose mask columns (T x r) are given, finished `block` rows at a time.
 

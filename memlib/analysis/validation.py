@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .estimation import Estimates, Pairs, influence, memorization
+from .estimation import Estimates, Pairs, _finish, influence_counts, memorization
+from .exact import exceedance_p_exact
 from .peers import PeerRuns, signed_scores
 from .stability import correlations, jaccard
 
@@ -101,19 +102,6 @@ def benjamini_hochberg(p: np.ndarray, alpha: float, m: int | None = None) -> np.
     return reject
 
 
-def exceedance_p(value: np.ndarray, se: np.ndarray, threshold: float) -> np.ndarray:
-    """One-sided p-value of H0: true value <= threshold, from an estimate and its standard error (normal).
-
-    A zero standard error gives 0 above the threshold and 1 otherwise; an undefined one gives 1.
-    """
-    value, se = np.asarray(value, dtype=np.float64), np.asarray(se, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (value - threshold) / se
-    p = stats.norm.sf(z)
-    p = np.where(se == 0, np.where(value > threshold, 0.0, 1.0), p)
-    return np.where(np.isfinite(p), p, 1.0)
-
-
 def fdr_pairs(
     masks: np.ndarray,
     test_outcomes: np.ndarray,
@@ -128,20 +116,29 @@ def fdr_pairs(
     """Pairs whose influence exceeds `infl_threshold` with the false discovery rate controlled at `fdr`.
 
     Candidates are the paper's: every same-class pair whose train example has mem >= mem_threshold. Each is
-    tested (H0: infl <= infl_threshold, one-sided z from its estimate and standard error), and BH runs over
-    all of them. Returns the selected pairs, their p-values, and the number of candidate pairs tested.
+    tested (H0: infl <= infl_threshold) by the exact test of memlib.analysis.exact, which trusts no standard
+    error estimated from the runs (a z-test does, and at a few dozen runs it kept pure noise), and
+    Benjamini-Hochberg runs over all of them. `test_outcomes` must be 0/1 (correctness). Returns the selected
+    pairs, their p-values, and the number of candidate pairs tested.
     """
     cand = np.flatnonzero(mem >= mem_threshold)
+    runs = np.asarray(masks).shape[0]
     parts, tested = [], 0
-    for s in range(0, len(cand), chunk):
-        rows = cand[s : s + chunk]
-        d = influence(masks, test_outcomes, rows)
+    for rows, x_in, n_in, x_all in influence_counts(masks, test_outcomes, cand, chunk):
         same = tr_labels[rows][:, None] == tt_labels[None, :]
         tested += int(same.sum())
-        p = exceedance_p(d.value, d.se, infl_threshold)
-        keep = same & (p <= fdr)  # BH never rejects a p-value above alpha: keep only those
-        r, j = np.nonzero(keep)
-        parts.append((rows[r], j, d.value[r, j], d.se[r, j], p[r, j]))
+        n_out = runs - n_in
+        value = x_in / np.maximum(n_in, 1) - (x_all - x_in) / np.maximum(n_out, 1)
+        # only a difference above the margin can have a p-value below one half, let alone below fdr
+        r, j = np.nonzero(same & (value > infl_threshold) & (n_in > 0) & (n_out > 0))
+        if not len(r):
+            continue
+        xi, ni, xo, no = x_in[r, j], n_in[r, 0], x_all[0, j] - x_in[r, j], n_out[r, 0]
+        p = exceedance_p_exact(xi, ni, xo, no, infl_threshold)
+        keep = p <= fdr  # BH never rejects a p-value above alpha: keep only those
+        r, j, xi, ni, xo, no, p = (a[keep] for a in (r, j, xi, ni, xo, no, p))
+        diff, se = proportion_difference(xi, ni, xo, no)
+        parts.append((rows[r], j, diff, se, p))
     if not parts or not sum(len(x[0]) for x in parts):
         empty = np.zeros(0)
         return Pairs(empty.astype(np.int64), empty.astype(np.int64), empty, empty, empty), empty, tested
@@ -151,6 +148,12 @@ def fdr_pairs(
     order = np.lexsort((tt, tr))
     pairs = Pairs(tr[order], tt[order], infl[order], se[order], mem[tr[order]])
     return pairs, p[order], tested
+
+
+def proportion_difference(x_in, n_in, x_out, n_out) -> tuple[np.ndarray, np.ndarray]:
+    """x_in / n_in - x_out / n_out and its standard error (sample variances, ddof = 1), as the estimates report it."""
+    f = [np.asarray(a, dtype=np.float64) for a in (x_in, n_in, x_out, n_out)]
+    return _finish(f[0], f[0], f[0] + f[2], f[0] + f[2], f[1], f[1] + f[3])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""An exact test that a difference of two binomial proportions exceeds a margin, for pairs counted over runs.
+
+An influence estimate is a difference of two proportions: x_in of the n_in runs that trained on a train example
+got a test example right, x_out of the n_out runs that did not. The null hypothesis of a high-influence pair's
+test is H0: p_in - p_out <= delta. A z-test takes its standard error from the runs themselves, which with a
+handful of held-out runs (or a test example every one of them got right) is far too small, and a selection over
+millions of candidate pairs then keeps pure noise. This test trusts no standard error: its p-value is the
+largest probability, over every pair of proportions that H0 allows, of a difference at least as large as the one
+observed (an exact unconditional test; sample points ordered by their difference of proportions, ties counted
+in the tail), so P(p-value <= a) <= a under H0 at any number of runs.
+
+For the ordering by the difference, the tail probability grows with p_in and falls with p_out, so its supremum
+over H0 lies on the boundary p_in = p_out + delta, p_out in [0, 1 - delta]; it is taken over a grid of GRID
+values of p_out. The p-values depend only on (x_in, n_in, x_out, n_out), so one table per (n_in, n_out) serves
+every pair that shares them (with a balanced subset design, one table serves all of them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import stats
+
+GRID = 401  # values of the nuisance proportion p_out at which the tail is evaluated (the supremum's grid)
+_ROWS = 16  # grid values evaluated at once (memory: _ROWS x sample points)
+
+
+@functools.lru_cache(maxsize=256)
+def exceedance_table(n_in: int, n_out: int, delta: float, grid: int = GRID) -> np.ndarray:
+    """p-values of H0: p_in - p_out <= delta for every outcome (x_in, x_out): an (n_in + 1, n_out + 1) array.
+
+    Outcomes whose difference of proportions is not above delta get 1 (their p-value is at least about one half).
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"an exact test needs runs both in and out, got n_in={n_in}, n_out={n_out}")
+    if not 0 <= delta < 1:
+        raise ValueError(f"the margin delta must lie in [0, 1), got {delta}")
+    y_in, y_out = np.arange(n_in + 1), np.arange(n_out + 1)
+    # the difference of proportions, scaled by n_in * n_out to an exact integer: ties compare equal
+    key = y_in[:, None] * n_out - y_out[None, :] * n_in
+    above = key > delta * n_in * n_out
+    table = np.ones((n_in + 1, n_out + 1))
+    if not above.any():
+        return table
+    rows, cols = np.nonzero(above)
+    order = np.argsort(-key[rows, cols], kind="stable")
+    rows, cols, k = rows[order], cols[order], key[rows, cols][order]
+    last_of_tie = np.r_[np.flatnonzero(k[1:] != k[:-1]), len(k) - 1]  # each point's tail ends its tie group
+    tail_end = np.repeat(last_of_tie, np.diff(np.r_[-1, last_of_tie]))
+    best = np.zeros(len(k))
+    q = np.linspace(0.0, 1.0 - delta, grid)
+    for s in range(0, grid, _ROWS):
+        qs = q[s : s + _ROWS, None]
+        p_in = stats.binom.pmf(y_in[None, :], n_in, np.minimum(qs + delta, 1.0))
+        p_out = stats.binom.pmf(y_out[None, :], n_out, qs)
+        tail = np.cumsum(p_in[:, rows] * p_out[:, cols], axis=1)[:, tail_end]
+        np.maximum(best, tail.max(axis=0), out=best)
+    table[rows, cols] = np.minimum(best, 1.0)
+    return table
+
+
+def exceedance_p_exact(x_in: np.ndarray, n_in: np.ndarray, x_out: np.ndarray, n_out: np.ndarray, delta: float):
+    """Exact p-values of H0: p_in - p_out <= delta for counts of successes x of n runs in and out (any shapes)."""
+    x_in, n_in, x_out, n_out = np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in (x_in, n_in, x_out, n_out)))
+    p = np.ones(x_in.shape)
+    ns = np.stack([n_in.ravel(), n_out.ravel()], axis=1)
+    for a, b in np.unique(ns, axis=0):
+        at = (n_in == a) & (n_out == b)
+        p[at] = exceedance_table(int(a), int(b), float(delta))[x_in[at], x_out[at]]
+    return p
