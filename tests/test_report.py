@@ -202,3 +202,37 @@ def test_the_findings_show_the_figures_of_the_table_with_its_captions(tmp_path):
     assert findings.count("<img") == len(FINDINGS_FIGURES)
     at = [findings.index(escape(FIGURES[name].caption)) for name in FINDINGS_FIGURES]
     assert at == sorted(at), "each figure with its caption, in the table's order"
+
+
+def _powered_run(out: Path, jaccard_fixed: float, jaccard_controlled: float) -> str:
+    """A run with enough models out (no other caveat) whose pair sets replicate as given; its rendered report."""
+    write_run(out, min_out=77.0)
+    summary = json.loads((out / "summary.json").read_text())
+    summary.update(retrain_models=8, ci_clipped=False, high_influence_pairs=9196, pairs_fixed_jaccard=jaccard_fixed)
+    summary.update(pairs_controlled=47, pair_fdr=0.05, pairs_tested=12_345_678)
+    summary.update(pairs_controlled_jaccard=jaccard_controlled)
+    write_json(summary, out / "summary.json")
+    return render_report(out).read_text()
+
+
+def test_an_under_powered_pair_count_comes_with_its_caveat_first(tmp_path):
+    # The fault it guards against: a report that opens with a fixed-cut-off pair count that does not replicate
+    # (fashion-mnist-noisy at 256 models: 9,196 pairs, split-half Jaccard 0.04) and no word of it.
+    html = _powered_run(tmp_path / "weak", 0.04, 0.43)
+    first = html.index("do not replicate")
+    assert first < html.index("training examples,") < html.index('id="stage-1"'), "the caveat comes first"
+    assert "Jaccard 0.04" in html[first : first + 600] and "num_models" in html[first : first + 2000]
+    assert html.index("replicate only in part") < html.index("training examples,"), "the controlled set's too"
+    sentence = html[html.index("training examples,") :][:1500]
+    assert sentence.index("47 high-influence pairs with their false discovery rate controlled") < sentence.index(
+        "9,196 at the paper's fixed cut-offs, Jaccard 0.04"
+    ), "the headline leads with the controlled pairs; the fixed count comes only with its Jaccard"
+
+
+def test_pair_sets_that_replicate_carry_no_caveat(tmp_path):
+    html = _powered_run(tmp_path / "strong", 0.72, 0.81)
+    assert "do not replicate" not in html and "replicate only in part" not in html
+    summary = json.loads((tmp_path / "strong" / "summary.json").read_text())
+    assert caveats(summary) == []
+    rows = dict(headline(summary))
+    assert "split-half Jaccard 0.81" in rows["high-influence pairs"] and "0.72" in rows["pairs at fixed cut-offs"]

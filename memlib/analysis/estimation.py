@@ -338,6 +338,16 @@ class Estimates:
     tt_index: np.ndarray
     num_models: int
     thresholds: dict = field(default_factory=dict)
+    # the pairs selected with their false discovery rate controlled (memlib.analysis.validation.fdr_pairs), their
+    # p-values, the rate, and how many candidate pairs were tested; None before a stage selects them
+    controlled: Pairs | None = None
+    controlled_p: np.ndarray | None = None
+    pair_fdr: float | None = None
+    pairs_tested: int = 0
+
+    def replicating_pairs(self) -> Pairs:
+        """The pairs the study stands behind: the controlled set where there is one, else the fixed cut-offs'."""
+        return self.controlled if self.controlled is not None else self.pairs
 
     def save(self, path: Path) -> Path:
         """Write an npz with the authors' published key names (indices in the dataset's original order)."""
@@ -361,8 +371,25 @@ class Estimates:
             num_models=np.int64(self.num_models),
             infl_threshold=np.float64(self.thresholds.get("infl", np.nan)),
             mem_threshold=np.float64(self.thresholds.get("mem", np.nan)),
+            **self._controlled_arrays(),
         )
         return path
+
+    def _controlled_arrays(self) -> dict[str, np.ndarray]:
+        """The controlled pairs as estimates.npz keeps them (`fdr_*`, indices in the original order), if selected."""
+        c = self.controlled
+        if c is None:
+            return {}
+        return {
+            "fdr_tr_idx": self.tr_index[c.tr_pos],
+            "fdr_tt_idx": self.tt_index[c.tt_pos],
+            "fdr_infl": c.infl,
+            "fdr_infl_se": c.infl_se,
+            "fdr_p": np.asarray(self.controlled_p, dtype=np.float64),
+            "fdr_mem": c.mem,
+            "pair_fdr": np.float64(self.pair_fdr),
+            "pairs_tested": np.int64(self.pairs_tested),
+        }
 
     @classmethod
     def load(cls, path: Path) -> Estimates:
@@ -374,6 +401,18 @@ class Estimates:
             d = {k: f[k] for k in f.files}
         tr_pos = np.searchsorted(d["tr_index"], d["tr_idx"])
         tt_pos = np.searchsorted(d["tt_index"], d["tt_idx"])
+        controlled = {}
+        if "pair_fdr" in d:
+            c_tr, c_tt = (
+                np.searchsorted(d["tr_index"], d["fdr_tr_idx"]),
+                np.searchsorted(d["tt_index"], d["fdr_tt_idx"]),
+            )
+            controlled = {
+                "controlled": Pairs(c_tr, c_tt, d["fdr_infl"], d["fdr_infl_se"], d["fdr_mem"]),
+                "controlled_p": d["fdr_p"],
+                "pair_fdr": float(d["pair_fdr"]),
+                "pairs_tested": int(d["pairs_tested"]),
+            }
         return cls(
             mem=MaskedDiff(d["tr_mem"], d["tr_mem_se"], d["tr_n_in"], d["tr_n_out"]),
             pairs=Pairs(tr_pos, tt_pos, d["infl"], d["infl_se"], d["mem"]),
@@ -383,6 +422,7 @@ class Estimates:
             tt_index=d["tt_index"],
             num_models=int(d["num_models"]),
             thresholds={"infl": float(d["infl_threshold"]), "mem": float(d["mem_threshold"])},
+            **controlled,
         )
 
     def top_memorized(self, k: int) -> np.ndarray:

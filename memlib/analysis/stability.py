@@ -91,7 +91,8 @@ class SplitHalf:
         return len(a), len(b), len(a & b), jaccard(a, b)
 
     def summary(self) -> dict:
-        """Stage 2's figures (split_half.json: the scalars), with both halves' mem beside them (arrays)."""
+        """Stage 2's figures (split_half.json: the scalars), with both halves' mem beside them (arrays): the fixed
+        cut-offs' pairs as `pairs_a`, `pairs_b`, `pairs_both`, `pairs_jaccard`, and any other set as `pair_summary`."""
         a, b, both, jac = self.pair_agreement("fixed")
         return {
             "mem_a": self.mem_a,
@@ -102,6 +103,11 @@ class SplitHalf:
             "pairs_b": b,
             "pairs_both": both,
             "pairs_jaccard": jac,
+            **{
+                k: v
+                for k, v in self.pair_summary().items()
+                if not k.startswith(("pairs_fixed_", "pairs_jaccard_fixed"))
+            },
         }
 
     def pair_summary(self) -> dict:

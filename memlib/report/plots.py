@@ -86,12 +86,14 @@ def mem_histogram(est: Estimates, threshold: float = 0.25, path=None) -> plt.Fig
 
 
 def pairs_grid(data: Images, est: Estimates, k: int = 12, cols: int = 4, path=None) -> plt.Figure:
-    """The k highest-influence pairs: each training image beside the test image it influences."""
-    p = est.pairs
+    """The k highest-influence pairs the study stands behind (the controlled set, where there is one): each
+    training image beside the test image it influences."""
+    p = est.replicating_pairs()
+    which = f"FDR ≤ {est.pair_fdr:g}" if est.controlled is not None else "fixed cut-offs"
     if len(p) == 0:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.axis("off")
-        ax.text(0.5, 0.5, "no high-influence pairs at these thresholds", ha="center", va="center")
+        ax.text(0.5, 0.5, f"no high-influence pairs ({which})", ha="center", va="center")
         return _save(fig, path)
     order = np.argsort(-p.infl, kind="stable")[:k]
     rows = int(np.ceil(len(order) / cols))
@@ -107,7 +109,7 @@ def pairs_grid(data: Images, est: Estimates, k: int = 12, cols: int = 4, path=No
         _show_image(a_tt, data.x_test[j])
         a_tr.set_title(f"train #{data.train_index[i]}\nmem {p.mem[q]:.2f}", fontsize=8)
         a_tt.set_title(f"test #{data.test_index[j]}\ninfl {p.infl[q]:.2f}±{p.infl_se[q]:.2f}", fontsize=8)
-    fig.suptitle(f"High-influence pairs (train | test), {len(p)} in all, strongest first")
+    fig.suptitle(f"High-influence pairs (train | test; {which}), {len(p)} in all, strongest first")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -12,6 +12,8 @@ from .summary import frac_key
 # Below these, estimates are too noisy to mean anything (the smoke profile is far below both).
 MIN_MODELS_OUT = 20
 MIN_RETRAIN_MODELS = 5
+# A pair set replicates when the sets selected from two halves of the models overlap at least this much (Jaccard).
+MIN_PAIR_JACCARD = 0.5
 
 
 def _num(x, fmt: str) -> str:
@@ -56,6 +58,7 @@ def caveats(s: dict) -> list[str]:
             f"models (a memorization estimate carries a standard error of about ±{s['mean_mem_se']:.2f}). "
             "This run shows only that the pipeline works end to end; use a profile with more models for results."
         )
+    notes += pair_caveats(s)
     retrain = s.get("retrain_models")
     if retrain is not None and retrain < MIN_RETRAIN_MODELS:
         clipped = " Intervals that ran past [0, 1] were clipped to it." if s.get("ci_clipped") else ""
@@ -66,6 +69,57 @@ def caveats(s: dict) -> list[str]:
     elif s.get("ci_clipped"):
         notes.append("Some 95% intervals of accuracy ran past [0, 1] and were clipped to it.")
     return notes
+
+
+def _replicates(jaccard: float | None) -> bool:
+    return jaccard is not None and jaccard == jaccard and jaccard >= MIN_PAIR_JACCARD
+
+
+def pair_caveats(s: dict) -> list[str]:
+    """What a pair count can say when its split-half Jaccard is below MIN_PAIR_JACCARD (nothing for a run too small
+    to mean anything: the caveat about too few models says it already)."""
+    if s["min_models_out"] < MIN_MODELS_OUT:
+        return []
+    th, notes = s["thresholds"], []
+    out, total = s["min_models_out"], s["num_models"]
+    se = 0.5 * (1 / out + 1 / max(total - out, 1)) ** 0.5
+    controlled = s.get("pairs_controlled")
+    jf, jc = s.get("pairs_fixed_jaccard"), s.get("pairs_controlled_jaccard")
+    if s["high_influence_pairs"] and not _replicates(jf):
+        instead = (
+            f"The findings count only the {controlled:,} pairs selected with their false discovery rate controlled at "
+            f"{s['pair_fdr']:g} by an exact test (split-half Jaccard {_num(jc, '.2f')}). "
+            if controlled is not None
+            else ""
+        )
+        notes.append(
+            f"The {s['high_influence_pairs']:,} pairs at the paper's fixed cut-offs (infl ≥ {th['infl']:g}, mem ≥ "
+            f"{th['mem']:g}) do not replicate: selected again from each half of the models, the two sets overlap "
+            f"with Jaccard {_num(jf, '.2f')} (below {MIN_PAIR_JACCARD:g}), so most of them are chance. With each "
+            f"example left out of as few as {out} of {total:,} models, an influence estimate carries a standard error "
+            f"of up to about ±{se:.2f}, and a fixed cut-off over many candidate pairs lets noise through. {instead}"
+            "For fixed-cut-off pairs that replicate, train more models (num_models)."
+        )
+    if controlled and not _replicates(jc):
+        notes.append(
+            f"The {controlled:,} pairs selected with their false discovery rate controlled replicate only in part: "
+            f"selected again from each half of the models, the sets overlap with Jaccard {_num(jc, '.2f')} (below "
+            f"{MIN_PAIR_JACCARD:g}). Each is unlikely to be chance, but which strong pairs pass depends on the models "
+            "drawn: read them as a sample of the strong pairs, not all of them. More models (num_models) raise it."
+        )
+    return notes
+
+
+def _pairs_sentence(s: dict) -> str:
+    """The headline's pairs: the controlled set with its Jaccard first, the fixed cut-offs' count with its own."""
+    n_fixed, j_fixed = f"{s['high_influence_pairs']:,}", _num(s.get("pairs_fixed_jaccard"), ".2f")
+    if "pairs_controlled" not in s:
+        return f" {n_fixed} high-influence pairs at the paper's fixed cut-offs (split-half Jaccard {j_fixed})"
+    return (
+        f" {s['pairs_controlled']:,} high-influence pairs with their false discovery rate controlled at "
+        f"{s['pair_fdr']:g} (split-half Jaccard {_num(s.get('pairs_controlled_jaccard'), '.2f')}; {n_fixed} at the "
+        f"paper's fixed cut-offs, Jaccard {j_fixed})"
+    )
 
 
 def _memorized(s: dict) -> str:
@@ -89,7 +143,7 @@ def headline_sentence(s: dict) -> str:
             f"{_change(u['drop_random'], u['drop_random_ci95'])} for as many random examples."
         )
     p = s.get("pairs_removal") or {}
-    text += f" {s['high_influence_pairs']:,} high-influence pairs"
+    text += _pairs_sentence(s)
     if p:
         text += (
             f"; removing their {s['pairs_distinct_train']:,} training examples moves accuracy on their test side "
@@ -124,11 +178,7 @@ def headline(s: dict) -> list[tuple[str, str]]:
             f"{_memorized(s)} of training examples have mem ≥ {th['mem']:g} (each left out of at least "
             f"{s['min_models_out']} models; mean se {s['mean_mem_se']:.3f})",
         ),
-        (
-            "high-influence pairs",
-            f"{s['high_influence_pairs']} pairs: {s['pairs_distinct_train']} train and {s['pairs_distinct_test']} "
-            f"test examples (infl ≥ {th['infl']}, mem ≥ {th['mem']})",
-        ),
+        *_pair_rows(s),
     ]
     rows += _removal_rows(s)
     sh = s.get("split_half", {})
@@ -136,11 +186,36 @@ def headline(s: dict) -> list[tuple[str, str]]:
         rows.append(
             (
                 "split-half stability",
-                f"Spearman of mem {_num(sh['mem_spearman'], '.3f')}; pairs Jaccard {_num(sh['pairs_jaccard'], '.2f')} "
-                f"({sh['models_per_half'][0]} models per half)",
+                f"Spearman of mem {_num(sh['mem_spearman'], '.3f')}; pairs Jaccard "
+                + (
+                    f"{_num(sh.get('pairs_jaccard_fdr'), '.2f')} (FDR-controlled), "
+                    if "pairs_jaccard_fdr" in sh
+                    else ""
+                )
+                + f"{_num(sh['pairs_jaccard'], '.2f')} (fixed cut-offs) ({sh['models_per_half'][0]} models per half)",
             )
         )
     return rows
+
+
+def _pair_rows(s: dict) -> list[tuple[str, str]]:
+    """headline's rows of the pair sets: the controlled one first (the one stage 3 removes), each with its Jaccard."""
+    th = s["thresholds"]
+    fixed = (
+        "pairs at fixed cut-offs" if "pairs_controlled" in s else "high-influence pairs",
+        f"{s['high_influence_pairs']:,} (infl ≥ {th['infl']:g}, mem ≥ {th['mem']:g}, same class); split-half Jaccard "
+        f"{_num(s.get('pairs_fixed_jaccard'), '.2f')}",
+    )
+    if "pairs_controlled" not in s:
+        return [fixed]
+    controlled = (
+        "high-influence pairs",
+        f"{s['pairs_controlled']:,} with false discovery rate ≤ {s['pair_fdr']:g} (exact test of infl > "
+        f"{th['infl']:g} over {s['pairs_tested']:,} same-class candidates with mem ≥ {th['mem']:g}): "
+        f"{s['pairs_distinct_train']:,} train and {s['pairs_distinct_test']:,} test examples; split-half Jaccard "
+        f"{_num(s.get('pairs_controlled_jaccard'), '.2f')}",
+    )
+    return [controlled, fixed]
 
 
 def _removal_rows(s: dict) -> list[tuple[str, str]]:

@@ -57,9 +57,7 @@ def summarize(
             "mean_mem": float(np.mean(mem)),
             "mean_mem_se": float(np.nanmean(est.mem.se)),
             "min_models_out": int(np.min(est.mem.n_out)),
-            "high_influence_pairs": len(est.pairs),
-            "pairs_distinct_train": int(len(np.unique(est.pairs.tr_pos))),
-            "pairs_distinct_test": int(len(np.unique(est.pairs.tt_pos))),
+            **_pair_figures(est, split),
             "thresholds": {"infl": cfg.infl_threshold, "mem": cfg.mem_threshold},
             "utility": _utility_rows(utility),
             "pairs_removal": _pairs_removal(utility, full),
@@ -67,6 +65,27 @@ def summarize(
             **({"fit": fit} if fit is not None else {}),
         }
     )
+
+
+def _pair_figures(est: Estimates, split: dict) -> dict[str, Any]:
+    """Both pair sets with their split-half Jaccards; `pairs_distinct_*` count the set stage 3 removes (the
+    controlled one where stage 2 selected it: `pairs_removed_set`)."""
+    used = est.replicating_pairs()
+    out: dict[str, Any] = {
+        "high_influence_pairs": len(est.pairs),  # at the paper's fixed cut-offs
+        "pairs_fixed_jaccard": split.get("pairs_jaccard"),
+        "pairs_removed_set": "controlled" if est.controlled is not None else "fixed",
+        "pairs_distinct_train": int(len(np.unique(used.tr_pos))),
+        "pairs_distinct_test": int(len(np.unique(used.tt_pos))),
+    }
+    if est.controlled is not None:
+        out.update(
+            pairs_controlled=len(est.controlled),
+            pair_fdr=est.pair_fdr,
+            pairs_tested=est.pairs_tested,
+            pairs_controlled_jaccard=split.get("pairs_jaccard_fdr"),
+        )
+    return out
 
 
 def frac_key(threshold: float) -> str:

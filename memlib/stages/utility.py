@@ -44,7 +44,7 @@ def conditions(cfg: Config, est: Estimates) -> list[Condition]:
             continue  # nothing to remove (same as full data), or too little left to train on
         out.append(Condition(f"mem >= {theta:g}", "mem", theta, len(removed), removed))
         out.append(Condition(f"random, as many as mem >= {theta:g}", "random", theta, len(removed), None))
-    sources = np.unique(est.pairs.tr_pos)
+    sources = np.unique(est.replicating_pairs().tr_pos)
     if len(sources):
         out.append(Condition("train side of high-influence pairs", "pairs", np.nan, len(sources), sources))
         out.append(Condition("random, as many as pair sources", "pairs_random", np.nan, len(sources), None))
@@ -210,7 +210,7 @@ def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -
     run_jobs(store, jobs, cfg, data, learner=learner, desc="retraining")
     store.require_complete()
     correct = np.asarray(store["test_correct"])
-    pair_tests = np.unique(est.pairs.tt_pos)
+    pair_tests = np.unique(est.replicating_pairs().tt_pos)
     runs["test_acc"] = correct.mean(1)
     runs["pair_test_acc"] = correct[:, pair_tests].mean(1) if len(pair_tests) else np.nan
     runs["seconds"] = np.asarray(store["seconds"])

@@ -99,7 +99,10 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
     masks = np.asarray(store["masks"])
     trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
     labels, thresholds = (data.y_train, data.y_test), (cfg.infl_threshold, cfg.mem_threshold)
-    controlled, p_values, tested = fdr_pairs(masks, ttc, est.mem.value, *labels, *thresholds, cfg.pair_fdr)
+    if est.controlled is not None and est.pair_fdr == cfg.pair_fdr:  # stage 2 selected them
+        controlled, p_values, tested = est.controlled, est.controlled_p, est.pairs_tested
+    else:
+        controlled, p_values, tested = fdr_pairs(masks, ttc, est.mem.value, *labels, *thresholds, cfg.pair_fdr)
 
     def fdr(m: np.ndarray, test_outcomes: np.ndarray, mem: np.ndarray) -> Pairs:
         return fdr_pairs(m, test_outcomes, mem, *labels, *thresholds, cfg.pair_fdr)[0]
