@@ -210,3 +210,14 @@ def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, dig
     assert result["test_accuracy_gap_arch"] == pytest.approx(result["test_acc_a"] - result["test_acc_b"])
     diff = est.mem.value - other.mem.value
     assert result["mean_mem_difference_arch"] == pytest.approx(np.mean(diff[np.isfinite(diff)]))
+
+
+def test_average_precision_ranks_a_missing_estimate_last_instead_of_failing():
+    # suspicion() gives an example with no estimate -inf; sklearn's average_precision_score raised on it (the
+    # fault), which stopped benchmarks/regime.py on a 16-model run where some examples had no held-out model
+    positive = np.array([1, 0, 1, 0], dtype=bool)
+    with_inf = np.array([0.9, 0.8, -np.inf, 0.1])
+    assert average_precision(with_inf, positive) == pytest.approx(
+        average_precision(np.array([0.9, 0.8, -5, 0.1]), positive)
+    )
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.2]), positive) == pytest.approx((1 + 2 / 3) / 2)

@@ -43,7 +43,9 @@ def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
     positive = np.asarray(positive, dtype=bool)
     if not positive.any():
         return float("nan")
-    return float(average_precision_score(positive, np.asarray(score, dtype=np.float64)))
+    # sklearn refuses infinite scores; ranks keep their order (suspicion ranks a missing estimate as -inf, last)
+    ranks = stats.rankdata(np.asarray(score, dtype=np.float64))
+    return float(average_precision_score(positive, ranks))
 
 
 def precision_at_k(score: np.ndarray, positive: np.ndarray, k: int | None = None) -> float:
