@@ -27,6 +27,9 @@ from typing import Any
 
 import yaml
 
+AUTO = "auto"  # `epochs: auto` (memlib.stages.train.resolve_epochs)
+EPOCHS_RECORD = "epochs.json"  # what `epochs: auto` chose, in the profile's results folder
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message says what to change."""
@@ -45,7 +48,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a profile: one folder 
 # Inclusive upper bounds of the counts: far above any real run, low enough to refuse a typo before work.
 MAXIMA = {
     "num_models": 1_000_000,
-    "epochs": 100_000,
+    "max_epochs": 100_000,
     "batch_size": 1_000_000,
     "workers": 1024,
     "retrain_models": 100_000,
@@ -85,7 +88,10 @@ class Config:
     mask_design: str = "random"
     min_out: int = 400
     seed: int = 0
-    epochs: int = 20
+    # passes over each subset; auto: the fewest of 20, 40, 80, ... (up to max_epochs) at which a pilot group of models
+    # fits what it trains on (the paper's regime, fit_target), chosen once and recorded in <out_dir>/epochs.json
+    epochs: int | str = AUTO
+    max_epochs: int = 160
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -219,7 +225,7 @@ def _finite(value: Any) -> bool:
 
 AT_LEAST_ONE = (
     "num_models",
-    "epochs",
+    "max_epochs",
     "batch_size",
     "workers",
     "retrain_models",
@@ -250,6 +256,11 @@ RULES: list[tuple[str, Callable[[Any], Any], str | Callable[[Any], str]]] = [
     *(
         (key, lambda v, top=top: v is None or v <= top, f"{key} must be at most {top:,}, got {{value:,}}")
         for key, top in MAXIMA.items()
+    ),
+    (
+        "epochs",
+        lambda v: v == AUTO if isinstance(v, str) else 1 <= v <= MAXIMA["max_epochs"],
+        f"epochs must be auto or a whole number from 1 to {MAXIMA['max_epochs']:,}, got {{value!r}}",
     ),
     ("seed", lambda v: 0 <= v < 2**63, "seed must be a whole number in [0, 2**63), got {value}"),
     ("show_examples", lambda v: v >= 1, "show_examples must be at least 1 (examples in the figures), got {value}"),
@@ -453,6 +464,8 @@ def _check_types(cfg: Config) -> None:
             ok = isinstance(value, bool)
         elif hint == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint == "int | str":
+            ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
         elif hint == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         elif hint == "dict[str, str]":
@@ -635,9 +648,31 @@ def load_profile(profile: str, params: str | Path | None = None) -> Config:
         if extra.get("profile", path.stem) != path.stem:
             raise ConfigError(f"{params} says profile: {extra['profile']!r}; it is given for profile {path.stem!r}")
         values.update(extra)
-    cfg = Config.from_dict(values, source=str(path))
+    cfg = with_recorded_epochs(Config.from_dict(values, source=str(path)))
     GIVEN_AS[cfg.profile] = profile
     return cfg
+
+
+def auto_epochs_key(cfg: Config) -> str:
+    """What an `epochs: auto` choice depends on: the training fields (epochs: auto), max_epochs and fit_target."""
+    values = {k: getattr(cfg, k) for k in TRAINING_KEYS}
+    return _fingerprint({**values, "epochs": AUTO, "max_epochs": cfg.max_epochs, "fit_target": cfg.fit_target})
+
+
+def with_recorded_epochs(cfg: Config) -> Config:
+    """`epochs: auto` as stage 1 chose it for this profile and these settings (EPOCHS_RECORD), once it has."""
+    if cfg.epochs != AUTO:
+        return cfg
+    path = cfg.out_dir / EPOCHS_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return cfg
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}): delete it, and stage 1 chooses the epochs again") from exc
+    if not isinstance(record, dict) or record.get("key") != auto_epochs_key(cfg):
+        return cfg  # chosen for other settings: stage 1 chooses again (and writes the record anew)
+    return cfg.replace(epochs=record["epochs"])
 
 
 def display_path(path: str | Path) -> str:

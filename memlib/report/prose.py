@@ -164,7 +164,7 @@ def headline(s: dict) -> list[tuple[str, str]]:
         (
             "models",
             f"{s['num_models']:,} × {s['arch']} on {s['subset_ratio']:.0%} subsets ({s.get('mask_design', 'random')} "
-            "mask design)",
+            f"mask design){_epochs(s)}",
         ),
         (
             "test accuracy",
@@ -196,6 +196,17 @@ def headline(s: dict) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def _epochs(s: dict) -> str:
+    """', 40 epochs' and, where `epochs: auto` chose them, how: each pilot's epochs and whether it fitted."""
+    if "epochs" not in s:
+        return ""
+    auto = s.get("epochs_auto")
+    if not auto:
+        return f", {s['epochs']} epochs"
+    tried = ", ".join(f"{p['epochs']} ({'fits' if p['in_regime'] else 'does not fit'})" for p in auto["pilots"])
+    return f", {s['epochs']} epochs (epochs: auto; pilot groups of {tried})"
 
 
 def _pair_rows(s: dict) -> list[tuple[str, str]]:

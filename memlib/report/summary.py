@@ -5,13 +5,14 @@ of an earlier run, lacking a key that came later, still renders (its words read 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..analysis.estimation import Estimates
-from ..config import Config
+from ..config import EPOCHS_RECORD, Config
 from .artifacts import _jsonable
 
 
@@ -42,6 +43,8 @@ def summarize(
             "dataset": cfg.dataset,
             "data_name": data_name or cfg.dataset,
             "arch": cfg.arch,
+            "epochs": cfg.epochs,
+            **_auto_epochs(cfg),
             "num_models": est.num_models,
             "subset_ratio": cfg.subset_ratio,
             "mask_design": cfg.mask_design,
@@ -65,6 +68,17 @@ def summarize(
             **({"fit": fit} if fit is not None else {}),
         }
     )
+
+
+def _auto_epochs(cfg: Config) -> dict[str, Any]:
+    """With `epochs: auto`, what stage 1 chose and each pilot group's fit (its epochs.json), for the report."""
+    path = cfg.out_dir / EPOCHS_RECORD
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    if record.get("epochs") != cfg.epochs:
+        return {}
+    return {"epochs_auto": {"max_epochs": record["max_epochs"], "pilots": record["pilots"]}}
 
 
 def _pair_figures(est: Estimates, split: dict) -> dict[str, Any]:

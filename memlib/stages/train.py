@@ -7,14 +7,16 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ..analysis.regime import fit_report, summary_line
-from ..config import Config, project_root
+from ..config import AUTO, EPOCHS_RECORD, Config, auto_epochs_key, project_root, with_recorded_epochs
 from ..data.dataset import Dataset
+from ..report.artifacts import write_json
 from ..runs.executors import run_jobs
 from ..runs.store import Store
 from ..runs.subsets import open_subset_store
@@ -56,11 +58,70 @@ def early_fit_line(cfg: Config, store: Store, data: Dataset) -> str | None:
     )
 
 
+AUTO_FIRST = 20  # `epochs: auto` tries this many epochs first, then twice as many, and so on up to max_epochs
+
+
+def auto_candidates(max_epochs: int) -> list[int]:
+    """The epochs `epochs: auto` tries, in order: 20, 40, 80, ... and max_epochs last (fewer if it is smaller)."""
+    out, e = [], AUTO_FIRST
+    while e < max_epochs:
+        out.append(e)
+        e *= 2
+    return out + [max_epochs]
+
+
+def resolve_epochs(cfg: Config, data: Dataset) -> Config:
+    """`epochs: auto` made a number: the fewest candidate epochs (auto_candidates) at which a pilot group fits.
+
+    The pilot is the design's first group (its masks and seeds), trained at each candidate in turn until its
+    in-sample accuracy reaches the regime (memlib.analysis.regime.fit_report: clean examples fit_target, flipped
+    ones fit_target - 0.04); its models are then thrown away (stage 1 trains that group again, into the store).
+    The choice and every pilot's figures go to <out_dir>/epochs.json, which memlib.load_profile reads from then on:
+    the study chooses once. A config with a number of epochs is returned as it is.
+    """
+    from ..train.engine import NeuralLearner
+
+    cfg = with_recorded_epochs(cfg)
+    if cfg.epochs != AUTO:
+        return cfg
+    jobs = subset_jobs(cfg.replace(epochs=AUTO_FIRST), data.n_train, range(min(cfg.group_size, cfg.num_models)))
+    runs = [(np.flatnonzero(j.mask), j.seed) for j in jobs]
+    masks = np.stack([j.mask for j in jobs])
+    flips = data.flips
+    flipped = flips.indicator(data.n_train) if flips is not None else None
+    pilots = []
+    for epochs in auto_candidates(cfg.max_epochs):
+        start = time.perf_counter()
+        learner = NeuralLearner(cfg.replace(epochs=epochs), data, record_signals=False)
+        outs = learner.fit_eval_group(runs)
+        train_correct = np.stack([o.train_correct for o in outs])
+        test_correct = np.stack([o.test_correct for o in outs])
+        fit = fit_report(masks, train_correct, test_correct, data.y_train, data.classes, cfg.fit_target, flipped)
+        pilots.append({"epochs": epochs, "seconds": time.perf_counter() - start, "models": len(runs), **_brief(fit)})
+        print(f"epochs: auto: {len(runs)} pilot models of {epochs} epochs: {summary_line(fit)}", flush=True)
+        if fit["in_regime"]:
+            break
+    chosen = pilots[-1]["epochs"]
+    if not pilots[-1]["in_regime"]:
+        print(f"warning: epochs: auto: not in the regime even at max_epochs={cfg.max_epochs}; training {chosen}")
+    record = {"epochs": chosen, "key": auto_epochs_key(cfg), "max_epochs": cfg.max_epochs, "pilots": pilots}
+    write_json(record, cfg.out_dir / EPOCHS_RECORD)
+    return cfg.replace(epochs=chosen)
+
+
+def _brief(fit: dict) -> dict:
+    """A pilot's regime figures as epochs.json keeps them."""
+    keys = ("in_regime", "in_sample_acc_clean", "in_sample_acc_flipped", "held_out_acc")
+    return {k: fit.get(k) for k in keys}
+
+
 def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
     """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained).
 
-    After the first group it trains, it prints whether the finished models fit what they trained on.
+    With `epochs: auto` it first chooses the epochs (resolve_epochs). After the first group it trains, it prints
+    whether the finished models fit what they trained on.
     """
+    cfg = resolve_epochs(cfg, data) if learner is None else cfg
     check_out_counts(cfg, data.n_train)
     store = open_subset_store(cfg, data)
     rows = range(cfg.num_models) if rows is None else rows

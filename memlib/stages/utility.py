@@ -21,6 +21,7 @@ from ..runs.store import COMPLETED, Store, StoreError
 from ..runs.subsets import check_same_data, data_record, repair_command, stored_meta
 from ..seeds import derive_seed
 from ..train.design import Job
+from .train import resolve_epochs
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class UtilityResult:
 
 def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -> UtilityResult:
     """Stage 3: retrain R models per condition (resumable) and summarise test accuracy with 95% CIs."""
+    cfg = resolve_epochs(cfg, data) if learner is None else cfg  # stage 1's choice, for `epochs: auto`
     conds = conditions(cfg, est)
     jobs, runs = retrain_jobs(cfg, conds, data.n_train)
     store = open_retrain_store(cfg, data, jobs)

@@ -731,6 +731,11 @@ class NeuralLearner:
         record_signals: bool = True,
         layout: Layout | None = None,
     ):
+        if not isinstance(cfg.epochs, int):
+            raise ConfigError(
+                f"epochs: {cfg.epochs} is chosen by stage 1 (memlib.stages.train.resolve_epochs) before any model "
+                "trains: resolve it first, or give a number of epochs"
+            )
         self.cfg, self.record_signals = cfg, record_signals
         self.device = resolve_device(device or cfg.device)
         # rows per evaluation batch, over all K models: on the CPU 16,384 evaluated 8 stacked MLPs 20% faster
