@@ -41,6 +41,7 @@ _HOME = {
     "memorization": "analysis.estimation",
     "convergence": "analysis.stability",
     "split_half": "stages.estimate",
+    "replication": "stages.estimate",
     "store_fit": "stages.train",
     "marginal_utility": "stages.utility",
     "open_subset_store": "runs.subsets",

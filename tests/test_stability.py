@@ -208,3 +208,23 @@ def test_jaccard_and_correlations():
     assert stability.correlations(a, b) == (1.0, pytest.approx(np.corrcoef([1, 2, 4], [2, 4, 9])[0, 1]), 3)
     spearman, pearson, n = stability.correlations(a, np.ones(5))
     assert np.isnan(spearman) and np.isnan(pearson) and n == 4, "a constant score has no correlation"
+
+
+def test_the_replication_curve_is_split_half_agreement_of_the_first_t_models():
+    masks, train, test, data = synthetic()
+    labels = (data.y_train, data.y_test)
+
+    def fdr(m, test_outcomes, mem):
+        return fdr_pairs(m, test_outcomes, mem, *labels, 0.15, 0.25, 0.05)[0]
+
+    curve = stability.replication_curve(masks, train, test, *labels, 0.15, 0.25, {"fdr": fdr}, counts=[20, 40, 80])
+    assert curve["models"] == [20, 40, 80]
+    for k, t in enumerate(curve["models"]):  # each point is split_half_from_arrays on the first t runs
+        want = stability.split_half_from_arrays(masks[:t], train[:t], test[:t], *labels, 0.15, 0.25, {"fdr": fdr})
+        assert curve["mem_spearman"][k] == want.mem_agreement()["mem_spearman"]
+        for key in ("pairs_jaccard_fdr", "pairs_jaccard_fixed", "pairs_fdr_both_halves"):
+            np.testing.assert_equal(curve[key][k], want.pair_summary()[key])  # (NaN: no pair in either half)
+    assert curve["pairs_fdr_both_halves"][-1] > 0, "the planted pairs replicate at 80 models"
+    assert curve["mem_spearman"][-1] > curve["mem_spearman"][0], "more models, more agreement"
+    default = stability.replication_curve(masks, train, test, *labels, 0.15, 0.25)
+    assert default["models"] == [16, 32, 64, len(masks)] and "pairs_jaccard_fdr" not in default

@@ -148,6 +148,39 @@ def split_half_from_arrays(
     return SplitHalf(mems[0], mems[1], halves, {k: (a, b) for k, (a, b) in sets.items()}, mem_threshold)
 
 
+def replication_curve(
+    masks: np.ndarray,
+    train_outcomes: np.ndarray,
+    test_outcomes: np.ndarray,
+    tr_labels: np.ndarray,
+    tt_labels: np.ndarray,
+    infl_threshold: float,
+    mem_threshold: float,
+    selectors: dict[str, PairSelector] | None = None,
+    counts: list[int] | None = None,
+) -> dict[str, list]:
+    """Split-half agreement against the number of models: for each t of `counts`, the first t runs split in halves.
+
+    Per t: mem's split-half Spearman, and each pair set's sizes in both halves and Jaccard (the fixed cut-offs and
+    every one of `selectors`), so that a reader sees how many models a stable pair set needs. `counts` defaults to
+    16, 32, 64, ... and all the runs.
+    """
+    total = len(masks)
+    if counts is None:
+        counts = sorted({*(2**i for i in range(4, int(np.log2(max(total, 1))) + 1)), total})
+    out: dict[str, list] = {"models": []}
+    for t in [c for c in counts if 4 <= c <= total]:
+        halves = split_half_from_arrays(
+            masks[:t], train_outcomes[:t], test_outcomes[:t], tr_labels, tt_labels, infl_threshold, mem_threshold,
+            selectors,
+        )  # fmt: skip
+        out["models"].append(int(t))
+        out.setdefault("mem_spearman", []).append(halves.mem_agreement()["mem_spearman"])
+        for key, value in halves.pair_summary().items():
+            out.setdefault(key, []).append(value)
+    return out
+
+
 def _fixed(tr_labels, tt_labels, infl_threshold: float, mem_threshold: float) -> PairSelector:
     """The paper's selection: same label, infl >= infl_threshold, mem >= mem_threshold."""
 

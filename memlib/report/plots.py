@@ -175,12 +175,41 @@ def split_half(sh: dict, path=None) -> plt.Figure:
     """Memorization from two disjoint halves of the models, one against the other."""
     lim = [min(sh["mem_a"].min(), sh["mem_b"].min()), max(sh["mem_a"].max(), sh["mem_b"].max())]
     a, b = sh["models_per_half"]
-    title = (
-        f"Split-half stability: Spearman {sh['mem_spearman']:.3f}\n"
-        f"pairs Jaccard {sh['pairs_jaccard']:.2f} ({sh['pairs_both']} in both of {sh['pairs_a']} / {sh['pairs_b']})"
-    )
+    title = f"Split-half stability: Spearman {sh['mem_spearman']:.3f}\n"
+    if "pairs_jaccard_fdr" in sh:
+        title += (
+            f"pairs Jaccard {sh['pairs_jaccard_fdr']:.2f} with FDR control ({sh['pairs_fdr_both_halves']} in both of "
+            f"{sh['pairs_fdr_half_a']} / {sh['pairs_fdr_half_b']}), {sh['pairs_jaccard']:.2f} at fixed cut-offs"
+        )
+    else:
+        title += (
+            f"pairs Jaccard {sh['pairs_jaccard']:.2f} ({sh['pairs_both']} in both of {sh['pairs_a']} / {sh['pairs_b']})"
+        )
     labels = (f"mem, even-indexed models ({a})", f"mem, odd-indexed models ({b})")
     return mem_against_mem(sh["mem_a"], sh["mem_b"], labels, title, lim, 6, path)
+
+
+def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Figure:
+    """Split-half agreement against the number of models: each pair set's Jaccard and mem's Spearman."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    t = curve["models"]
+    names = {"fdr": ("pairs, FDR-controlled", "#c0392b"), "fixed": ("pairs, fixed cut-offs", "#7f8c8d")}
+    for key, (label, color) in names.items():
+        if f"pairs_jaccard_{key}" in curve:
+            ax.plot(t, curve[f"pairs_jaccard_{key}"], "o-", color=color, label=label)
+    ax.axhline(replicates, ls="--", color="k", lw=0.8, label=f"replicates (Jaccard {replicates:g})")
+    ax.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Jaccard", ylim=(0, 1))
+    ax.set_title("Do the pairs replicate?")
+    ax.legend(fontsize=8)
+    ax2.plot(t, curve["mem_spearman"], "o-", color="#2c3e50")
+    ax2.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Spearman of mem", ylim=(0, 1))
+    ax2.set_title("Does mem replicate?")
+    for a in (ax, ax2):
+        a.set_xticks(t)
+        a.set_xticklabels([str(x) for x in t])
+        a.minorticks_off()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def training_overview(test_acc: np.ndarray, out_counts: np.ndarray, path=None) -> plt.Figure:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..analysis.estimation import Estimates, estimate_from_arrays
-from ..analysis.stability import PairSelector, split_half_from_arrays
+from ..analysis.stability import PairSelector, replication_curve, split_half_from_arrays
 from ..analysis.validation import fdr_pairs
 from ..config import Config
 from ..data.dataset import Dataset
@@ -47,3 +47,12 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
         masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors=selectors
     )
     return halves.summary()
+
+
+def replication(cfg: Config, store: Store, data: Dataset, counts: list[int] | None = None) -> dict[str, list]:
+    """Stage 2: split-half agreement of mem and of both pair sets against the number of models (replication_curve)."""
+    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
+    selectors: dict[str, PairSelector] = {"fdr": _controlled(cfg, data)}
+    return replication_curve(
+        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts
+    )
