@@ -123,22 +123,14 @@ def export(path, est: Estimates, result: Validation, data: Dataset) -> None:
     """Add the validation's arrays to estimates.npz (the authors' keys stay as stage 2 wrote them).
 
     Added: `tr_flipped` (bool per training example), `tr_labels_clean` (labels before the flips), the peer
-    scores as `tr_score_<name>`, `tr_cleanlab_issue`, and the FDR-controlled pairs as `fdr_tr_idx`, `fdr_tt_idx`,
-    `fdr_infl`, `fdr_infl_se`, `fdr_p`, `fdr_mem` (indices in the dataset's original order).
+    scores as `tr_score_<name>` and `tr_cleanlab_issue` (the FDR-controlled pairs, `fdr_*`, are stage 2's).
     """
     with np.load(path) as f:
         existing = {k: f[k] for k in f.files}
-    pairs = result.fdr_pairs
     extra = {
         "tr_flipped": result.flipped,
         "tr_labels_clean": data.y_train_clean,
         "tr_cleanlab_issue": result.cleanlab_issues,
         **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result.scores.items()},
-        "fdr_tr_idx": est.tr_index[pairs.tr_pos],
-        "fdr_tt_idx": est.tt_index[pairs.tt_pos],
-        "fdr_infl": pairs.infl,
-        "fdr_infl_se": pairs.infl_se,
-        "fdr_p": result.fdr_p,
-        "fdr_mem": pairs.mem,
     }
     np.savez_compressed(path, **{**existing, **extra})
