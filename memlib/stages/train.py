@@ -17,7 +17,7 @@ from ..config import Config, project_root
 from ..data.dataset import Dataset
 from ..runs.executors import run_jobs
 from ..runs.store import Store
-from ..runs.subsets import open_subset_store
+from ..runs.subsets import open_subset_store, reopen_subset_store
 from ..train.design import check_out_counts, subset_jobs
 from ..train.engine import resolve_device, resolve_precision
 from ..train.layouts import layout_for
@@ -56,13 +56,17 @@ def early_fit_line(cfg: Config, store: Store, data: Dataset) -> str | None:
     )
 
 
-def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
+def train_subsets(
+    cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None, store: Store | None = None
+) -> Store:
     """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained).
 
-    After the first group it trains, it prints whether the finished models fit what they trained on.
+    After the first group it trains, it prints whether the finished models fit what they trained on. A caller
+    that trains in chunks (`rows`) passes the store the first call returned as `store`: it is not opened and
+    verified again, only the rows others finished in the meantime are (memlib.runs.subsets.reopen_subset_store).
     """
     check_out_counts(cfg, data.n_train)
-    store = open_subset_store(cfg, data)
+    store = open_subset_store(cfg, data) if store is None else reopen_subset_store(cfg, data, store)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
     hook = functools.partial(early_fit_line, cfg, store, data)  # an executor with no first group never calls it
