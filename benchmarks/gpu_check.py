@@ -501,7 +501,7 @@ def part_cifar_fast(args, save) -> None:
     training = flops.model_flops(cfg)["training"]  # --steps times training only
     best = max(res.get("single_models_per_hour") or 0, res.get("vmap_models_per_hour") or 0)
     res.update(training_pflop_per_model=round(training / 1e15, 4), target_fraction=flops.TARGET_FRACTION)
-    res.update(frac_of_h100_peak=round(best * training / 3600 / flops.H100_BF16_DENSE, 4) if best else None)
+    res.update(frac_of_h100_peak=round(best * training / 3600 / flops.H100_BF16_DENSE, 6) if best else None)
     save(cifar10_fast=res)
 
 

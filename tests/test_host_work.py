@@ -124,12 +124,15 @@ def test_evaluation_copies_each_result_once_whatever_the_batches(recipe, digits)
     assert one_batch["cpu"] == 4  # correctness, probability, top-k probabilities and classes
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["inline", "drawn-ahead"])
 @pytest.mark.parametrize("augment", ["none", "flip_crop"])
-def test_an_epochs_draws_up_front_keep_each_generators_order(recipe, digits, monkeypatch, augment):
+def test_an_epochs_draws_up_front_keep_each_generators_order(recipe, digits, monkeypatch, augment, ahead):
     """The batches (and augmentation draws) of every step are those of the order in which each step drew its
-    own: per generator, an epoch's shuffle, then each step's flips and offsets in turn. Fault caught: the
-    draws made in another order (all epochs' shuffles first, or one model's draws from another's generator),
-    which would change every model's results."""
+    own: per generator, an epoch's shuffle, then each step's flips and offsets in turn, whether the epoch's
+    draws are made as it begins or in a thread during the epoch before (as on a GPU). Fault caught: the draws
+    made in another order (augmentation before the shuffle, one model's draws from another's generator), which
+    would change every model's results."""
+    monkeypatch.setattr(engine, "PREFETCH_DRAWS", ("cpu", "cuda") if ahead else ())
     cfg = recipe.replace(augment=augment)
     learner, runs = _group(cfg, digits)
     seen = []

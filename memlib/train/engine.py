@@ -39,6 +39,7 @@ PATHS = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
 TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
 AUG_PAD = 4  # pixels of reflect padding before augmentation's random crop
+PREFETCH_DRAWS = ("cuda",)  # device types whose training draws the next epoch's shuffles in a thread meanwhile
 
 
 @dataclass
@@ -614,22 +615,14 @@ def _epoch_layout(lengths: list[int], batch_size: int, width: int, n_batches: li
     return dest, weight.float(), sizes.tolist()
 
 
-def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    """A host tensor on `dev`; to a GPU from pinned memory without waiting (the host runs on ahead of the device)."""
-    if dev.type != "cuda":
-        return t.to(dev)
-    return t.pin_memory().to(dev, non_blocking=True)
-
-
-def _epoch_draws(flat_subsets, generators, bounds, dest, shape: tuple[int, int, int], augment: bool):
-    """One epoch's shuffles, and augmentation draws, of the whole group: drawn up front, copied to the device once.
+def _host_draws(generators, bounds, augment: bool, pin: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One epoch's shuffles (and augmentation draws) of the whole group, on the host.
 
     Each model's generator draws in the order it always has (its shuffle, then each step's augmentation in turn),
-    so each model takes the batches it took when every step drew its own. Returns the epoch's padded indices
-    (steps, K, width) into the training split and, with `augment`, the draws (3, steps, K, width): flips, row and
-    column offsets, an unchanged image (no flip, offsets = pad) for padding.
+    so each model takes the batches it took when every step drew its own. Returns every model's shuffled
+    positions into the group's concatenated subsets and, with `augment`, the draws (3, total) in step order:
+    flips, row and column offsets. `pin`: in pinned memory, for a copy to a GPU that does not wait.
     """
-    dev = flat_subsets.device
     positions, draws, start = [], [], 0
     for g, bds in zip(generators, bounds):
         n = bds[-1][1]
@@ -638,13 +631,45 @@ def _epoch_draws(flat_subsets, generators, bounds, dest, shape: tuple[int, int, 
         if augment:
             steps = [crop_flip_draws(e - b, g, AUG_PAD) for b, e in bds]
             draws.append(torch.stack([torch.cat(parts).to(torch.uint8) for parts in zip(*steps)]))
+    out = torch.cat(positions), torch.cat(draws, 1) if augment else None
+    return tuple(t.pin_memory() if pin and t is not None else t for t in out)  # type: ignore[return-value]
+
+
+def _epochs_drawn(generators, bounds, augment: bool, epochs: int, device: torch.device):
+    """Each epoch's `_host_draws` in turn; where the device is a GPU, the next epoch's drawn in a thread meanwhile.
+
+    Only these draws use the generators, one epoch after another, so drawing ahead keeps each generator's order;
+    the host's draws (benchmarks/README.md times them) then overlap the device's work instead of stalling it at
+    every epoch's start.
+    """
+    pin = device.type == "cuda"
+    if device.type not in PREFETCH_DRAWS:
+        for _ in range(epochs):
+            yield _host_draws(generators, bounds, augment, pin)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(_host_draws, generators, bounds, augment, pin)
+        for epoch in range(epochs):
+            drawn = ahead.result()
+            if epoch + 1 < epochs:
+                ahead = pool.submit(_host_draws, generators, bounds, augment, pin)
+            yield drawn
+
+
+def _epoch_batches(drawn, flat_subsets: torch.Tensor, dest: torch.Tensor, shape: tuple[int, int, int]):
+    """An epoch's padded indices (steps, K, width) into the training split, from its host draws (one copy each),
+    and its augmentation draws (3, steps, K, width) or None; padding's draws leave an image unchanged."""
+    positions, draws = drawn
+    dev = flat_subsets.device
     index = torch.zeros(math.prod(shape), dtype=torch.long, device=dev)
-    index[dest] = flat_subsets[_to_device(torch.cat(positions), dev)]
-    if not augment:
+    index[dest] = flat_subsets[positions.to(dev, non_blocking=positions.is_pinned())]
+    if draws is None:
         return index.view(shape), None
     aug = torch.full((3, math.prod(shape)), AUG_PAD, dtype=torch.uint8, device=dev)
     aug[0] = 0
-    aug[:, dest] = _to_device(torch.cat(draws, 1), dev)
+    aug[:, dest] = draws.to(dev, non_blocking=draws.is_pinned())
     return index.view(shape), aug.view(3, *shape)
 
 
@@ -714,8 +739,9 @@ def train_group(
     models.train()
     done = 0
     # no step reads anything back from the device: the host queues steps ahead of the device (a test counts it)
-    for epoch in range(cfg.epochs):
-        index, aug = _epoch_draws(flat_subsets, generators, bounds, dest, shape, cfg.augment == "flip_crop")
+    drawn = _epochs_drawn(generators, bounds, cfg.augment == "flip_crop", cfg.epochs, dev)
+    for epoch, host in enumerate(drawn):
+        index, aug = _epoch_batches(host, flat_subsets, dest, shape)
         for s in range(shape[0]):
             if steps is not None and done >= steps:
                 return
