@@ -53,7 +53,7 @@ LIMITS = {"tests": 35, "throughput": 50, "recipe": 110, "archs": 60, "noisy": 30
 # --tiny on a CPU: the limits only stop a part that hangs (a CPU shared with other work can be 10 times slower)
 TINY_LIMITS = {"tests": 300, "throughput": 600, "recipe": 300, "archs": 600, "noisy": 300}
 BUDGET = 285  # seconds for all parts together on the device (--budget): a part never gets more than what is left
-TEST_FILES = ("tests/test_engine.py", "tests/test_stacked_layouts.py")
+TEST_FILES = ("tests/test_engine.py", "tests/test_stacked_layouts.py", "tests/test_host_work.py")
 ABSENT_THERE = ("papermill", "nbconvert", "nbformat", "cleanlab", "submitit", "ipykernel", "jupyterlab")
 RESULT_FILE, LOG_FILE = "gpu_check.json", "gpu_check.log"
 

@@ -172,3 +172,30 @@ def _state_after_training(learner, runs, seed, cfg) -> torch.Tensor:
     subsets = [torch.as_tensor(idx) for idx, _ in runs]
     engine.train_group(models, learner.train, subsets, generators, cfg, learner.precision)
     return generators[[s for _, s in runs].index(seed)].get_state()
+
+
+def test_no_training_step_waits_for_the_gpu(recipe, digits, device):
+    """On CUDA, with torch's sync debug mode: 2 and 10 steps of the first epoch make the same synchronizing calls
+    (those of the group's set-up). Fault caught: a step that waits for the GPU. Not yet run on a GPU (none lent
+    so far); on the CPU the counting tests above stand in for it."""
+    if device != "cuda":
+        pytest.skip("CUDA's sync debug mode: on the CPU, test_a_training_step_of_the_stacked_path_reads_nothing_back")
+    import warnings
+
+    learner, runs = _group(recipe.replace(device=device), digits)
+
+    def syncs(steps: int) -> int:
+        models = StackedMLP([learner.make_model(seed) for _, seed in runs], layout=learner.layout)
+        generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        subsets = [torch.as_tensor(idx, device=device) for idx, _ in runs]
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                engine.train_group(models, learner.train, subsets, generators, learner.cfg, learner.precision, steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(10)
