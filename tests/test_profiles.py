@@ -17,7 +17,7 @@ import memlib
 import memlib.data.builtin
 from memlib.__main__ import main
 
-GPU_PROFILES = ["fashion-mnist-full", "mnist-paper", "cifar10", "cifar100-paper"]
+GPU_PROFILES = ["fashion-mnist-full", "mnist-paper", "cifar10", "cifar10-fast", "cifar100-paper"]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
 from conftest import snapshot
 
 import memlib
+import memlib.runs.store
 import memlib.runs.subsets
 from memlib.runs.store import Store, StoreError
 from memlib.runs.subsets import open_subset_store
@@ -331,3 +333,34 @@ def test_any_store_made_before_checksums_is_upgraded_from_its_own_spec(tmp_path)
     (store.path / "checksums.npy").unlink()
     assert Store.repair(tmp_path / "s") == []
     assert Store.open(tmp_path / "s", spec, META).done() == 4
+
+
+def test_a_stage_one_run_in_chunks_verifies_each_finished_row_once(smoke, digits, monkeypatch):
+    """A process that trains the store chunk by chunk (train_subsets with `store`) hashes each row once: when it
+    writes it, or, for a row another process finished meanwhile, when it next picks the store up (and a bad one
+    is still caught). Fault caught: every chunk reopening the store and hashing every finished row again (the
+    recipe at 2,000 models rehashed about 19 GB over its chunks)."""
+    cfg = smoke.replace(num_models=16, group_size=4, min_out=2, mask_design="balanced", workers=1)
+    hashed: Counter = Counter()
+    real = memlib.runs.store.row_checksum
+
+    def counting(key, name, row, values):
+        hashed[row] += 1
+        return real(key, name, row, values)
+
+    monkeypatch.setattr(memlib.runs.store, "row_checksum", counting)
+    store = None
+    for start in (0, 4):
+        store = memlib.train_subsets(cfg, digits, rows=range(start, start + 4), store=store)
+    arrays = len(memlib.runs.store.data_names(store.arrays))
+    assert hashed == Counter({r: arrays for r in range(8)}), hashed  # each once, as it was written
+    other = memlib.train_subsets(cfg, digits, rows=range(8, 12))  # another process: it verifies rows 0-7 once
+    store = memlib.train_subsets(cfg, digits, rows=range(12, 16), store=store)  # ours verifies 8-11 once
+    assert store.done() == 16 and other is not store
+    assert hashed == Counter({r: 2 * arrays for r in range(12)} | {r: arrays for r in range(12, 16)}), hashed
+    memlib.train_subsets(cfg, digits, rows=range(16), store=store)  # nothing new: nothing hashed
+    assert sum(hashed.values()) == 12 * 2 * arrays + 4 * arrays
+    other.reload()  # rows 12-15 are new to `other`: a changed one is caught when it picks the store up
+    other.arrays["train_prob"][13, 0] += 1
+    with pytest.raises(StoreError, match=r"rows 13 \(arrays: train_prob\)"):
+        memlib.train_subsets(cfg, digits, rows=range(16), store=other)

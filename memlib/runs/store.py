@@ -85,6 +85,8 @@ class Store:
         self.path, self.arrays, self.meta, self.writable = path, arrays, meta, writable
         self.fix = fix or f"Store.repair({str(path)!r})"  # the command that bad-row messages offer
         self.trained = 0  # models this process trained into it (set by the runner)
+        # rows whose checksums this object verified or wrote: `check(only_new=True)` hashes only the others
+        self.verified = np.zeros(len(arrays[COMPLETED]), dtype=bool)
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -203,6 +205,7 @@ class Store:
                 self._write(name, values)
             self._write(CHECKSUMS, {row: self.row_checksums(row) for row in rows})
             self._write(COMPLETED, {row: True for row in rows})
+            self.verified[list(rows)] = True  # their checksums are those of the values just written
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -247,11 +250,17 @@ class Store:
                 bad[int(r)] = differ
         return bad
 
-    def check(self) -> None:
-        """Raise StoreError naming every finished row whose values fail their checksums."""
-        bad = self.bad_rows()
+    def check(self, only_new: bool = False) -> None:
+        """Raise StoreError naming every finished row whose values fail their checksums.
+
+        With `only_new`, only the finished rows this object has not verified or written yet (those that other
+        processes finished since it was opened): a process that trains a store chunk by chunk hashes each row once.
+        """
+        rows = np.flatnonzero(self.completed & ~self.verified) if only_new else np.flatnonzero(self.completed)
+        bad = self.bad_rows(rows)
         if bad:
             raise StoreError(self.bad_rows_message(bad, "fail their checksums (their values changed after writing)"))
+        self.verified[rows] = True
 
     def bad_rows_message(self, bad: dict[int, list[str]] | Iterable[int], why: str) -> str:
         """An error naming the bad rows, what differs, and the command that redoes only them."""

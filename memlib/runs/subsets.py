@@ -140,19 +140,42 @@ def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
         if old is not None:
             check_same_precision(subset_store_path(cfg), old, meta["precision"], cfg)
     store = Store.open(subset_store_path(cfg), spec, meta, create=create, fix=repair_command(cfg))
-    bad = wrong_masks(cfg, store)
-    if len(bad):
-        raise StoreError(store.bad_rows_message(bad, "hold a mask that their seed does not give"))
+    _refuse_wrong_masks(cfg, store, np.flatnonzero(store.completed))
     return store
 
 
-def wrong_masks(cfg: Config, store: Store) -> np.ndarray:
-    """Finished rows whose stored mask is not the one their seed gives (all of them, compared in blocks)."""
+def reopen_subset_store(cfg: Config, data: Dataset, store: Store) -> Store:
+    """`store`, which this process opened with `open_subset_store(cfg, data)`, brought up to date to train more rows.
+
+    Only the rows that others finished since are verified (checksums and masks): the rows it verified when it
+    opened, and those it wrote, are not read again, so a process that trains a store in chunks verifies each
+    finished row once, not once per chunk.
+    """
+    if store.path != subset_store_path(cfg) or store.meta.get("fingerprint") != cfg.training_fingerprint():
+        raise ValueError(f"{store.path} is not the stage-1 store of profile {cfg.profile!r} as configured here")
+    if not store.writable:
+        raise ValueError(f"{store.path} was opened read-only: open it with open_subset_store(cfg, data) to train")
+    check_same_data(store.path, store.meta, data)
+    store.reload()
+    new = np.flatnonzero(store.completed & ~store.verified)
+    store.check(only_new=True)
+    _refuse_wrong_masks(cfg, store, new)
+    return store
+
+
+def _refuse_wrong_masks(cfg: Config, store: Store, rows: np.ndarray) -> None:
+    bad = wrong_masks(cfg, store, rows)
+    if len(bad):
+        raise StoreError(store.bad_rows_message(bad, "hold a mask that their seed does not give"))
+
+
+def wrong_masks(cfg: Config, store: Store, rows: np.ndarray | None = None) -> np.ndarray:
+    """Finished rows (among `rows`, default all) whose stored mask is not the one their seed gives, in blocks."""
     design = subset_masks(cfg, store["masks"].shape[1])
-    done = np.flatnonzero(store.completed)
+    done = np.flatnonzero(store.completed) if rows is None else np.asarray(rows, dtype=np.int64)
     bad = [
-        rows[(np.asarray(store["masks"][rows]) != design[rows]).any(axis=1)]
-        for rows in np.array_split(done, max(1, len(done) // 256))
+        block[(np.asarray(store["masks"][block]) != design[block]).any(axis=1)]
+        for block in np.array_split(done, max(1, len(done) // 256))
     ]
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 

@@ -19,7 +19,7 @@ from ..data.dataset import Dataset
 from ..report.artifacts import write_json
 from ..runs.executors import run_jobs
 from ..runs.store import Store
-from ..runs.subsets import open_subset_store
+from ..runs.subsets import open_subset_store, reopen_subset_store
 from ..train.design import check_out_counts, subset_jobs
 from ..train.engine import resolve_device, resolve_precision
 from ..train.layouts import layout_for
@@ -115,15 +115,19 @@ def _brief(fit: dict) -> dict:
     return {k: fit.get(k) for k in keys}
 
 
-def train_subsets(cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None) -> Store:
+def train_subsets(
+    cfg: Config, data: Dataset, learner=None, rows: Iterable[int] | None = None, store: Store | None = None
+) -> Store:
     """Stage 1: fill the subset store (resuming: finished runs are kept, never retrained).
 
     With `epochs: auto` it first chooses the epochs (resolve_epochs). After the first group it trains, it prints
-    whether the finished models fit what they trained on.
+    whether the finished models fit what they trained on. A caller that trains in chunks (`rows`) passes the store
+    the first call returned as `store`: it is not opened and verified again, only the rows others finished in the
+    meantime are (memlib.runs.subsets.reopen_subset_store).
     """
     cfg = resolve_epochs(cfg, data) if learner is None else cfg
     check_out_counts(cfg, data.n_train)
-    store = open_subset_store(cfg, data)
+    store = open_subset_store(cfg, data) if store is None else reopen_subset_store(cfg, data, store)
     rows = range(cfg.num_models) if rows is None else rows
     jobs = subset_jobs(cfg, data.n_train, store.pending(rows))
     hook = functools.partial(early_fit_line, cfg, store, data)  # an executor with no first group never calls it

@@ -38,6 +38,8 @@ from .signals import SignalRecorder
 PATHS = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
 TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
+AUG_PAD = 4  # pixels of reflect padding before augmentation's random crop
+PREFETCH_DRAWS = ("cuda",)  # device types whose training draws the next epoch's shuffles in a thread meanwhile
 
 
 @dataclass
@@ -142,20 +144,36 @@ def device_data(data: Dataset, device: torch.device, compact: bool | None = None
     )
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Standard augmentation on the device: random horizontal flip and random crop after `pad`-pixel padding."""
-    n, _, h, w = x.shape
+def crop_flip_draws(n: int, generator: torch.Generator, pad: int = AUG_PAD) -> tuple[torch.Tensor, ...]:
+    """One batch's augmentation draws, on the generator's device (the CPU): flips, then row and column offsets."""
+    flip = torch.rand(n, generator=generator) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    return flip, dy, dx
+
+
+def crop_flip(
+    x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int = AUG_PAD
+) -> torch.Tensor:
+    """Images x (n, C, H, W) flipped where `flip`, then cropped at (dy, dx) after `pad`-pixel reflect padding.
+
+    The draws are on x's device (train_group copies an epoch's at once); dy = dx = pad with no flip gives x back
+    unchanged (a padded entry's draws)."""
+    _, _, h, w = x.shape
     dev = x.device
-    flip = torch.rand(n, generator=generator).to(dev) < 0.5
+    dy, dx = dy.long(), dx.long()
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
     rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
+    batch = torch.arange(len(x), device=dev)[:, None, None, None]
     chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     return padded[batch, chans, rows, cols]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = AUG_PAD) -> torch.Tensor:
+    """Standard augmentation on the device: random horizontal flip and random crop after `pad`-pixel padding."""
+    return crop_flip(x, *(t.to(x.device) for t in crop_flip_draws(len(x), generator, pad)), pad=pad)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -575,29 +593,84 @@ def choose_path(cfg: Config, model: nn.Module, device: torch.device) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_batches: list[int]):
-    """Every model's batches of one epoch as padded (steps, K, width) indices, loss weights and batch sizes.
+def _epoch_layout(lengths: list[int], batch_size: int, width: int, n_batches: list[int], dev: torch.device):
+    """Where each model's epoch lands in the padded (steps, K, width) batches, with the loss weights and batch sizes.
 
-    Built at once for the epoch (no per-step work that grows with K): element i of model k's shuffled subset
-    goes to batch min(i // B, last) at offset i - B * batch, which is `batch_bounds` with its folded last batch.
+    The same every epoch, so built once per group: element i of model k's epoch (its shuffled subset, or its
+    augmentation draws in step order) goes to batch min(i // B, last) at offset i - B * batch, which is
+    `batch_bounds` with its folded last batch. Returns the flat destination of each element, the weights
+    (steps, K, width) and the batch sizes as host lists (steps x K: read at every step, never from the device).
     """
-    dev = perms[0].device
-    k_models, steps = len(perms), max(n_batches)
-    lengths = torch.tensor([len(p) for p in perms], device=dev)
-    model = torch.repeat_interleave(torch.arange(k_models, device=dev), lengths)
-    pos = torch.arange(int(lengths.sum()), device=dev) - torch.repeat_interleave(
-        torch.cumsum(lengths, 0) - lengths, lengths
-    )
-    last = torch.tensor(n_batches, device=dev)[model] - 1
-    batch = torch.minimum(pos // batch_size, last)
+    k_models, steps = len(lengths), max(n_batches)
+    model = np.repeat(np.arange(k_models), lengths)
+    pos = np.arange(sum(lengths)) - np.repeat(np.cumsum(lengths) - np.asarray(lengths), lengths)
+    batch = np.minimum(pos // batch_size, np.asarray(n_batches)[model] - 1)
     offset = pos - batch * batch_size
-    index = torch.zeros(steps, k_models, width, dtype=torch.long, device=dev)
-    index[batch, model, offset] = torch.cat(perms)
-    sizes = torch.zeros(steps, k_models, dtype=torch.long, device=dev)
-    sizes.index_put_((batch, model), torch.ones_like(batch), accumulate=True)
-    valid = torch.arange(width, device=dev)[None, None, :] < sizes[:, :, None]
-    weight = valid / sizes.clamp(min=1)[:, :, None]
-    return index, weight.float(), sizes
+    sizes = np.zeros((steps, k_models), dtype=np.int64)
+    np.add.at(sizes, (batch, model), 1)
+    on_dev = torch.as_tensor(sizes, device=dev)
+    valid = torch.arange(width, device=dev)[None, None, :] < on_dev[:, :, None]
+    weight = valid / on_dev.clamp(min=1)[:, :, None]
+    dest = torch.as_tensor((batch * k_models + model) * width + offset, device=dev)
+    return dest, weight.float(), sizes.tolist()
+
+
+def _host_draws(generators, bounds, augment: bool, pin: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One epoch's shuffles (and augmentation draws) of the whole group, on the host.
+
+    Each model's generator draws in the order it always has (its shuffle, then each step's augmentation in turn),
+    so each model takes the batches it took when every step drew its own. Returns every model's shuffled
+    positions into the group's concatenated subsets and, with `augment`, the draws (3, total) in step order:
+    flips, row and column offsets. `pin`: in pinned memory, for a copy to a GPU that does not wait.
+    """
+    positions, draws, start = [], [], 0
+    for g, bds in zip(generators, bounds):
+        n = bds[-1][1]
+        positions.append(torch.randperm(n, generator=g) + start)
+        start += n
+        if augment:
+            steps = [crop_flip_draws(e - b, g, AUG_PAD) for b, e in bds]
+            draws.append(torch.stack([torch.cat(parts).to(torch.uint8) for parts in zip(*steps)]))
+    out = torch.cat(positions), torch.cat(draws, 1) if augment else None
+    return tuple(t.pin_memory() if pin and t is not None else t for t in out)  # type: ignore[return-value]
+
+
+def _epochs_drawn(generators, bounds, augment: bool, epochs: int, device: torch.device):
+    """Each epoch's `_host_draws` in turn; where the device is a GPU, the next epoch's drawn in a thread meanwhile.
+
+    Only these draws use the generators, one epoch after another, so drawing ahead keeps each generator's order;
+    the host's draws (benchmarks/README.md times them) then overlap the device's work instead of stalling it at
+    every epoch's start.
+    """
+    pin = device.type == "cuda"
+    if device.type not in PREFETCH_DRAWS:
+        for _ in range(epochs):
+            yield _host_draws(generators, bounds, augment, pin)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(_host_draws, generators, bounds, augment, pin)
+        for epoch in range(epochs):
+            drawn = ahead.result()
+            if epoch + 1 < epochs:
+                ahead = pool.submit(_host_draws, generators, bounds, augment, pin)
+            yield drawn
+
+
+def _epoch_batches(drawn, flat_subsets: torch.Tensor, dest: torch.Tensor, shape: tuple[int, int, int]):
+    """An epoch's padded indices (steps, K, width) into the training split, from its host draws (one copy each),
+    and its augmentation draws (3, steps, K, width) or None; padding's draws leave an image unchanged."""
+    positions, draws = drawn
+    dev = flat_subsets.device
+    index = torch.zeros(math.prod(shape), dtype=torch.long, device=dev)
+    index[dest] = flat_subsets[positions.to(dev, non_blocking=positions.is_pinned())]
+    if draws is None:
+        return index.view(shape), None
+    aug = torch.full((3, math.prod(shape)), AUG_PAD, dtype=torch.uint8, device=dev)
+    aug[0] = 0
+    aug[:, dest] = draws.to(dev, non_blocking=draws.is_pinned())
+    return index.view(shape), aug.view(3, *shape)
 
 
 def _step_tables(cfg: Config, n_batches: list[int], dev: torch.device):
@@ -624,14 +697,12 @@ def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], wid
     return index, weight, (weight > 0 if any(b != width for b in sizes) else None)
 
 
-def _forward(models, train: DeviceData, idx: torch.Tensor, sizes: list[int], generators, cfg: Config, precision: str):
-    """The logits (K, width, classes) of one step's batches, each model's augmented with its own draws."""
+def _forward(models, train: DeviceData, idx: torch.Tensor, aug: torch.Tensor | None, precision: str):
+    """The logits (K, width, classes) of one step's batches, each model's augmented with its own draws `aug`."""
     xb = train.images(idx)  # (K, width, C, H, W)
-    if cfg.augment == "flip_crop":  # each model's own draws, over its real batch only
-        xb = xb.clone()
-        for k, b in enumerate(sizes):
-            if b:
-                xb[k, :b] = random_crop_flip(xb[k, :b], generators[k])
+    if aug is not None:  # (3, K, width): every entry at once; padding's draws leave it unchanged
+        flip, dy, dx = (a.reshape(-1) for a in aug)
+        xb = crop_flip(xb.flatten(0, 1), flip.bool(), dy, dx, AUG_PAD).view(xb.shape)
     with _autocast(train.device, precision):
         return models(xb)
 
@@ -650,7 +721,8 @@ def train_group(
 
     `models` is a group: StackedMLP or VmapModels (K stacked models), or SingleModel (one nn.Module, K = 1).
     Every model draws its shuffles and augmentation from its own generator, in the same order whatever its
-    group, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
+    group, so each takes the steps it would take alone; a whole epoch's draws are made, and copied to the device,
+    when the epoch begins. Models with fewer batches in an epoch sit out the last
     steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
     A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early.
     """
@@ -658,20 +730,24 @@ def train_group(
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
+    shape = (max(n_batches), len(subsets), width)
     lr_all, mom_all, active_all = _step_tables(cfg, n_batches, dev)
+    dest, weight, host_sizes = _epoch_layout([len(sub) for sub in subsets], cfg.batch_size, width, n_batches, dev)
+    flat_subsets = torch.cat(list(subsets))
     everyone = min(n_batches)  # steps before which every model is active
     opt = StackedOptimizer(cfg, models.params, models.copies)
     models.train()
     done = 0
-    for epoch in range(cfg.epochs):
-        perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
-        index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
-        host_sizes = sizes.cpu().tolist()
-        for s in range(max(n_batches)):
+    # no step reads anything back from the device: the host queues steps ahead of the device (a test counts it)
+    drawn = _epochs_drawn(generators, bounds, cfg.augment == "flip_crop", cfg.epochs, dev)
+    for epoch, host in enumerate(drawn):
+        index, aug = _epoch_batches(host, flat_subsets, dest, shape)
+        for s in range(shape[0]):
             if steps is not None and done >= steps:
                 return
             idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
-            logits = _forward(models, train, idx, host_sizes[s], generators, cfg, precision)
+            step_aug = None if aug is None else aug[:, s, :, : idx.shape[1]]
+            logits = _forward(models, train, idx, step_aug, precision)
             losses = F.cross_entropy(
                 logits.float().flatten(0, 1),
                 train.y[idx].flatten(),
@@ -697,24 +773,25 @@ def evaluate(model, split: DeviceData, precision: str, k_models: int | None = No
     stacked = k_models is not None
     batch = max(256, rows // (k_models or 1))
     correct, prob, top_p, top_c = [], [], [], []
-    for s in range(0, len(split), batch):
+    for s in range(0, len(split), batch):  # everything stays on the device: no batch waits for a copy
         x = split.images(slice(s, s + batch))
         y = split.y[s : s + batch]
         with _autocast(split.device, precision):
             logits = (model.shared(x) if stacked else model(x)).float()
         yy = y.expand(k_models, -1) if stacked else y
-        correct.append((logits.argmax(-1) == yy).cpu())
+        correct.append(logits.argmax(-1) == yy)
         p = logits.softmax(-1)
-        prob.append(p.gather(-1, yy.unsqueeze(-1)).squeeze(-1).cpu())
+        prob.append(p.gather(-1, yy.unsqueeze(-1)).squeeze(-1))
         if topk:
             values, classes = p.topk(topk, dim=-1)
-            top_p.append(values.half().cpu())
-            top_c.append(classes.cpu())
-    out = torch.cat(correct, -1).numpy(), torch.cat(prob, -1).numpy()
-    if not topk:
-        return out
-    class_dtype = np.uint8 if logits.shape[-1] <= 256 else np.uint16
-    return (*out, torch.cat(top_p, -2).numpy(), torch.cat(top_c, -2).numpy().astype(class_dtype))
+            top_p.append(values.half())
+            top_c.append(classes.to(torch.uint8 if logits.shape[-1] <= 256 else torch.int32))
+    parts = [torch.cat(correct, -1), torch.cat(prob, -1)]
+    parts += [torch.cat(top_p, -2), torch.cat(top_c, -2)] if topk else []
+    out = [t.cpu().numpy() for t in parts]  # one copy of each array, at the end
+    if topk and out[3].dtype != np.uint8:
+        out[3] = out[3].astype(np.uint16)
+    return tuple(out)
 
 
 class NeuralLearner:
@@ -753,10 +830,12 @@ class NeuralLearner:
         self.batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules())
 
     def make_model(self, seed: int) -> nn.Module:
-        """A fresh model with the initial weights that `seed` gives."""
+        """A fresh model with the initial weights that `seed` gives, built on the device (its generator draws them:
+        on a GPU, torch.manual_seed(seed) seeds the GPU's generator too, so no weight is made on the CPU and copied)."""
         torch.manual_seed(seed)
         c, h, _ = self.shape
-        model = build_model(self.cfg, in_chans=c, img_size=h, num_classes=self.num_classes).to(self.device)
+        with self.device:
+            model = build_model(self.cfg, in_chans=c, img_size=h, num_classes=self.num_classes).to(self.device)
         if self.device.type == "cuda" and self.path == "single":
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -801,7 +880,9 @@ class NeuralLearner:
         With a `signals` list, each model's training signals (memlib.train.signals) are appended to it, in order.
         """
         generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
-        subsets = [torch.as_tensor(np.asarray(idx), device=self.device) for idx, _ in runs]
+        lengths = [len(idx) for idx, _ in runs]  # the subsets copied to the device at once, then split
+        flat = torch.as_tensor(np.concatenate([np.asarray(idx, dtype=np.int64) for idx, _ in runs]), device=self.device)
+        subsets = list(flat.split(lengths))
         n, epochs = len(self.train), self.cfg.epochs
         if self.path == "single":  # one model at a time: K groups of one, trained in turn
             out = []
