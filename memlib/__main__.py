@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         kept = models_kept(cfg) if cfg is not None else 0
         print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, StoreError, SlurmError, FileNotFoundError) as exc:
+    except StoreError as exc:  # its commands name the profile as it was given here
+        print(f"error: {exc.message(args.profile)}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, SlurmError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk: full, read-only, or not ours

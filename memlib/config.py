@@ -582,17 +582,15 @@ def read_yaml(path: Path) -> Any:
 
 
 KINDS = {int: "a number", float: "a number", bool: "true or false", type(None): "empty", tuple: "a list"}
-# The profile argument as the user gave it (a name or a path), by profile name: messages offer commands with it.
-GIVEN_AS: dict[str, str] = {}
 
 
-def profile_argument(cfg: Config) -> str:
-    """How to name this config's profile on the command line: as the user gave it, else its name or a path."""
-    if cfg.profile in GIVEN_AS:
-        return GIVEN_AS[cfg.profile]
-    if (project_root() / "configs" / f"{cfg.profile}.yaml").is_file():
-        return cfg.profile
-    return f"path/to/{cfg.profile}.yaml"  # a profile given as a path, in a process that did not read it
+def profile_argument(profile: str) -> str:
+    """How to name a profile on the command line: its name if configs/ holds it, else a path to its file.
+
+    The command line says it as the user gave it instead (StoreError.message)."""
+    if (project_root() / "configs" / f"{profile}.yaml").is_file():
+        return profile
+    return f"path/to/{profile}.yaml"
 
 
 def _refuse_unknown_keys(values: dict[str, Any], source: str) -> None:
@@ -650,9 +648,7 @@ def load_profile(profile: str, params: str | Path | None = None) -> Config:
         if extra.get("profile", path.stem) != path.stem:
             raise ConfigError(f"{params} says profile: {extra['profile']!r}; it is given for profile {path.stem!r}")
         values.update(extra)
-    cfg = Config.from_dict(values, source=str(path))
-    GIVEN_AS[cfg.profile] = profile
-    return cfg
+    return Config.from_dict(values, source=str(path))
 
 
 def display_path(path: str | Path) -> str:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from ..config import Config, display_path
 from ..data.dataset import Dataset
 from ..train.design import Job, group_rows
-from .store import SPEC_FILE, ArraySpec, Store, describe_rows
+from .store import Store, describe_rows, read_spec
 
 RECORD_DIR = "slurm"
 RECORD_FILE = "tasks.json"
@@ -103,9 +103,8 @@ class GroupTask(submitit.helpers.Checkpointable):
 
 def open_store(path: Path, writable: bool = True) -> Store:
     """Open an existing store, with the spec and meta it records."""
-    doc = json.loads((path / SPEC_FILE).read_text())
-    spec = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
-    return Store.open(path, spec, doc.get("meta", {}), create=False, writable=writable, verify=False)
+    spec, meta = read_spec(path)
+    return Store.open(path, spec, meta, create=False, writable=writable, verify=False)
 
 
 # ------------------------------------------------------------------------------------------------
