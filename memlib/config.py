@@ -493,6 +493,13 @@ def project_root() -> Path:
     return here
 
 
+def configs_dir() -> Path:
+    """Where the named profiles are: the checkout's configs/, else the copy an installed wheel ships (memlib/configs
+    links to configs/, and pyproject.toml packages it)."""
+    checkout = project_root() / "configs"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "configs"
+
+
 def resolve(path: str | Path) -> Path:
     """A user path: `~` expanded, relative paths taken from the project root (notebooks run in notebooks/)."""
     path = Path(path).expanduser()
@@ -513,7 +520,7 @@ def profile_path(profile: str) -> Path:
             f"profile {profile} is not a .yaml file: a profile is a name in configs/ (e.g. digits) or a path to a "
             "YAML file ending in .yaml"
         )
-    configs = project_root() / "configs"
+    configs = configs_dir()
     path = configs / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in configs.glob("*.yaml"))
@@ -588,7 +595,7 @@ def profile_argument(profile: str) -> str:
     """How to name a profile on the command line: its name if configs/ holds it, else a path to its file.
 
     The command line says it as the user gave it instead (StoreError.message)."""
-    if (project_root() / "configs" / f"{profile}.yaml").is_file():
+    if (configs_dir() / f"{profile}.yaml").is_file():
         return profile
     return f"path/to/{profile}.yaml"
 

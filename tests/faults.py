@@ -241,7 +241,7 @@ def kill_campaign(work: Path, ref: dict, kills: int, rng: random.Random) -> dict
                 time.sleep(0.01)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
         if (store / "seconds.npy").exists():
             now_done = np.load(store / "completed.npy")
             now_sec = np.load(store / "seconds.npy")
@@ -331,7 +331,7 @@ def orphan_campaign(work: Path, delays: list[float]) -> dict:
             time.sleep(0.01)
         time.sleep(delay)
         proc.kill()
-        proc.wait()
+        proc.wait(timeout=60)
         deadline = time.time() + 10
         while tagged_processes(tag) and time.time() < deadline:
             time.sleep(0.2)

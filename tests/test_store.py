@@ -271,7 +271,7 @@ def test_workers_starting_together_create_one_store(tmp_path):
             p.start()
         results = [queue.get(timeout=60) for _ in procs]
         for p in procs:
-            p.join()
+            p.join(timeout=60)
         assert results == ["ok"] * 8
         assert sorted(p.name for p in path.parent.iterdir()) == ["s"]  # no temporary folder left
         assert Store.open(path, spec, META).done() >= 1
