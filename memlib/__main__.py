@@ -2,7 +2,7 @@
 
 check, train, repair, report, submit and status are for people; out-dir, kept and clean serve the Makefile,
 so that every target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
-submit and status are for a SLURM cluster (see memlib.slurm and the README).
+submit and status are for a SLURM cluster (see memlib.runs.slurm and the README).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 # memlib's modules are imported inside main(): a spawned worker imports this module (as the parent's main)
-# before it arms its parent-death signal, so it must stay light (see memlib.lifeline).
+# before it arms its parent-death signal, so it must stay light (see memlib.runs.lifeline).
 
 
 def parse_rows(text: str, num_models: int) -> range:

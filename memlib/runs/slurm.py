@@ -1,7 +1,7 @@
 """The SLURM backend: stages 1 and 3 as job arrays through submitit, one array task per group of rows.
 
 A task opens the shared store (results/ must be on storage every node sees), builds the data and the learner,
-and trains its group with `runner.run_group`, under the group's claim, so a requeued or duplicated task never
+and trains its group with `memlib.runs.group.run_group`, under the group's claim, so a requeued or duplicated task never
 trains a group twice and a group's rows complete together. A task that fails, is cancelled or is pre-empted
 leaves its rows unfinished, as a killed local worker does; one signalled before its time limit is requeued by
 submitit (the task is Checkpointable; its group starts afresh). The driver (`run_array`) resubmits only the

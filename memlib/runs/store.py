@@ -142,7 +142,7 @@ class Store:
         writable: bool = True,
     ):
         self.path, self.arrays, self.meta, self.writable = path, arrays, meta, writable
-        self.trained = 0  # models this process trained into it (set by the runner)
+        self.trained = 0  # models this process trained into it (set by stages.train.train_subsets)
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
