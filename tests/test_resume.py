@@ -68,9 +68,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     rerun = train(profile)
     out = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, out
-    # Finished models were not retrained (fault planted: run_jobs and run_group ignoring the completed-mask, which
-    # the former check `seconds > 0` let pass): the rerun trained exactly the unfinished models, and the finished
-    # rows still hold the first run's measured training times (a retrained row gets its own, new time).
+    # Finished models were not retrained (fault planted: train_subsets, run_jobs and run_group ignoring the
+    # completed-mask, which the former check `seconds > 0` let pass): the rerun trained exactly the unfinished
+    # models, and the finished rows still hold the first run's measured training times (a retrained row gets its
+    # own, new time).
     assert "48 of 48 models finished" in out
     assert f"({48 - done_at_kill} trained" in out, out
     np.testing.assert_array_equal(np.load(store / "seconds.npy")[finished_before], seconds_before[finished_before])

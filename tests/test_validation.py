@@ -255,3 +255,27 @@ def test_a_second_architecture_trains_the_same_design_and_is_compared(smoke, dig
     assert result["test_accuracy_gap_arch"] == pytest.approx(result["test_acc_a"] - result["test_acc_b"])
     diff = est.mem.value - other.mem.value
     assert result["mean_mem_difference_arch"] == pytest.approx(np.mean(diff[np.isfinite(diff)]))
+
+
+def test_stage_5_finds_the_flips_by_mem_where_the_models_fit_them(tmp_path):
+    """mem's AUROC on the flips above a floor, through stage 1's store, stage 2's estimates and stage 5's signing
+    and recovery, where the models fit what they train on: 1-NN gets every example it trained on right, so a
+    flipped label is right only when trained on (mem near 1), a clean one mostly either way (mem near 0). Fault:
+    mem's sign reversed (AUROC near 0), or mem paired with the wrong examples (near 0.5). smoke-noisy's 3-epoch
+    MLPs do not fit their flips (mem's AUROC 0.48 there), so the notebook test cannot bound mem, only the peers."""
+    import memlib
+    from memlib.analysis.estimation import estimate_from_arrays
+    from memlib.runs.local import run_jobs
+    from memlib.runs.subsets import open_subset_store
+    from memlib.train.design import subset_jobs
+    from memlib.train.engine import NearestNeighbourLearner
+
+    cfg = memlib.load_profile("smoke-noisy").replace(results_dir=str(tmp_path))
+    data = memlib.load_dataset(cfg)
+    store = open_subset_store(cfg, data)
+    run_jobs(store, subset_jobs(cfg, data.n_train, range(cfg.num_models)), cfg, data, NearestNeighbourLearner(data))
+    arrays = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
+    est = estimate_from_arrays(*arrays, data, cfg.infl_threshold, cfg.mem_threshold)
+    flipped = data.flips.indicator(data.n_train)  # as stage 5 takes them (1-NN records no peer signals)
+    [row] = recovery({"mem": suspicion("mem", est.mem.value)}, flipped)
+    assert flipped.sum() == 130 and row["auroc"] > 0.9, row
