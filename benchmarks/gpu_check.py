@@ -616,7 +616,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", default=None, help=f"comma list of parts (default all: {','.join(PARTS)})")
     parser.add_argument("--limit", action="append", default=[], help="PART=SECONDS, a part's own time limit")
     parser.add_argument(
-        "--budget", type=float, default=None, help="seconds for all parts (default 300; --tiny: no cap)"
+        "--budget", type=float, default=None, help=f"seconds for all parts (default {BUDGET}; --tiny: no cap)"
     )
     parser.add_argument("--tests-k", default=None, help="pytest -k expression: only these device tests")
     parser.add_argument("--data-dir", default=None, help="folder of Fashion-MNIST's IDX files")

@@ -2,7 +2,7 @@
 
 check, train, repair, report, submit and status are for people; out-dir, kept and clean serve the Makefile,
 so that every target writes where memlib does and nothing is removed outside <results_dir>/<profile>.
-submit and status are for a SLURM cluster (see memlib.slurm and the README).
+submit and status are for a SLURM cluster (see memlib.runs.slurm and the README).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 # memlib's modules are imported inside main(): a spawned worker imports this module (as the parent's main)
-# before it arms its parent-death signal, so it must stay light (see memlib.lifeline).
+# before it arms its parent-death signal, so it must stay light (see memlib.runs.lifeline).
 
 
 def parse_rows(text: str, num_models: int) -> range:
@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         kept = models_kept(cfg) if cfg is not None else 0
         print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, StoreError, SlurmError, FileNotFoundError) as exc:
+    except StoreError as exc:  # its commands name the profile as it was given here
+        print(f"error: {exc.message(args.profile)}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, SlurmError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk: full, read-only, or not ours

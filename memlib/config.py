@@ -7,12 +7,15 @@ to <results_dir>/<profile>/parameters.yaml (`python -m memlib out-dir PROFILE --
 notebooks that file as `params`; each builds its config with `load_profile(profile, params)`, so the
 notebooks get exactly what `check` checked.
 
-A new setting is a field of Config (with its default and a comment), a line of RULES if its values have a range,
-and a name in TRAINING_KEYS if it decides what the subset models are; no notebook or profile has to name it.
+A new setting is one line in Config: its name, type, role and default (`epochs: int = trains(20)`), and a line of
+RULES if its values have a range; no notebook or profile has to name it. Its role (ROLES) decides the rest: a field
+that `trains` the models is in the store's fingerprint (TRAINING_KEYS) and the schedule's cache key, so a store made
+under another value is refused, never reused; its type annotation picks its check in TYPE_CHECKS.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -65,71 +68,108 @@ MAXIMA = {
 }
 
 
+# What a field decides; each field of Config names one (tests/test_config.py fails on a field without one).
+ROLES = {
+    "trains": "decides what a trained model is: in the store's fingerprint, so a store of another value is refused",
+    "reads_data": "where the data is found; what it holds is checked by its hashes, not by this value",
+    "runs": "where and how the work runs (machine, processes, cluster, folders); no result depends on it",
+    "reports": "only analysis or reporting: what is estimated, retrained, shown or checked from the models",
+    "chooses": "bounds a training value stage 1 chooses (epochs: auto); the chosen value is fingerprinted, not this",
+}
+
+
+def _field(role: str, default: Any) -> Any:
+    """A Config field of `role` (a key of ROLES) with its default (a list or dict is copied for each Config)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"role": role})
+    return field(default=default, metadata={"role": role})
+
+
+def trains(default: Any) -> Any:
+    return _field("trains", default)
+
+
+def reads_data(default: Any) -> Any:
+    return _field("reads_data", default)
+
+
+def runs(default: Any) -> Any:
+    return _field("runs", default)
+
+
+def reports(default: Any) -> Any:
+    return _field("reports", default)
+
+
+def chooses(default: Any) -> Any:
+    return _field("chooses", default)
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every knob of the study. Field defaults are the `digits` profile."""
+    """Every knob of the study, one line each: name, type, role (ROLES) and default (the `digits` profile)."""
 
-    profile: str = "digits"
-    results_dir: str = "results"
+    profile: str = runs("digits")
+    results_dir: str = runs("results")
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None  # folder of a named or torchvision dataset (an explicit folder must exist)
-    data_path: str | None = None  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
-    image_size: int | None = None  # imagefolder (and torchvision datasets of PIL images): resize to this square
-    train_size: int | None = None
-    download: bool = False
-    label_noise: float = 0.0  # fraction of the training pool whose label is flipped to another class (seeded)
+    dataset: str = trains("digits")
+    data_dir: str | None = reads_data(None)  # folder of a named or torchvision dataset (an explicit folder must exist)
+    data_path: str | None = trains(None)  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
+    image_size: int | None = trains(None)  # imagefolder (and torchvision datasets of PIL images): resize to this square
+    train_size: int | None = trains(None)
+    download: bool = reads_data(False)
+    label_noise: float = trains(0.0)  # fraction of the training pool whose label is flipped to another class (seeded)
     # subset training (stage 1)
-    arch: str = "mem_mlp"
-    model_module: str | None = None  # a Python file whose @register_model functions add architectures to timm
-    width: int | None = 256  # passed to architectures that take `width`; null for those that do not
-    num_models: int = 2000
-    subset_ratio: float = 0.7
-    mask_design: str = "random"
-    min_out: int = 400
-    seed: int = 0
+    arch: str = trains("mem_mlp")
+    model_module: str | None = trains(None)  # a Python file whose @register_model functions add architectures to timm
+    width: int | None = trains(256)  # passed to architectures that take `width`; null for those that do not
+    num_models: int = trains(2000)
+    subset_ratio: float = trains(0.7)
+    mask_design: str = trains("random")
+    min_out: int = reports(400)
+    seed: int = trains(0)
     # passes over each subset; auto: the fewest of 20, 40, 80, ... (up to max_epochs) at which a pilot group of models
     # fits what it trains on (the paper's regime, fit_target), chosen once and recorded in <out_dir>/epochs.json
-    epochs: int | str = AUTO
-    max_epochs: int = 160
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True  # Nesterov momentum (SGD with momentum > 0 only)
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast where the device runs it fast (AVX-512 bf16 / AMX CPUs, GPUs)
-    engine: str = "auto"  # how a group of models trains: stacked (MLPs), vmap, single (one at a time)
-    group_size: int = 8  # models trained in lockstep per group (rows [g K, (g + 1) K) form group g)
-    workers: int = 2
+    epochs: int | str = trains(AUTO)
+    max_epochs: int = chooses(160)
+    batch_size: int = trains(64)
+    lr: float = trains(0.1)
+    momentum: float = trains(0.9)
+    nesterov: bool = trains(True)  # Nesterov momentum (SGD with momentum > 0 only)
+    weight_decay: float = trains(5e-4)
+    optimizer: str = trains("sgd")
+    schedule: str = trains("onecycle")
+    label_smoothing: float = trains(0.0)
+    augment: str = trains("none")
+    device: str = runs("auto")
+    precision: str = trains("auto")  # bf16 autocast where the device runs it fast (AVX-512 bf16 / AMX CPUs, GPUs)
+    engine: str = trains("auto")  # how a group of models trains: stacked (MLPs), vmap, single (one at a time)
+    group_size: int = trains(8)  # models trained in lockstep per group (rows [g K, (g + 1) K) form group g)
+    workers: int = runs(2)
     # where stages 1 and 3 train: `local` (this machine) or `slurm` (job arrays through submitit; README)
-    executor: str = "local"
-    slurm_partition: str | None = None  # null: the cluster's default partition
-    slurm_gpus_per_task: int = 0  # GPUs per array task (one task trains one group of models)
-    slurm_cpus_per_task: int = 2
-    slurm_mem_gb: int | None = None  # memory per task; null: the partition's default
-    slurm_time_min: int = 60  # time limit per task; a task signalled before it is requeued, its group redone
-    slurm_array_parallelism: int = 64  # array tasks running at once
-    slurm_retries: int = 2  # resubmissions of a failed, cancelled or pre-empted group before the run stops
-    slurm_sbatch: dict[str, str] = field(default_factory=dict)  # more sbatch options, e.g. {account: lab}
+    executor: str = runs("local")
+    slurm_partition: str | None = runs(None)  # null: the cluster's default partition
+    slurm_gpus_per_task: int = runs(0)  # GPUs per array task (one task trains one group of models)
+    slurm_cpus_per_task: int = runs(2)
+    slurm_mem_gb: int | None = runs(None)  # memory per task; null: the partition's default
+    slurm_time_min: int = runs(60)  # time limit per task; a task signalled before it is requeued, its group redone
+    slurm_array_parallelism: int = runs(64)  # array tasks running at once
+    slurm_retries: int = runs(2)  # resubmissions of a failed, cancelled or pre-empted group before the run stops
+    slurm_sbatch: dict[str, str] = runs({})  # more sbatch options, e.g. {account: lab}
     # estimation (stage 2)
-    infl_threshold: float = 0.15
-    mem_threshold: float = 0.25
-    published_pairs: str | None = None
-    published_cscores: str | None = None
-    pair_fdr: float = 0.05  # false discovery rate of the statistically controlled pair set
-    fit_target: float = 0.99  # in-sample accuracy below which a report says its models are not in the paper's regime
+    infl_threshold: float = reports(0.15)
+    mem_threshold: float = reports(0.25)
+    published_pairs: str | None = reports(None)
+    published_cscores: str | None = reports(None)
+    pair_fdr: float = reports(0.05)  # false discovery rate of the statistically controlled pair set
+    fit_target: float = reports(0.99)  # in-sample accuracy below which a report says the models miss the paper's regime
     # filtering and retraining (stage 3)
-    utility_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
-    retrain_models: int = 8
+    utility_thresholds: list[float] = reports([0.05, 0.1, 0.2, 0.3, 0.5, 0.75])
+    retrain_models: int = reports(8)
     # figures (stage 4)
-    show_examples: int = 24
+    show_examples: int = reports(24)
     # validation (stage 5)
-    compare_arch: str | None = None  # a second architecture (at its default width) trained on the same design
+    compare_arch: str | None = reports(None)  # a second architecture (at its default width) trained on the same design
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
@@ -391,34 +431,13 @@ CROSS_CHECKS: tuple[Callable[[Config], None], ...] = (
 )
 
 
-# Fields that decide the subset models (and so the contents of the stage-1 store).
-TRAINING_KEYS = (
-    "dataset",
-    "data_path",
-    "image_size",
-    "train_size",
-    "label_noise",
-    "mask_design",
-    "arch",
-    "model_module",
-    "width",
-    "num_models",
-    "subset_ratio",
-    "seed",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "optimizer",
-    "schedule",
-    "label_smoothing",
-    "augment",
-    "precision",
-    "engine",
-    "group_size",
-)
+def role_keys(role: str) -> tuple[str, ...]:
+    """The fields of Config whose role (ROLES) is `role`, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("role") == role)
+
+
+# Fields that decide the subset models (and so the contents of the stage-1 store): those that `trains`.
+TRAINING_KEYS = role_keys("trains")
 
 
 def _fingerprint(values: dict[str, Any]) -> str:
@@ -448,37 +467,37 @@ def _numbers_from_strings(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The check of each type annotation a Config field has (tests/test_config.py fails on a field whose type has none).
+TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "int": _whole,
+    "int | None": lambda v: v is None or _whole(v),
+    "int | str": lambda v: isinstance(v, str) or _whole(v),  # epochs: a number or auto (its rule says which str)
+    "bool": lambda v: isinstance(v, bool),
+    "float": _number,
+    "dict[str, str]": lambda v: (
+        isinstance(v, dict) and all(isinstance(k, str) and (isinstance(x, str) or _number(x)) for k, x in v.items())
+    ),
+    "list[float]": lambda v: isinstance(v, (list, tuple)) and all(_number(x) for x in v),
+}
+
+
 def _check_types(cfg: Config) -> None:
-    hints = {f.name: f.type for f in dataclasses.fields(cfg)}
-    for name, hint in hints.items():
-        value = getattr(cfg, name)
-        hint = str(hint)
-        ok = True
-        if hint == "str":
-            ok = isinstance(value, str)
-        elif hint == "str | None":
-            ok = value is None or isinstance(value, str)
-        elif hint == "int | None":
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-        elif hint == "bool":
-            ok = isinstance(value, bool)
-        elif hint == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif hint == "int | str":
-            ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-        elif hint == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif hint == "dict[str, str]":
-            ok = isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                for k, v in value.items()
-            )
-        elif hint == "list[float]":
-            ok = isinstance(value, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-            )
-        if not ok:
-            raise ConfigError(f"{name} must be of type {hint}, got {value!r} ({type(value).__name__})")
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), str(f.type)
+        if hint not in TYPE_CHECKS:
+            raise TypeError(f"Config.{f.name} is annotated {hint}, which TYPE_CHECKS has no check for: add one")
+        if not TYPE_CHECKS[hint](value):
+            raise ConfigError(f"{f.name} must be of type {hint}, got {value!r} ({type(value).__name__})")
 
 
 def project_root() -> Path:
@@ -489,6 +508,13 @@ def project_root() -> Path:
         if (candidate / "configs").is_dir() and (candidate / "notebooks").is_dir():
             return candidate
     return here
+
+
+def configs_dir() -> Path:
+    """Where the named profiles are: the checkout's configs/, else the copy an installed wheel ships (memlib/configs
+    links to configs/, and pyproject.toml packages it)."""
+    checkout = project_root() / "configs"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "configs"
 
 
 def resolve(path: str | Path) -> Path:
@@ -511,7 +537,7 @@ def profile_path(profile: str) -> Path:
             f"profile {profile} is not a .yaml file: a profile is a name in configs/ (e.g. digits) or a path to a "
             "YAML file ending in .yaml"
         )
-    configs = project_root() / "configs"
+    configs = configs_dir()
     path = configs / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in configs.glob("*.yaml"))
@@ -580,17 +606,15 @@ def read_yaml(path: Path) -> Any:
 
 
 KINDS = {int: "a number", float: "a number", bool: "true or false", type(None): "empty", tuple: "a list"}
-# The profile argument as the user gave it (a name or a path), by profile name: messages offer commands with it.
-GIVEN_AS: dict[str, str] = {}
 
 
-def profile_argument(cfg: Config) -> str:
-    """How to name this config's profile on the command line: as the user gave it, else its name or a path."""
-    if cfg.profile in GIVEN_AS:
-        return GIVEN_AS[cfg.profile]
-    if (project_root() / "configs" / f"{cfg.profile}.yaml").is_file():
-        return cfg.profile
-    return f"path/to/{cfg.profile}.yaml"  # a profile given as a path, in a process that did not read it
+def profile_argument(profile: str) -> str:
+    """How to name a profile on the command line: its name if configs/ holds it, else a path to its file.
+
+    The command line says it as the user gave it instead (StoreError.message)."""
+    if (configs_dir() / f"{profile}.yaml").is_file():
+        return profile
+    return f"path/to/{profile}.yaml"
 
 
 def _refuse_unknown_keys(values: dict[str, Any], source: str) -> None:
@@ -648,9 +672,7 @@ def load_profile(profile: str, params: str | Path | None = None) -> Config:
         if extra.get("profile", path.stem) != path.stem:
             raise ConfigError(f"{params} says profile: {extra['profile']!r}; it is given for profile {path.stem!r}")
         values.update(extra)
-    cfg = with_recorded_epochs(Config.from_dict(values, source=str(path)))
-    GIVEN_AS[cfg.profile] = profile
-    return cfg
+    return with_recorded_epochs(Config.from_dict(values, source=str(path)))
 
 
 def auto_epochs_key(cfg: Config) -> str:

@@ -43,14 +43,15 @@ def test_one_claim_wins_among_processes_started_together(tmp_path):
             p.start()
         won = [queue.get(timeout=30) for _ in procs]
         for p in procs:
-            p.join()
+            p.join(timeout=60)  # a deadline: a stuck child fails the exit-code check below
         assert sum(won) == 1, f"trial {trial}: {sum(won)} processes hold the same group"
 
 
 def test_a_dead_workers_lease_is_taken_over_and_a_live_one_is_not(tmp_path):
     dead = FORK.Process(target=claims.claim, args=(tmp_path, 3))
     dead.start()
-    dead.join()  # it took the lease and died holding it
+    dead.join(timeout=60)  # it took the lease and died holding it
+    assert dead.exitcode == 0
     assert (tmp_path / "group-000003.lease").exists()
     lease = claims.claim(tmp_path, 3)
     assert lease is not None and lease.held()
@@ -106,7 +107,7 @@ def test_overlapping_row_ranges_train_every_row_exactly_once(tmp_path):
             p.start()
         counts = [queue.get(timeout=120) for _ in procs]
         for p in procs:
-            p.join()
+            p.join(timeout=60)  # a deadline: a stuck child fails the exit-code check below
         assert all(isinstance(c, int) for c in counts), counts
         trained = log.read_text().split()
         assert len(trained) == len(set(trained)) == 40 == sum(counts), f"trial {trial}: {sorted(trained)}"
@@ -137,7 +138,7 @@ def test_workers_die_when_the_parent_is_killed_in_its_first_second(tmp_path):
         )
         time.sleep(delay + random.uniform(0, 0.1))
         parent.send_signal(signal.SIGKILL)
-        parent.wait()
+        parent.wait(timeout=60)
         deadline = time.time() + 15
         while tagged_processes(tag) and time.time() < deadline:
             time.sleep(0.2)

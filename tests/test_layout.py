@@ -1,11 +1,14 @@
 """The package layout: imports run one way (no cycles), and each package imports only the layers below it."""
 
 import ast
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "memlib"
 
-# package -> the memlib packages it may import (besides itself). stages, __main__ and __init__ may import anything.
+# package -> the memlib packages it may import (besides itself). FREE may import anything; a package or top-level
+# module in neither is an error (a new one says where it sits).
+FREE = {"memlib", "stages", "__main__"}  # memlib: its __init__
 ALLOWED = {
     "config": set(),
     "seeds": set(),
@@ -18,14 +21,24 @@ ALLOWED = {
 }
 
 
-def _module(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+def _module(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports() -> dict[str, set[str]]:
-    """Every memlib module -> the memlib modules it imports (at the top or inside functions)."""
-    modules = {_module(p): p for p in ROOT.rglob("*.py")}
+def lazy_exports(root: Path = ROOT) -> dict[str, str]:
+    """The names memlib/__init__.py loads on first use (its `_HOME` table) -> the module each comes from."""
+    for node in ast.walk(ast.parse((root / "__init__.py").read_text())):
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["_HOME"]:
+            return {name: f"{root.name}.{module}" for name, module in ast.literal_eval(node.value).items()}
+    raise AssertionError(f"{root / '__init__.py'} has no _HOME table: the layer rule cannot see its re-exports")
+
+
+def imports(root: Path = ROOT) -> dict[str, set[str]]:
+    """Every memlib module -> the memlib modules it imports (at the top or inside functions), a name re-exported by
+    memlib/__init__.py (`from memlib import Store`, `memlib.Store`) counted as an import of the module it is from."""
+    modules = {_module(p, root): p for p in root.rglob("*.py")}
+    lazy = lazy_exports(root)
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -39,9 +52,13 @@ def imports() -> dict[str, set[str]]:
                     target = node.module or ""
                 for alias in node.names:  # `from memlib.x import y` may name a module y
                     found |= {m for m in (f"{target}.{alias.name}", target) if m in modules}
+                    if target == root.name and alias.name in lazy:
+                        found.add(lazy[alias.name])
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name in modules}
-        graph[name] = {m for m in found if m != name and not name.startswith(m + ".") and m != "memlib"}
+            elif isinstance(node, ast.Attribute) and ast.unparse(node.value) == root.name and node.attr in lazy:
+                found.add(lazy[node.attr])  # memlib.Store after `import memlib`
+        graph[name] = {m for m in found if m != name and not name.startswith(m + ".") and m != root.name}
     return graph
 
 
@@ -80,16 +97,44 @@ def test_the_cycle_check_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
 
 
-def test_each_package_imports_only_the_layers_below_it():
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of `graph` against ALLOWED, and modules of a package or top-level module it does not name."""
     wrong = []
-    for module, targets in sorted(imports().items()):
+    for module, targets in sorted(graph.items()):
         layer = _layer(module)
+        if layer in FREE:
+            continue
         if layer not in ALLOWED:
+            wrong.append(f"{module} is in no layer: add {layer} to ALLOWED (or FREE) in tests/test_layout.py")
             continue
         for target in sorted(targets):
             if _layer(target) != layer and _layer(target) not in ALLOWED[layer]:
                 wrong.append(f"{module} imports {target}")
+    return wrong
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    wrong = layer_violations(imports())
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_layer_rule_sees_a_planted_violation(tmp_path):
+    """The checker itself, on a copy of memlib with three planted faults: an analysis module reaching a stage
+    through memlib/__init__.py's lazy re-exports (`from memlib import train_subsets`, and `memlib.Store` after
+    `import memlib`), and a new top-level module that no layer names. The real tree passes; the copy must not."""
+    root = tmp_path / "memlib"
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    (root / "analysis" / "planted.py").write_text("from memlib import train_subsets\n")
+    (root / "analysis" / "planted2.py").write_text("import memlib\n\n\ndef f():\n    return memlib.Store\n")
+    (root / "newtop.py").write_text("import numpy\n")
+    graph = imports(root)
+    assert graph["memlib.analysis.planted"] == {"memlib.stages.train"}
+    assert graph["memlib.analysis.planted2"] == {"memlib.runs.store"}
+    assert set(layer_violations(graph)) - set(layer_violations(imports())) == {
+        "memlib.analysis.planted imports memlib.stages.train",
+        "memlib.analysis.planted2 imports memlib.runs.store",
+        "memlib.newtop is in no layer: add newtop to ALLOWED (or FREE) in tests/test_layout.py",
+    }
 
 
 def test_the_graph_sees_imports_inside_functions():

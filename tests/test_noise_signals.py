@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import memlib
+from memlib.columns import SIGNAL_COLUMNS
 from memlib.data.noise import label_flips
 from memlib.runs.subsets import open_subset_store
 from memlib.train.engine import NeuralLearner
@@ -92,9 +93,12 @@ def test_stacked_paths_record_the_signals_the_single_path_records(smoke, digits,
     got, ref = [], []
     NeuralLearner(cfg, digits, path=path, precision="fp32").fit_group(runs, signals=got)
     NeuralLearner(cfg, digits, path="single", precision="fp32").fit_group(runs, signals=ref)
+    # fault: a path that records nothing (the loop below would then check nothing and pass)
+    assert len(got) == len(ref) == len(runs)
     for g, r, (idx, _) in zip(got, ref, runs):
         seen = np.zeros(n, dtype=bool)
         seen[idx] = True
+        assert set(g) == set(r) == set(SIGNAL_COLUMNS), "every signal, on every path"
         for name in g:
             if g[name].dtype == np.uint8:
                 np.testing.assert_array_equal(g[name][~seen], NOT_SEEN)

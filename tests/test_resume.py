@@ -57,20 +57,24 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     while completed(store) < 6 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     done_at_kill = completed(store)
     assert 6 <= done_at_kill < 48, f"the kill should land mid-run (finished: {done_at_kill})"
     finished_before = np.load(store / "completed.npy").copy()
+    seconds_before = np.load(store / "seconds.npy").copy()
     groups = finished_before.reshape(12, 4)
     assert (groups.all(1) | ~groups.any(1)).all(), "a group's rows are marked complete together"
 
     rerun = train(profile)
     out = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, out
+    # Finished models were not retrained (fault planted: train_subsets, run_jobs and run_group ignoring the
+    # completed-mask, which the former check `seconds > 0` let pass): the rerun trained exactly the unfinished
+    # models, and the finished rows still hold the first run's measured training times (a retrained row gets its
+    # own, new time).
     assert "48 of 48 models finished" in out
-    seconds = np.load(store / "seconds.npy")
-    # finished models were not retrained: their recorded times are those of the first run
-    assert (seconds[finished_before] > 0).all()
+    assert f"({48 - done_at_kill} trained" in out, out
+    np.testing.assert_array_equal(np.load(store / "seconds.npy")[finished_before], seconds_before[finished_before])
 
     (tmp_path / "f").mkdir()
     fresh = train(write_profile(tmp_path / "f", tmp_path / "fresh"))

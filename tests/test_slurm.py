@@ -21,7 +21,7 @@ from conftest import ROOT
 import memlib
 from memlib.runs.store import CHECKSUMS, COMPLETED, data_names
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the cluster may take 15 minutes to start
 
 SCRIPT = ROOT / ".ci" / "slurm-cluster"
 
@@ -153,16 +153,22 @@ def test_cancelled_task_is_resubmitted_a_signalled_one_requeued_and_the_store_eq
     recorded = store / "slurm" / "tasks.json"  # written once sbatch returns, which can be after the tasks start
     deadline = time.time() + 300
     while not (len(running) == 2 and recorded.exists()) and time.time() < deadline and driver.poll() is None:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout
+        squeue = ["squeue", "-h", "-r", "-t", "R", "-o", "%i"]
+        out = subprocess.run(squeue, capture_output=True, text=True, timeout=60).stdout
         running = out.split()
         time.sleep(0.2)
     assert len(running) == 2 and recorded.exists(), f"both tasks should run, and be recorded: {running}"
     time.sleep(1.0)  # mid-run: started, not finished
     cancelled, signalled = sorted(running)
-    subprocess.run(["scancel", cancelled], check=True)
-    subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
+    subprocess.run(["scancel", cancelled], check=True, timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", signalled], check=True, timeout=60)
     by_job = {t["job"]: t for t in tasks(store)}
-    while cancelled in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout:
+    deadline = time.time() + 120  # fault: a cancelled task that never leaves the queue would hang CI without it
+    while (
+        cancelled
+        in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout
+    ):
+        assert time.time() < deadline, f"task {cancelled} is still queued 120 s after scancel"
         time.sleep(0.2)
     done = np.load(store / "completed.npy")
     assert not done[by_job[cancelled]["rows"]].any(), "the cancelled task's rows are unfinished once it is gone"

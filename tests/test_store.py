@@ -12,9 +12,10 @@ import pytest
 from conftest import snapshot
 
 import memlib
+import memlib.runs.slurm
 import memlib.runs.store
 import memlib.runs.subsets
-from memlib.runs.store import Store, StoreError
+from memlib.runs.store import FORMAT, FormatError, NeedsRepair, SpecUnreadable, Store, StoreError
 from memlib.runs.subsets import open_subset_store
 from memlib.train.design import subset_mask, subset_masks
 
@@ -175,15 +176,46 @@ def test_repair_on_a_read_only_folder_changes_nothing(tmp_path, monkeypatch):
 def test_unreadable_spec_is_reported(tmp_path):
     store, spec = make(tmp_path)
     (store.path / "spec.json").write_text("{not json")
-    with pytest.raises(StoreError, match="unreadable") as opened:
+    with pytest.raises(SpecUnreadable, match="Nothing was changed. Move .* away and rerun the stage that made it"):
         Store.open(tmp_path / "s", spec, store.meta)
     # one message wherever the spec is read: repair where it can rewrite the spec, else move the store away
-    with pytest.raises(StoreError) as read:
-        memlib.runs.subsets.stored_meta(tmp_path / "s", "python -m memlib repair PROFILE")
-    assert str(opened.value) == str(read.value)
-    assert "Nothing was changed. Run `python -m memlib repair PROFILE`: it rewrites it" in str(opened.value)
-    with pytest.raises(StoreError, match="Nothing was changed. Move .* away and rerun the stage that made it"):
+    with pytest.raises(SpecUnreadable) as read:
         memlib.runs.subsets.stored_meta(tmp_path / "s")
+    with pytest.raises(SpecUnreadable) as rebuilt:
+        memlib.runs.subsets.stored_meta(tmp_path / "s", rebuilt_by="smoke")
+    assert read.value.what == rebuilt.value.what and "unreadable" in read.value.what
+    assert "Run `python -m memlib repair smoke`: it rewrites it" in str(rebuilt.value)
+    # the command line names the profile as it was given (a path here)
+    assert "Run `python -m memlib repair my/smoke.yaml`: it rewrites" in rebuilt.value.message("my/smoke.yaml")
+
+
+def test_rewording_store_messages_changes_no_behaviour(smoke, digits, monkeypatch):
+    """Fault: code that decides on an error's words, as repair once did (`"unreadable" in str(exc)`): with every
+    store message reworded, repair still rewrites a cut spec.json of stage 1's store and keeps its finished rows."""
+    cfg = smoke.replace(num_models=16, min_out=1)
+    store = open_subset_store(cfg, digits)
+    store.write_rows({r: {"masks": m} for r, m in enumerate(subset_masks(cfg, digits.n_train))})
+    text = (store.path / "spec.json").read_text()
+    (store.path / "spec.json").write_text(text[: len(text) // 2])
+    del store
+    monkeypatch.setattr(StoreError, "__str__", lambda self: "reworded")
+    monkeypatch.setattr(StoreError, "message", lambda self, profile=None: "reworded", raising=False)
+    with pytest.raises(StoreError, match="reworded"):
+        open_subset_store(cfg, digits, create=False)
+    assert memlib.runs.subsets.repair_subset_store(cfg, digits) == []
+    assert open_subset_store(cfg, digits, create=False).done() == 16
+
+
+def test_store_errors_pickle_whole():
+    """A worker's StoreError reaches the parent whole (fault: an error whose arguments cannot rebuild it)."""
+    import pickle
+
+    error = NeedsRepair("rows 3 fail.", "Run `{repair}` to clear them.", "/x/store", "smoke")
+    again = pickle.loads(pickle.dumps(error))
+    assert (
+        type(again) is NeedsRepair
+        and str(again) == str(error) == "rows 3 fail. Run `python -m memlib repair smoke` to clear them."
+    )
 
 
 def test_folder_without_spec_is_refused_never_removed(tmp_path):
@@ -241,7 +273,7 @@ def test_workers_starting_together_create_one_store(tmp_path):
             p.start()
         results = [queue.get(timeout=60) for _ in procs]
         for p in procs:
-            p.join()
+            p.join(timeout=60)
         assert results == ["ok"] * 8
         assert sorted(p.name for p in path.parent.iterdir()) == ["s"]  # no temporary folder left
         assert Store.open(path, spec, META).done() >= 1
@@ -312,27 +344,32 @@ def test_balanced_design_puts_every_example_in_the_same_number_of_runs(smoke, di
     assert not np.array_equal(masks, subset_masks(cfg.replace(mask_design="random"), digits.n_train))
 
 
-def test_a_store_made_before_checksums_is_upgraded_by_repair_not_retrained(smoke, digits):
-    cfg = smoke.replace(num_models=24, min_out=1, mask_design="balanced")
-    store = memlib.train_subsets(cfg, digits)
-    doc = json.loads((store.path / "spec.json").read_text())
-    del doc["spec"]["checksums"]  # as the previous version wrote it
-    (store.path / "spec.json").write_text(json.dumps(doc))
-    (store.path / "checksums.npy").unlink()
-    with pytest.raises(StoreError, match="made before stored rows carried checksums"):
-        open_subset_store(cfg, digits, create=False)
-    assert memlib.runs.subsets.repair_subset_store(cfg, digits) == []
-    assert open_subset_store(cfg, digits, create=False).done() == 24
-
-
-def test_any_store_made_before_checksums_is_upgraded_from_its_own_spec(tmp_path):
+@pytest.mark.parametrize("version", [None, 0, FORMAT + 1])
+def test_a_store_of_another_format_is_refused_by_every_reader(tmp_path, version):
+    """One refusal (FormatError, with what to do) for any spec.json format but FORMAT, from open, repair and the
+    meta readers alike; nothing is upgraded or rewritten (fault: a reader that skips the format, or an upgrade)."""
     store, spec = full(tmp_path)
     doc = json.loads((store.path / "spec.json").read_text())
-    del doc["spec"]["checksums"]
+    assert doc["format"] == FORMAT
+    if version is None:
+        del doc["format"]
+    else:
+        doc["format"] = version
     (store.path / "spec.json").write_text(json.dumps(doc))
-    (store.path / "checksums.npy").unlink()
-    assert Store.repair(tmp_path / "s") == []
-    assert Store.open(tmp_path / "s", spec, META).done() == 4
+    del store
+    before = snapshot(tmp_path)
+    readers = [
+        lambda: Store.open(tmp_path / "s", spec, META),
+        lambda: Store.open(tmp_path / "s", spec, META, create=False),
+        lambda: Store.repair(tmp_path / "s"),
+        lambda: Store.repair(tmp_path / "s", spec, META),
+        lambda: memlib.runs.subsets.stored_meta(tmp_path / "s", rebuilt_by="smoke"),
+        lambda: memlib.runs.slurm.open_store(tmp_path / "s"),
+    ]
+    for read in readers:
+        with pytest.raises(FormatError, match=f"reads format {FORMAT} only. Nothing was changed. Move .* away"):
+            read()
+    assert snapshot(tmp_path) == before
 
 
 def test_a_stage_one_run_in_chunks_verifies_each_finished_row_once(smoke, digits, monkeypatch):

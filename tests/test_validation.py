@@ -165,6 +165,45 @@ def test_the_registry_scores_mem_and_cleanlab_as_their_definitions():
     np.testing.assert_array_equal(given["mem"], 1.0)
 
 
+def memorized_and_typical_runs(runs: int = 20, epochs: int = 5) -> tuple[PeerRuns, np.ndarray]:
+    """Two examples of label 0, each in every other run: example 0 typical (right in and out of training, low loss,
+    high margin, learned at once, never forgotten, its label likely out of sample), example 1 what every score
+    should find (right only when trained on, high loss, negative margin, learned last, forgotten, its label unlikely
+    out of sample). Written from what the signals mean, not from PEERS."""
+    masks = np.zeros((runs, 2), dtype=bool)
+    masks[::2, 0] = masks[1::2, 1] = True
+    correct = np.ones((runs, 2), dtype=bool)
+    correct[:, 1] = masks[:, 1]
+    per_example = {
+        "loss": (0.05, 2.5),
+        "margin": (0.9, -0.4),
+        "aum": (6.0, -1.5),
+        "el2n": (0.1, 1.2),
+        "correct_epochs": (epochs, 1),
+        "forgetting": (0, 2),
+        "learned_epoch": (0, epochs - 1),
+    }
+    signals = {}
+    for name, (typical, odd) in per_example.items():
+        dtype = np.uint8 if name in ("correct_epochs", "forgetting", "learned_epoch") else np.float16
+        values = np.broadcast_to(np.array([typical, odd], dtype=np.float64), (runs, 2))
+        signals[name] = np.where(masks, values, NOT_SEEN if dtype == np.uint8 else np.nan).astype(dtype)
+    probs = np.array([[0.95, 0.03, 0.02], [0.05, 0.9, 0.05]])  # out of sample: class 0 likely for 0, not for 1
+    topk_class = np.broadcast_to(np.argsort(-probs, -1), (runs, 2, 3)).astype(np.uint8)
+    topk_prob = np.broadcast_to(np.take_along_axis(probs, np.argsort(-probs, -1), -1), (runs, 2, 3)).astype(np.float16)
+    return PeerRuns(masks, correct, signals, topk_prob, topk_class), np.zeros(2, dtype=np.int64)
+
+
+def test_every_signed_score_ranks_the_memorized_example_above_the_typical_one():
+    """The signs against an independent expectation (fault planted: a peer's sign reversed, e.g. margin's +1,
+    which comparing signed_scores with `peer.sign * score` cannot catch: it is the same computation)."""
+    runs, labels = memorized_and_typical_runs()
+    signed = signed_scores(runs, labels, 3, 5)
+    assert set(signed) == set(PEERS)
+    for name, score in signed.items():
+        assert score[1] > score[0], f"{name}: {score[1]} for the memorized example, {score[0]} for the typical one"
+
+
 def test_a_peer_registered_once_reaches_every_table(monkeypatch):
     """One entry in PEERS: signed scores, recovery, the proxy comparison, stage 5's scores and the report take it."""
     runs, labels = peer_runs()
@@ -221,3 +260,27 @@ def test_average_precision_ranks_a_missing_estimate_last_instead_of_failing():
         average_precision(np.array([0.9, 0.8, -5, 0.1]), positive)
     )
     assert average_precision(np.array([0.9, 0.8, 0.7, 0.2]), positive) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_stage_5_finds_the_flips_by_mem_where_the_models_fit_them(tmp_path):
+    """mem's AUROC on the flips above a floor, through stage 1's store, stage 2's estimates and stage 5's signing
+    and recovery, where the models fit what they train on: 1-NN gets every example it trained on right, so a
+    flipped label is right only when trained on (mem near 1), a clean one mostly either way (mem near 0). Fault:
+    mem's sign reversed (AUROC near 0), or mem paired with the wrong examples (near 0.5). smoke-noisy's 3-epoch
+    MLPs do not fit their flips (mem's AUROC 0.48 there), so the notebook test cannot bound mem, only the peers."""
+    import memlib
+    from memlib.analysis.estimation import estimate_from_arrays
+    from memlib.runs.local import run_jobs
+    from memlib.runs.subsets import open_subset_store
+    from memlib.train.design import subset_jobs
+    from memlib.train.engine import NearestNeighbourLearner
+
+    cfg = memlib.load_profile("smoke-noisy").replace(results_dir=str(tmp_path))
+    data = memlib.load_dataset(cfg)
+    store = open_subset_store(cfg, data)
+    run_jobs(store, subset_jobs(cfg, data.n_train, range(cfg.num_models)), cfg, data, NearestNeighbourLearner(data))
+    arrays = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
+    est = estimate_from_arrays(*arrays, data, cfg.infl_threshold, cfg.mem_threshold)
+    flipped = data.flips.indicator(data.n_train)  # as stage 5 takes them (1-NN records no peer signals)
+    [row] = recovery({"mem": suspicion("mem", est.mem.value)}, flipped)
+    assert flipped.sum() == 130 and row["auroc"] > 0.9, row

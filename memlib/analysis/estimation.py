@@ -12,8 +12,8 @@ original order; index arrays beside it map positions to original indices.
 
 The sums over runs are exact for 0/1 outcomes (correctness), whatever the scale: then v * v == v, so the sums
 of squares are the sums, and the sums of products are integer counts, taken as int8 x int8 -> int32 matrix
-products (torch._int_mm: on a 2-core AMD EPYC with AVX-512 VNNI, 730 GOP/s against 210 GFLOP/s for numpy's
-float32 product, measured at 1024 x 4000 x 10,000). Other outcomes (probabilities) take float32 products.
+products (torch._int_mm; how fast: benchmarks/README.md, estimation at paper scale). Other outcomes
+(probabilities) take float32 products.
 Influence is computed a chunk of train rows at a time, so memory stays O(chunk x test examples) whatever the
 number of rows; export_influence writes the whole train x test matrix to disk that way.
 """
@@ -192,8 +192,7 @@ def influence_counts(
 def _influence_block(targets: _Targets, masks: np.ndarray, block: int = 16) -> MaskedDiff:
     """Influence of the train examples whose mask columns (T x r) are given, finished `block` rows at a time.
 
-    Small blocks keep the float64 arithmetic in cache: on the 2-core EPYC, 16-row blocks finished a 1024 x 10,000
-    chunk in 0.065 s, whole arrays in 1.26 s (the int8 product itself took 0.14 s).
+    Small blocks keep the float64 arithmetic in cache (the timing that chose 16: benchmarks/README.md).
     """
     s_in, q_in = targets.sums(masks)
     n_in = np.count_nonzero(np.asarray(masks, dtype=bool), axis=0).astype(np.float64)[:, None]

@@ -83,7 +83,7 @@ class Peer:
 
 
 def _mem(x: PeerInputs) -> np.ndarray:
-    from .estimation import memorization  # here, not above: regime (and so the runner) imports this module
+    from .estimation import memorization  # here, not above: regime (and so stage 1's training) imports this module
 
     return memorization(x.runs.masks, x.runs.train_correct).value
 

@@ -10,19 +10,8 @@ from .dataset import DataError, Dataset
 from .noise import flips_for
 from .own import OWN_DATA, load_imagefolder_dataset, load_npz_dataset, load_torchvision_dataset, load_user_dataset
 
-# ---------------------------------------------------------------------------------------------------
-# IDX files (MNIST, Fashion-MNIST): torchvision's <Folder>/raw layout, plain or gzipped
-# ---------------------------------------------------------------------------------------------------
-
-# ---------------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100: torchvision's python layout; pickles, so checksums are verified before unpickling
-# ---------------------------------------------------------------------------------------------------
-
-# The official md5 of every file (the values torchvision checks too).
-# ---------------------------------------------------------------------------------------------------
-# Your own data: an .npz file, an ImageFolder tree, any torchvision dataset class, or your own function
-# ---------------------------------------------------------------------------------------------------
-
+# The dataset names a profile may give -> their loaders (memlib.data.builtin: digits, IDX files, CIFAR;
+# memlib.data.own: your own data); torchvision:<Class> and path/to/file.py:function are read by loader_for.
 LOADERS: dict[str, Callable[[Config | None], Dataset]] = {
     "digits": load_digits_dataset,
     "fashion-mnist": lambda cfg=None: load_idx_dataset("fashion-mnist", cfg),

@@ -1,7 +1,7 @@
 """The SLURM backend: stages 1 and 3 as job arrays through submitit, one array task per group of rows.
 
 A task opens the shared store (results/ must be on storage every node sees), builds the data and the learner,
-and trains its group with `runner.run_group`, under the group's claim, so a requeued or duplicated task never
+and trains its group with `memlib.runs.group.run_group`, under the group's claim, so a requeued or duplicated task never
 trains a group twice and a group's rows complete together. A task that fails, is cancelled or is pre-empted
 leaves its rows unfinished, as a killed local worker does; one signalled before its time limit is requeued by
 submitit (the task is Checkpointable; its group starts afresh). The driver (`run_array`) resubmits only the
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from ..config import Config, display_path
 from ..data.dataset import Dataset
 from ..train.design import Job, group_rows
-from .store import SPEC_FILE, ArraySpec, Store, describe_rows
+from .store import Store, describe_rows, read_spec
 
 RECORD_DIR = "slurm"
 RECORD_FILE = "tasks.json"
@@ -103,9 +103,8 @@ class GroupTask(submitit.helpers.Checkpointable):
 
 def open_store(path: Path, writable: bool = True) -> Store:
     """Open an existing store, with the spec and meta it records."""
-    doc = json.loads((path / SPEC_FILE).read_text())
-    spec = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
-    return Store.open(path, spec, doc.get("meta", {}), create=False, writable=writable, verify=False)
+    spec, meta = read_spec(path)
+    return Store.open(path, spec, meta, create=False, writable=writable, verify=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,12 +4,15 @@ Workers are idempotent and addressed by row index: a worker writes a row's array
 flushes them, and only then marks the row completed. A worker killed at any point leaves its row not
 completed, so the next run redoes it; a completed row is never trained again and never written twice.
 
-Every read verifies: each finished row's values must hash to the checksums written with them (keyed by the
-store's fingerprint and the row index, so a row moved, zeroed, flipped or cut short fails), and a file shorter
-than its header says is corrupt (it is never extended). A bad row is named, never silently used, and
-`Store.repair` clears just those rows so that training redoes them. The tool deletes no finished work: a
-folder with arrays but no readable spec is an error that lists what it holds. Creation is atomic (built in a
-unique temporary folder, then renamed into place), so any number of workers may start on a fresh store.
+spec.json holds the store's format number (FORMAT), its arrays and its meta; a store of any other format is
+refused (FormatError) with what to do. Every read verifies: each finished row's values must hash to the
+checksums written with them (keyed by the store's fingerprint and the row index, so a row moved, zeroed, flipped
+or cut short fails), and a file shorter than its header says is corrupt (it is never extended). A bad row is
+named, never silently used, and `Store.repair` clears just those rows so that training redoes them. Every
+refusal is a StoreError of a type that says what happened (`what`) and what to do (`fix`): code decides on the
+type, never on the words. The tool deletes no finished work: a folder with arrays but no readable spec is an
+error that lists what it holds. Creation is atomic (built in a unique temporary folder, then renamed into
+place), so any number of workers may start on a fresh store.
 """
 
 from __future__ import annotations
@@ -28,14 +31,71 @@ from typing import Any
 
 import numpy as np
 
+from ..config import display_path, profile_argument
+
 SPEC_FILE = "spec.json"
+FORMAT = 1  # spec.json's "format": the only one this memlib reads and writes
 COMPLETED = "completed"
 CHECKSUMS = "checksums"
 CLAIMS_DIR = "claims"
+REPAIR = "{repair}"  # in a fix: where the command that repairs the store goes
 
 
 class StoreError(RuntimeError):
-    """A store that does not match the config, or is corrupt; the message says what to do."""
+    """A store that cannot be used as it is: `what` happened and `fix`, what to do (str() says both).
+
+    Where the fix holds REPAIR, the repair command goes there: `python -m memlib repair PROFILE` for a profile's
+    store (`message(profile)` spells PROFILE as the user gave it; str() as the store's meta names it), else
+    `Store.repair(path)`. Plain arguments, so that the error pickles from a worker process.
+    """
+
+    def __init__(self, what: str, fix: str, path: Path | str | None = None, profile: str | None = None):
+        super().__init__(what, fix, path, profile)
+        self.what, self.fix, self.path, self.profile = what, fix, path, profile
+
+    def message(self, profile: str | None = None) -> str:
+        """What happened and what to do, the repair command naming `profile` (default: the store's own)."""
+        profile = profile or self.profile
+        command = f"python -m memlib repair {profile}" if profile else f"Store.repair({str(self.path)!r})"
+        return f"{self.what} {self.fix.replace(REPAIR, command)}"
+
+    def __str__(self) -> str:
+        return self.message()
+
+
+class StoreMissing(StoreError):
+    """No store where one must be (a stage that reads one ran before the stage that fills it)."""
+
+
+class StoreMismatch(StoreError):
+    """A store made with another config, other data, another precision or other arrays: its models do not answer."""
+
+
+class FormatError(StoreError):
+    """A spec.json of a format other than FORMAT (or none)."""
+
+
+class SpecUnreadable(StoreError):
+    """A spec.json that cannot be read; the fix is repair where it rebuilds the spec from the profile."""
+
+
+class NeedsRepair(StoreError):
+    """Files cut short or missing, or finished rows that fail verification: repair keeps every row that verifies."""
+
+
+class Unfinished(StoreError):
+    """A store with rows still to train."""
+
+
+class DiskFull(StoreError):
+    """Rows that could not be written for lack of space (the finished ones are kept)."""
+
+
+def profile_of(meta: dict[str, Any]) -> str | None:
+    """How the command line names the profile that made a store (from its meta); None for a store of no profile."""
+    config = meta.get("config")
+    name = config.get("profile") if isinstance(config, dict) else None
+    return profile_argument(name) if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)
@@ -80,11 +140,9 @@ class Store:
         arrays: dict[str, np.ndarray],
         meta: dict[str, Any],
         writable: bool = True,
-        fix: str | None = None,
     ):
         self.path, self.arrays, self.meta, self.writable = path, arrays, meta, writable
-        self.fix = fix or f"Store.repair({str(path)!r})"  # the command that bad-row messages offer
-        self.trained = 0  # models this process trained into it (set by the runner)
+        self.trained = 0  # models this process trained into it (set by stages.train.train_subsets)
         # rows whose checksums this object verified or wrote: `check(only_new=True)` hashes only the others
         self.verified = np.zeros(len(arrays[COMPLETED]), dtype=bool)
 
@@ -106,32 +164,32 @@ class Store:
         create: bool = True,
         writable: bool | None = None,
         verify: bool = True,
-        fix: str | None = None,
     ) -> Store:
         """Open the store at `path` (creating it if absent and `create`), verifying every finished row.
 
-        Read-only unless `writable` (default: `create`). Raises StoreError if it was made differently, a file
-        is cut short or missing, or a finished row fails its checksum; `fix` is the command the message offers.
+        Read-only unless `writable` (default: `create`). Raises StoreError if it was made differently or in
+        another format, a file is cut short or missing, or a finished row fails its checksum.
         """
         path = Path(path)
         writable = create if writable is None else writable
         if not (path / SPEC_FILE).exists():
-            refuse_unspecified(path)
+            refuse_unspecified(path, profile_of(meta))
             if not create:
-                raise StoreError(f"no store at {path}: run the training stage first")
+                raise StoreMissing(f"there is no store at {path}.", "Run the training stage first.", path)
             cls._create(path, spec, meta)
-        check_compatible(path, spec, meta, fix)
+        check_compatible(path, spec, meta)
         problems = inspect_files(path, spec)
-        fix = fix or f"Store.repair({str(path)!r})"  # a caller with a profile offers `python -m memlib repair`
         if problems:
-            raise StoreError(
-                f"the store at {path} is corrupt: {'; '.join(p.text for p in problems)}. Nothing was changed. "
-                f"Run `{fix}` to keep every row that verifies and clear the others, then train again to redo "
-                "just those."
+            raise NeedsRepair(
+                f"the store at {path} is corrupt: {'; '.join(p.text for p in problems)}. Nothing was changed.",
+                f"Run `{REPAIR}` to keep every row that verifies and clear the others, then train again to redo "
+                "just those.",
+                path,
+                profile_of(meta),
             )
         mode = "r+" if writable else "r"
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in spec}
-        store = cls(path, arrays, meta, writable, fix)
+        store = cls(path, arrays, meta, writable)
         if verify:
             store.check()
         return store
@@ -195,7 +253,7 @@ class Store:
         disk that fills up is then an error with a message, not a bus error that kills the process.
         """
         if not self.writable:
-            raise StoreError(f"{self.path} was opened read-only")
+            raise StoreError(f"{self.path} was opened read-only.", "Open it with writable=True to write rows.")
         try:
             columns: dict[str, dict[int, np.ndarray]] = {}
             for row, values in rows.items():
@@ -209,11 +267,13 @@ class Store:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise StoreError(
+            raise DiskFull(
                 f"the disk holding {self.path} is full ({exc.strerror}): the results of rows {describe_rows(rows)} "
                 f"could not be written, so they are not marked finished; the {self.done()} finished rows are kept "
-                "and verify. Free some space (or move results_dir to a larger disk) and rerun the same command: "
-                "training resumes with the unfinished rows."
+                "and verify.",
+                "Free some space (or move results_dir to a larger disk) and rerun the same command: training "
+                "resumes with the unfinished rows.",
+                self.path,
             ) from None
 
     def _write(self, name: str, rows: dict[int, Any]) -> None:
@@ -259,27 +319,31 @@ class Store:
         rows = np.flatnonzero(self.completed & ~self.verified) if only_new else np.flatnonzero(self.completed)
         bad = self.bad_rows(rows)
         if bad:
-            raise StoreError(self.bad_rows_message(bad, "fail their checksums (their values changed after writing)"))
+            raise self.bad_rows_error(bad, "fail their checksums (their values changed after writing)")
         self.verified[rows] = True
 
-    def bad_rows_message(self, bad: dict[int, list[str]] | Iterable[int], why: str) -> str:
+    def bad_rows_error(self, bad: dict[int, list[str]] | Iterable[int], why: str) -> NeedsRepair:
         """An error naming the bad rows, what differs, and the command that redoes only them."""
         rows = sorted(bad)
         arrays = sorted({n for names in bad.values() for n in names}) if isinstance(bad, dict) else []
-        return (
+        return NeedsRepair(
             f"{len(rows)} of {self.done()} finished rows of {self.path} {why}: rows {describe_rows(rows)}"
             + (f" (arrays: {', '.join(arrays)})" if arrays else "")
-            + f". Nothing was used or changed. Run `{self.fix}` to clear just these rows, then train again to "
-            f"redo them ({len(rows)} model{'s' if len(rows) != 1 else ''}; the other rows are kept)."
+            + ". Nothing was used or changed.",
+            f"Run `{REPAIR}` to clear just these rows, then train again to redo them ({len(rows)} "
+            f"model{'s' if len(rows) != 1 else ''}; the other rows are kept).",
+            self.path,
+            profile_of(self.meta),
         )
 
     def require_complete(self) -> None:
         """Raise StoreError unless every row is completed."""
         missing = self.rows - self.done()
         if missing:
-            raise StoreError(
-                f"{self.path} has {missing} of {self.rows} rows unfinished: rerun the stage that fills it "
-                "(finished rows are kept)"
+            raise Unfinished(
+                f"{self.path} has {missing} of {self.rows} rows unfinished.",
+                "Rerun the stage that fills it (finished rows are kept).",
+                self.path,
             )
 
     def reload(self) -> None:
@@ -303,39 +367,37 @@ class Store:
         recreated; a file with a wrong header is kept beside as `<name>.npy.corrupt` and recreated. Without a
         readable spec.json, `spec` and `meta` (from the config) are adopted only if finished rows verify under
         them. `extra_bad(store)` names further rows to clear (e.g. masks that their design does not give).
+        A store of another format is refused (FormatError), never rewritten.
         """
         path = Path(path)
         if not path.is_dir():
-            raise StoreError(f"no store at {path}: nothing to repair")
+            raise StoreMissing(f"there is no store at {path}.", "Nothing to repair.", path)
         locked = [p for p in (path, *path.glob("*.npy")) if not os.access(p, os.W_OK)]
         if locked:
             raise StoreError(
                 f"repair must write in {path}, but {locked[0]} cannot be written here (a read-only folder or mount, "
-                "or no permission). Nothing was changed. Make it writable (or copy the results folder to a writable "
-                "place and point results_dir there), then rerun repair."
+                "or no permission). Nothing was changed.",
+                "Make it writable (or copy the results folder to a writable place and point results_dir there), "
+                "then rerun repair.",
+                path,
             )
-        spec, meta, adopt, upgrade = _spec_to_repair(path, spec, meta)
+        spec, meta, adopt = _spec_to_repair(path, spec, meta)
         lost_completed = _restore_files(path, spec)
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r+") for name in spec}
         store = cls(path, arrays, meta)
         if lost_completed:  # a row is finished exactly when its checksums verify
             store.completed[:] = True
-        if upgrade:
-            for row in np.flatnonzero(store.completed):
-                store.arrays[CHECKSUMS][row] = store.row_checksums(int(row))
-            store.arrays[CHECKSUMS].flush()
         bad = set(store.bad_rows())
         if extra_bad is not None:
             bad |= {int(r) for r in extra_bad(store)}
-        if upgrade:
-            _write_spec(path, spec, meta)
         if adopt:
             finished = store.done()
             if finished and len(bad) == finished:
-                raise StoreError(
+                raise StoreMismatch(
                     f"none of the {finished} finished rows in {path} verify under this config: it was made with "
-                    f"another config. Nothing was changed; train this config under another profile name or "
-                    f"results_dir, or move {path} away yourself."
+                    "another config. Nothing was changed.",
+                    f"Train this config under another profile name or results_dir, or move {path} away yourself.",
+                    path,
                 )
             _write_spec(path, spec, meta)
         store.completed[sorted(bad)] = False
@@ -390,12 +452,16 @@ def inspect_files(path: Path, spec: dict[str, ArraySpec]) -> list[FileProblem]:
     return problems
 
 
-def refuse_unspecified(path: Path) -> None:
-    """Raise StoreError if `path` holds files but no spec.json: finished work the tool will not touch."""
+def refuse_unspecified(path: Path, profile: str | None = None) -> None:
+    """Raise StoreError if `path` holds files but no spec.json: finished work the tool will not touch.
+
+    `profile`: the profile whose store it would be (the repair command the message offers names it)."""
     if not path.exists():
         return
     if not path.is_dir():
-        raise StoreError(f"{path} is a file, not a store folder: move it away or choose another results_dir")
+        raise StoreMismatch(
+            f"{path} is a file, not a store folder.", "Move it away or choose another results_dir.", path
+        )
     held = sorted(p.name for p in path.iterdir())
     if not held or SPEC_FILE in held:  # empty, or just renamed into place by a worker that created it
         return
@@ -408,20 +474,22 @@ def refuse_unspecified(path: Path) -> None:
             )
         except (OSError, ValueError, EOFError):
             finished = ", its completed-mask unreadable"
-    raise StoreError(
+    raise NeedsRepair(
         f"{path} holds {len(held)} files ({', '.join(held[:10])}{', ...' if len(held) > 10 else ''}{finished}) "
-        f"but no readable {SPEC_FILE}, so nothing is known of how they were made. Nothing was changed or removed. "
-        f"If this config made them, `python -m memlib repair PROFILE` adopts the rows that verify under it; "
-        f"otherwise move {path} away yourself."
+        f"but no readable {SPEC_FILE}, so nothing is known of how they were made. Nothing was changed or removed.",
+        f"If this config made them, `{REPAIR}` adopts the rows that verify under it; otherwise move {path} away "
+        "yourself.",
+        path,
+        profile or "PROFILE",
     )
 
 
-def _without_checksums(spec: dict[str, ArraySpec]) -> dict[str, ArraySpec]:
-    return {k: v for k, v in spec.items() if k != CHECKSUMS}
-
-
 def _write_spec(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) -> None:
-    doc = {"spec": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in spec.items()}, "meta": meta}
+    doc = {
+        "format": FORMAT,
+        "spec": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in spec.items()},
+        "meta": meta,
+    }
     tmp = path / f".{SPEC_FILE}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(doc, indent=1, default=str))
@@ -430,77 +498,78 @@ def _write_spec(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) ->
     os.replace(tmp, path / SPEC_FILE)
 
 
-def unreadable_spec(path: Path, exc: Exception, fix: str | None, shown: str | None = None) -> StoreError:
-    """The error for a store whose spec.json cannot be read, with what to do about it.
+def read_spec(path: Path, rebuilt_by: str | None = None) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
+    """The arrays and meta that the store at `path` records in its spec.json.
 
-    `fix` is a `python -m memlib repair` command where repair can rewrite the spec from the profile (stage 1's
-    store: it keeps every finished row that verifies), so the message never says to delete work it can recover;
-    None where nothing can (then: move the store away and rerun its stage). `shown` is `path` as the user sees it.
+    Raises SpecUnreadable if it cannot be read, FormatError if it is of another format than FORMAT.
+    `rebuilt_by`: the profile whose `python -m memlib repair` can rewrite this store's spec (stage 1's store: it
+    keeps every finished row that verifies), so the message offers it; None: it says to move the store away.
     """
-    shown = shown or str(path)
-    if fix is None:
-        how = f"Move {shown} away and rerun the stage that made it (it cannot be read without it)."
-    else:
-        how = (
-            f"Run `{fix}`: it rewrites it from the profile and keeps every finished model that verifies under it "
-            f"(none is retrained). If another profile made this store, move {shown} away instead."
-        )
-    return StoreError(f"{shown}/{SPEC_FILE} is unreadable ({exc}). Nothing was changed. {how}")
-
-
-def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any], fix: str | None = None) -> None:
-    """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing.
-
-    `fix` is the repair command the messages offer (default: `python -m memlib repair PROFILE`).
-    """
-    fix = fix or "python -m memlib repair PROFILE"
+    shown = display_path(path)
     try:
-        doc = json.loads((path / SPEC_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise unreadable_spec(path, exc, fix) from exc
-    old_meta = doc.get("meta", {})
+        doc = json.loads((Path(path) / SPEC_FILE).read_text())
+        version = doc.get("format") if isinstance(doc, dict) else None
+        if version == FORMAT:
+            spec = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
+            meta = doc["meta"]
+            if not isinstance(meta, dict):
+                raise ValueError("its meta is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if rebuilt_by is not None:
+            fix = (
+                f"Run `{REPAIR}`: it rewrites it from the profile and keeps every finished model that verifies under "
+                f"it (none is retrained). If another profile made this store, move {shown} away instead."
+            )
+        else:
+            fix = f"Move {shown} away and rerun the stage that made it (it cannot be read without it)."
+        raise SpecUnreadable(
+            f"{shown}/{SPEC_FILE} is unreadable ({exc}). Nothing was changed.", fix, path, rebuilt_by
+        ) from None
+    if version != FORMAT:
+        made = "records no store format" if version is None else f"is of store format {version!r}"
+        raise FormatError(
+            f"the store at {shown} {made}; this memlib reads format {FORMAT} only. Nothing was changed.",
+            f"Move {shown} away (or delete it) and rerun the stage that made it, or use the memlib that made it.",
+            path,
+        )
+    return spec, meta
+
+
+def check_compatible(path: Path, spec: dict[str, ArraySpec], meta: dict[str, Any]) -> None:
+    """Raise StoreError if the store at `path` was made with a different spec or config. Writes nothing."""
+    old_spec, old_meta = read_spec(path)
     if old_meta.get("fingerprint") != meta.get("fingerprint"):
         old_cfg, new_cfg = old_meta.get("config", {}), meta.get("config", {})
         diffs = [f"{k}: {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in new_cfg if old_cfg.get(k) != new_cfg.get(k)]
-        raise StoreError(
+        raise StoreMismatch(
             f"the store at {path} was made with a different config ({'; '.join(diffs) or 'other inputs'}). "
-            f"Its models do not answer this config. Use another profile name (or results_dir), or delete {path} "
-            "to start afresh."
+            "Its models do not answer this config.",
+            f"Use another profile name (or results_dir), or delete {path} to start afresh.",
+            path,
         )
-    old_spec = {k: (tuple(v["shape"]), v["dtype"]) for k, v in doc.get("spec", {}).items()}
-    new_spec = {k: (v.shape, v.dtype) for k, v in spec.items()}
-    if CHECKSUMS not in old_spec and old_spec == {k: v for k, v in new_spec.items() if k != CHECKSUMS}:
-        raise StoreError(
-            f"the store at {path} was made before stored rows carried checksums. Nothing was changed. Run "
-            f"`{fix}` once: it keeps its finished rows (their masks are checked against "
-            "their seeds) and adds their checksums."
+    if old_spec != spec:
+        raise StoreMismatch(
+            f"the store at {path} has arrays {_shapes(old_spec)}, expected {_shapes(spec)}. Nothing was changed.",
+            f"Move {path} away (or delete it) and rerun.",
+            path,
         )
-    if old_spec != new_spec:
-        raise StoreError(
-            f"the store at {path} has arrays {old_spec}, expected {new_spec}: it was made by another version of "
-            f"memlib. Nothing was changed; move {path} away (or delete it) and rerun."
-        )
+
+
+def _shapes(spec: dict[str, ArraySpec]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (v.shape, v.dtype) for k, v in spec.items()}
 
 
 def _spec_to_repair(
     path: Path, spec: dict[str, ArraySpec] | None, meta: dict[str, Any] | None
-) -> tuple[dict[str, ArraySpec], dict[str, Any], bool, bool]:
-    """The spec and meta a repair works to, whether they are adopted from the config (spec.json unreadable), and
-    whether the store is upgraded (made before rows carried checksums: its finished rows are trusted once)."""
+) -> tuple[dict[str, ArraySpec], dict[str, Any], bool]:
+    """The spec and meta a repair works to, and whether they are adopted from the config (spec.json unreadable)."""
     try:
-        doc = json.loads((path / SPEC_FILE).read_text())
-        stored = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in doc["spec"].items()}
-        meta = doc.get("meta", {})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        stored, stored_meta = read_spec(path)
+    except SpecUnreadable as exc:
         if spec is None or meta is None:
-            raise StoreError(f"{path / SPEC_FILE} is unreadable ({exc}) and no config was given") from exc
-        return spec, meta, True, False
-    if CHECKSUMS not in stored and COMPLETED in stored:
-        rows, names = stored[COMPLETED].shape[0], data_names(stored)
-        sealed = {**_without_checksums(stored), CHECKSUMS: ArraySpec((rows, len(names)), "uint64")}
-        upgrade = spec is None or _without_checksums(spec) == stored
-        return (sealed if upgrade else stored), meta, False, upgrade
-    return stored, meta, False, False
+            raise SpecUnreadable(exc.what, "Give repair the config's spec and meta to adopt.", path) from None
+        return spec, meta, True
+    return stored, stored_meta, False
 
 
 def _restore_files(path: Path, spec: dict[str, ArraySpec]) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from ..config import Config, display_path, profile_argument
 from ..data.dataset import Dataset
 from ..train.design import subset_masks
 from ..train.engine import TOPK_CLASSES, resolve_device, resolve_precision
-from .store import SPEC_FILE, ArraySpec, Store, StoreError, check_compatible, unreadable_spec
+from .store import SPEC_FILE, ArraySpec, SpecUnreadable, Store, StoreMismatch, check_compatible, read_spec
 
 
 def subset_store_spec(cfg: Config, data: Dataset) -> tuple[dict[str, ArraySpec], dict[str, Any]]:
@@ -61,39 +60,28 @@ def data_record(data: Dataset) -> dict[str, str]:
     }
 
 
-def stored_meta(path: Path, fix: str | None = None) -> dict[str, Any] | None:
+def stored_meta(path: Path, rebuilt_by: str | None = None) -> dict[str, Any] | None:
     """The meta of the store at `path` (None if there is none); raises StoreError if it is unreadable.
 
-    `fix`: the repair command the message offers, or None where no repair can rebuild the spec (`unreadable_spec`).
+    `rebuilt_by`: the profile whose repair can rebuild the spec (see `read_spec`), None where none can.
     """
-    file = Path(path) / SPEC_FILE
-    if not file.exists():
+    if not (Path(path) / SPEC_FILE).exists():
         return None
-    try:
-        meta = json.loads(file.read_text()).get("meta", {})
-        if not isinstance(meta, dict):
-            raise ValueError("its meta is not a mapping")
-        return meta
-    except (OSError, ValueError, AttributeError) as exc:
-        raise unreadable_spec(Path(path), exc, fix, shown=display_path(path)) from None
+    return read_spec(Path(path), rebuilt_by)[1]
 
 
 def check_same_data(path: Path, meta: dict[str, Any], data: Dataset) -> None:
-    """Raise StoreError, saying what changed, unless the store's meta records this very data."""
-    old = meta.get("data")
-    if not old:
-        raise StoreError(
-            f"the store at {display_path(path)} was made by an older memlib that did not record which data trained "
-            f"it, so it cannot be checked against this data. Delete {display_path(path)} and rerun."
-        )
-    new = data_record(data)
+    """Raise StoreMismatch, saying what changed, unless the store's meta records this very data."""
+    old, new = meta.get("data", {}), data_record(data)
     changed = [k for k in data.fingerprint if old.get(k) != new[k]]
     if changed:
-        raise StoreError(
+        raise StoreMismatch(
             f"the store at {display_path(path)} was trained on other data: {', '.join(changed)} changed "
             f"(then: {old.get('examples')} from {old.get('source')}; now: {new['examples']} from {new['source']}). "
-            "Its models do not answer this data. Point the profile back at the data it was made with, use another "
-            f"profile name (or results_dir), or delete {display_path(path)} to start afresh."
+            "Its models do not answer this data.",
+            "Point the profile back at the data it was made with, use another profile name (or results_dir), or "
+            f"delete {display_path(path)} to start afresh.",
+            path,
         )
 
 
@@ -106,21 +94,17 @@ def check_same_precision(path: Path, meta: dict[str, Any], precision: str, cfg: 
     """Raise StoreError unless new rows would train in the precision the store's rows trained in."""
     old = meta.get("precision")
     if old is not None and old != precision:
-        raise StoreError(
+        raise StoreMismatch(
             f"the store at {display_path(path)} holds models trained in {old}, but on this machine "
-            f"precision: {cfg.precision} trains in {precision}; one store must not mix the two. Set "
-            f"precision: {old} in the profile to add models to it here (or run where {old} is the default), "
-            "or use another profile name (or results_dir)."
+            f"precision: {cfg.precision} trains in {precision}; one store must not mix the two.",
+            f"Set precision: {old} in the profile to add models to it here (or run where {old} is the default), "
+            "or use another profile name (or results_dir).",
+            path,
         )
 
 
 def subset_store_path(cfg: Config) -> Path:
     return cfg.out_dir / "store"
-
-
-def repair_command(cfg: Config) -> str:
-    """The command that clears a profile's bad rows (the message of every bad-row error offers it)."""
-    return f"python -m memlib repair {profile_argument(cfg)}"
 
 
 def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
@@ -132,14 +116,14 @@ def open_subset_store(cfg: Config, data: Dataset, create: bool = True) -> Store:
     flips = data.flips
     if flips is not None:  # the flipped labels are recorded with the store (its fingerprint has label_noise)
         meta["label_noise"] = {"fraction": cfg.label_noise, **flips.record()}
-    old = stored_meta(subset_store_path(cfg), repair_command(cfg))
+    old = stored_meta(subset_store_path(cfg), rebuilt_by=profile_argument(cfg.profile))
     if old is not None:
         check_same_data(subset_store_path(cfg), old, data)
     if create:  # a store trains in one precision: `auto` resolves per machine, so a store records what it became
         meta["precision"] = training_precision(cfg)
         if old is not None:
             check_same_precision(subset_store_path(cfg), old, meta["precision"], cfg)
-    store = Store.open(subset_store_path(cfg), spec, meta, create=create, fix=repair_command(cfg))
+    store = Store.open(subset_store_path(cfg), spec, meta, create=create)
     _refuse_wrong_masks(cfg, store, np.flatnonzero(store.completed))
     return store
 
@@ -166,7 +150,7 @@ def reopen_subset_store(cfg: Config, data: Dataset, store: Store) -> Store:
 def _refuse_wrong_masks(cfg: Config, store: Store, rows: np.ndarray) -> None:
     bad = wrong_masks(cfg, store, rows)
     if len(bad):
-        raise StoreError(store.bad_rows_message(bad, "hold a mask that their seed does not give"))
+        raise store.bad_rows_error(bad, "hold a mask that their seed does not give")
 
 
 def wrong_masks(cfg: Config, store: Store, rows: np.ndarray | None = None) -> np.ndarray:
@@ -184,10 +168,9 @@ def repair_subset_store(cfg: Config, data: Dataset) -> list[int]:
     """Clear the completed flags of the stage-1 rows that fail their checksums or masks; returns them."""
     spec, meta = subset_store_spec(cfg, data)
     path = subset_store_path(cfg)
-    if (path / "spec.json").exists():
+    if (path / SPEC_FILE).exists():
         try:
             check_compatible(path, spec, meta)
-        except StoreError as exc:
-            if "unreadable" not in str(exc) and "before stored rows carried checksums" not in str(exc):
-                raise
+        except SpecUnreadable:
+            pass  # repair rewrites it from this config, adopting the rows that verify under it
     return Store.repair(path, spec, meta, extra_bad=lambda store: wrong_masks(cfg, store))

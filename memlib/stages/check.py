@@ -10,7 +10,7 @@ import numpy as np
 
 from ..analysis.published import PUBLISHED_SOURCES
 from ..analysis.regime import summary_line
-from ..config import Config, ConfigError, display_path, resolve
+from ..config import Config, ConfigError, display_path, profile_argument, resolve
 from ..data import dataset as data_module
 from ..data.dataset import Dataset
 from ..data.datasets import load_dataset
@@ -50,7 +50,9 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
         if done:  # do the finished models fit what they trained on (the paper's regime)?
             regime = f"{done} finished models: {summary_line(store_fit(cfg, store, data))}"
     else:
-        refuse_unspecified(path)  # finished work without its spec is an error, never "0 finished"
+        refuse_unspecified(
+            path, profile_argument(cfg.profile)
+        )  # finished work without its spec is an error, never "0 finished"
         check_disk_fits(cfg, data)
     retrained = check_retrain_store(cfg, data)  # stage 3's store too: same training config and data
     return {

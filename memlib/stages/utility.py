@@ -17,8 +17,8 @@ from ..analysis.estimation import Estimates
 from ..config import TRAINING_KEYS, Config, display_path
 from ..data.dataset import Dataset
 from ..runs.executors import run_jobs
-from ..runs.store import COMPLETED, Store, StoreError
-from ..runs.subsets import check_same_data, data_record, repair_command, stored_meta
+from ..runs.store import COMPLETED, Store, StoreMismatch
+from ..runs.subsets import check_same_data, data_record, stored_meta
 from ..seeds import derive_seed
 from ..train.design import Job
 from .train import resolve_epochs
@@ -108,19 +108,15 @@ def check_retrain_store(cfg: Config, data: Dataset) -> int:
     meta = stored_meta(path)
     if meta is None:
         return 0
-    if "keys" not in meta:
-        raise StoreError(
-            f"the retrain store at {display_path(path)} was made by an older memlib (one key for all its models): "
-            f"delete {display_path(path)} and rerun stage 3."
-        )
     check_same_data(path, meta, data)
     if meta.get("training") != cfg.training_fingerprint():
         old_cfg, new_cfg = meta.get("config", {}), cfg.to_dict()
         diffs = [f"{k}: {old_cfg.get(k)!r} -> {new_cfg[k]!r}" for k in TRAINING_KEYS if old_cfg.get(k) != new_cfg[k]]
-        raise StoreError(
+        raise StoreMismatch(
             f"the retrain store at {display_path(path)} was made with another training config "
-            f"({'; '.join(diffs) or 'other inputs'}). Use another profile name, or delete {display_path(path)} "
-            "to retrain."
+            f"({'; '.join(diffs) or 'other inputs'}).",
+            f"Use another profile name, or delete {display_path(path)} to retrain.",
+            path,
         )
     done = np.load(path / f"{COMPLETED}.npy", mmap_mode="r")
     return int(np.count_nonzero(done))
@@ -158,8 +154,8 @@ def open_retrain_store(cfg: Config, data: Dataset, jobs: list[Job]) -> Store:
     }
     old_meta = stored_meta(path)
     if old_meta is None or old_meta["fingerprint"] == meta["fingerprint"]:
-        return Store.open(path, spec, meta, fix=repair_command(cfg))
-    old = Store.open(path, _retrain_spec(len(old_meta["keys"]), data), old_meta, create=False, fix=repair_command(cfg))
+        return Store.open(path, spec, meta)
+    old = Store.open(path, _retrain_spec(len(old_meta["keys"]), data), old_meta, create=False)
     old_rows = {k: r for r, k in enumerate(old_meta["keys"]) if old.completed[r]}
     nxt = path.with_name(path.name + ".next")
     new = Store.open(nxt, spec, meta)
@@ -181,7 +177,7 @@ def open_retrain_store(cfg: Config, data: Dataset, jobs: list[Job]) -> Store:
     else:
         shutil.rmtree(prev)  # every finished model was carried over
     print(f"retrain store: kept {len(keep)} finished models whose jobs are unchanged; {len(jobs) - len(keep)} to train")
-    return Store.open(path, spec, meta, fix=repair_command(cfg))
+    return Store.open(path, spec, meta)
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:

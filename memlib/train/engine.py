@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError
+from ..config import TRAINING_KEYS, Config, ConfigError
 from ..data.dataset import Dataset
 from .layouts import PLAIN, Layout, cpu_flags, layout_for
 from .models import build_model
@@ -232,8 +232,7 @@ def _schedule_table_cached(recipe: tuple, total_steps: int) -> tuple[np.ndarray,
 
 def schedule_table(cfg: Config, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The learning rate and SGD momentum at every step, exactly as torch's optimizer and scheduler set them."""
-    keys = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule")
-    return _schedule_table_cached(tuple((k, getattr(cfg, k)) for k in keys), total_steps)
+    return _schedule_table_cached(tuple((k, getattr(cfg, k)) for k in TRAINING_KEYS), total_steps)  # all it may read
 
 
 class StackedOptimizer:

@@ -51,17 +51,16 @@ LAYOUTS: dict[str, Layout] = {
     "cpu-amx": Layout(
         "contiguous",
         "wide",
-        "issue 15's one-thread probe on an Intel Xeon with AMX: the weight-gradient product ran at 825 GFLOP/s "
-        "from a contiguous operand against 450 through a transposed view, and one (1024x784)(784x512) bf16 "
-        "product at 1,016 against 541 for 8 batched (128x784)(784x512). Whole-engine speed and accuracy with "
-        "this layout: not yet measured on AMX (python benchmarks/layouts.py there).",
+        "issue 15's one-thread probe on an Intel Xeon with AMX (its figures: benchmarks/README.md, the stacked "
+        "path's layout per device kind). Whole-engine speed and accuracy with this layout: not yet measured on AMX "
+        "(python benchmarks/layouts.py there).",
     ),
     "cpu-avx512-bf16": Layout(
         "view",
         "bmm",
-        "python benchmarks/layouts.py, AMD EPYC (Zen 4), 1 thread, 2026-11-30, commit 3d7729b: training step x0.94 "
-        "and evaluation x0.94 with contiguous/wide against view/bmm (the weight-gradient products alone x0.90, "
-        "x0.77, x0.36), so the layout memlib always used stays; three more runs chose the same",
+        "python benchmarks/layouts.py on an AMD EPYC (Zen 4), 1 thread: contiguous/wide no faster than view/bmm, "
+        "so the layout memlib always used stays (its figures, date and commit: benchmarks/README.md, the stacked "
+        "path's layout per device kind)",
     ),
     "cpu": Layout("view", "bmm", "not measured on CPUs without bf16 matrix units: the layout memlib always used"),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
