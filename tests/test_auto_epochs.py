@@ -34,8 +34,8 @@ class FitsFrom:
 
 
 def test_the_candidates_double_up_to_the_cap():
-    assert stage1.auto_candidates(160) == [20, 40, 80, 160]
-    assert stage1.auto_candidates(100) == [20, 40, 80, 100]
+    assert stage1.auto_candidates(160) == [20, 30, 40, 60, 80, 120, 160]
+    assert stage1.auto_candidates(100) == [20, 30, 40, 60, 80, 100]
     assert stage1.auto_candidates(10) == [10]
 
 
@@ -51,12 +51,12 @@ def test_auto_chooses_the_fewest_epochs_that_fit_and_every_stage_reads_the_choic
     monkeypatch.setattr(engine, "NeuralLearner", FitsFrom)
     cfg = smoke.replace(epochs="auto")
     chosen = stage1.resolve_epochs(cfg, digits)
-    assert chosen.epochs == 40 and FitsFrom.built == [20, 40], "20 did not fit, 40 did: no need to try 80"
+    assert chosen.epochs == 40 and FitsFrom.built == [20, 30, 40], "20 and 30 did not fit, 40 did: no need for 60"
     record = json.loads((cfg.out_dir / EPOCHS_RECORD).read_text())
-    assert record["epochs"] == 40 and [p["in_regime"] for p in record["pilots"]] == [False, True]
+    assert record["epochs"] == 40 and [p["in_regime"] for p in record["pilots"]] == [False, False, True]
     # once chosen, a profile loaded for the same settings has the number: stage 3 and 5 train and read with it
     assert memlib.config.with_recorded_epochs(cfg).epochs == 40
-    assert stage1.resolve_epochs(cfg, digits).epochs == 40 and FitsFrom.built == [20, 40], "chosen once"
+    assert stage1.resolve_epochs(cfg, digits).epochs == 40 and FitsFrom.built == [20, 30, 40], "chosen once"
     # other training settings (or another cap) choose again: the record is for the settings it was made with
     assert memlib.config.with_recorded_epochs(cfg.replace(lr=0.05)).epochs == "auto"
     assert memlib.config.with_recorded_epochs(cfg.replace(max_epochs=80)).epochs == "auto"
@@ -83,7 +83,7 @@ def test_the_report_says_what_auto_chose(smoke, digits, monkeypatch):
     cfg = stage1.resolve_epochs(smoke.replace(epochs="auto"), digits)
     summary = {"epochs": cfg.epochs, **_auto_epochs(cfg), "num_models": 40, "arch": "mem_mlp", "subset_ratio": 0.7}
     models = dict(headline({**_HEADLINE, **summary}))["models"]
-    assert "40 epochs (epochs: auto; pilot groups of 20 (does not fit), 40 (fits))" in models
+    assert "40 epochs (epochs: auto; pilot groups of 20 (does not fit), 30 (does not fit), 40 (fits))" in models
     assert _auto_epochs(smoke.replace(epochs=40, profile="other")) == {}, "no record: nothing to say"
 
 

@@ -58,15 +58,19 @@ def early_fit_line(cfg: Config, store: Store, data: Dataset) -> str | None:
     )
 
 
-AUTO_FIRST = 20  # `epochs: auto` tries this many epochs first, then twice as many, and so on up to max_epochs
+AUTO_FIRST = 20  # `epochs: auto` tries 20, 30, 40, 60, 80, 120, ... epochs (two steps an octave), up to max_epochs
 
 
 def auto_candidates(max_epochs: int) -> list[int]:
-    """The epochs `epochs: auto` tries, in order: 20, 40, 80, ... and max_epochs last (fewer if it is smaller)."""
-    out, e = [], AUTO_FIRST
-    while e < max_epochs:
-        out.append(e)
-        e *= 2
+    """The epochs `epochs: auto` tries, in order: 20, 30, 40, 60, 80, 120, 160, ... and max_epochs last.
+
+    Two steps an octave, so that a recipe that just misses at one candidate pays at most 1.5 times what it needs
+    (fashion-mnist-noisy on a 5,000-example pool: 94.9% of the flips fitted at 40 epochs, where 0.95 is asked).
+    """
+    out, octave = [], AUTO_FIRST
+    while octave < max_epochs:
+        out += [e for e in (octave, octave * 3 // 2) if e < max_epochs]
+        octave *= 2
     return out + [max_epochs]
 
 
