@@ -158,3 +158,33 @@ def test_every_target_imports_memlib_from_this_checkout_whichever_venv_runs_it()
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert res.returncode == 0 and res.stdout.strip() == after, res.stdout + res.stderr
+
+
+INJECTIONS = ('x";touch {mark};"', "`touch {mark}`", "$$(touch {mark})", "$(touch {mark})", "$(shell touch {mark})")
+
+
+@pytest.mark.parametrize("target", ["check", "reproduce", "report", "lab", "clean-results"])
+def test_no_profile_reaches_a_shell_as_code(tmp_path, target):
+    """Catches PROFILE pasted into a recipe's shell string (`"$(PROFILE)"`: `x";touch pwned;"` ran the command) or
+    expanded by make (`$(shell ...)`): memlib, papermill and jupyter are replaced by `echo`, so the recipe runs in a
+    second and each command shows the profile exactly as given, as one argument."""
+    stand_ins = ("MEMLIB=echo memlib", "PAPERMILL=echo papermill", "JUPYTER=echo jupyter")
+    for i, injection in enumerate(INJECTIONS):
+        mark = tmp_path / f"pwned{i}"
+        profile = injection.format(mark=mark)
+        res = make(target, f"PROFILE={profile}", *stand_ins, timeout=60)
+        assert not mark.exists(), f"make {target} PROFILE={profile} ran a command: {res.stdout}{res.stderr}"
+        command = {"reproduce": "check", "clean-results": "clean"}.get(target, target)
+        shown = f"-r profile {profile} -r params" if target == "lab" else f"memlib {command} {profile}\n"
+        assert shown in res.stdout, f"memlib got it intact: {res.stdout}{res.stderr}"
+
+
+def test_no_executor_or_device_reaches_a_shell_as_code(tmp_path):
+    """Catches EXECUTOR or DEVICE expanded by make or pasted into a recipe (`--device $(DEVICE)` was unquoted)."""
+    for i, injection in enumerate(INJECTIONS):
+        mark = tmp_path / f"pwned{i}"
+        value = injection.format(mark=mark)
+        res = make("gpu-check", f"DEVICE={value}", "GPU_PY=echo gpu", timeout=60)
+        assert not mark.exists() and f"--device {value}" in res.stdout, res.stdout + res.stderr
+        res = make("check", f"EXECUTOR={value}", "MEMLIB=printenv MEMLIB_EXECUTOR", timeout=60)
+        assert not mark.exists() and f"\n{value}\n" in res.stdout, res.stdout + res.stderr
