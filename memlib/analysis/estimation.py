@@ -25,12 +25,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import DTypeLike
 from tqdm import tqdm
+
+from ..files import write_atomic
 
 
 class Labelled(Protocol):
@@ -318,12 +320,9 @@ class Estimates:
     num_models: int
     thresholds: dict = field(default_factory=dict)
 
-    def save(self, path: Path) -> Path:
-        """Write an npz with the authors' published key names (indices in the dataset's original order)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The npz's arrays, with the authors' published key names (indices in the dataset's original order)."""
+        return dict(
             tr_mem=self.mem.value,
             tr_mem_se=self.mem.se,
             tr_n_in=self.mem.n_in.astype(np.int32),
@@ -341,7 +340,14 @@ class Estimates:
             infl_threshold=np.float64(self.thresholds.get("infl", np.nan)),
             mem_threshold=np.float64(self.thresholds.get("mem", np.nan)),
         )
-        return path
+
+    def write(self, f: BinaryIO) -> None:
+        """The npz of `arrays` to an open binary file."""
+        np.savez_compressed(f, **self.arrays())
+
+    def save(self, path: Path) -> Path:
+        """Write the npz to `path` atomically (a fault leaves the previous complete file)."""
+        return write_atomic(Path(path), self.write)
 
     @classmethod
     def load(cls, path: Path) -> Estimates:

@@ -16,6 +16,7 @@ from scipy import stats
 from ..analysis.estimation import Estimates
 from ..config import TRAINING_KEYS, Config, display_path
 from ..data.dataset import Dataset
+from ..report.artifacts import write_csv
 from ..runs.executors import run_jobs
 from ..runs.store import COMPLETED, Store, StoreError
 from ..runs.subsets import check_same_data, data_record, repair_command, stored_meta
@@ -203,7 +204,8 @@ class UtilityResult:
 
 
 def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -> UtilityResult:
-    """Stage 3: retrain R models per condition (resumable) and summarise test accuracy with 95% CIs."""
+    """Stage 3: retrain R models per condition (resumable) and summarise test accuracy with 95% CIs; writes
+    utility.csv (per condition) and utility_runs.csv (per model)."""
     conds = conditions(cfg, est)
     jobs, runs = retrain_jobs(cfg, conds, data.n_train)
     store = open_retrain_store(cfg, data, jobs)
@@ -214,7 +216,10 @@ def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -
     runs["test_acc"] = correct.mean(1)
     runs["pair_test_acc"] = correct[:, pair_tests].mean(1) if len(pair_tests) else np.nan
     runs["seconds"] = np.asarray(store["seconds"])
-    return UtilityResult(runs, summarize(runs), len(pair_tests))
+    result = UtilityResult(runs, summarize(runs), len(pair_tests))
+    write_csv(result.table, cfg.out_dir / "utility.csv")
+    write_csv(result.runs, cfg.out_dir / "utility_runs.csv")
+    return result
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
