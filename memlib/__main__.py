@@ -240,11 +240,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _joined_options(argv: list[str]) -> list[str]:
+    """`--rows -1:5` as `--rows=-1:5`: argparse takes a value that starts with '-' for an option and says only
+    "expected one argument"; joined, the value reaches parse_rows, which says what is wrong with it."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--rows" and out[i + 1].startswith("-"):
+            out[i : i + 2] = [f"--rows={out[i + 1]}"]
+            break
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_joined_options(sys.argv[1:] if argv is None else argv))
 
     from .config import ConfigError, load_profile
     from .data.dataset import DataError
+    from .runs.group import DivergedError
     from .runs.slurm import SlurmError
     from .runs.store import StoreError
 
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = models_kept(cfg) if cfg is not None else 0
         print(f"\ninterrupted: rerun to resume ({kept} models kept)", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, StoreError, SlurmError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, StoreError, SlurmError, DivergedError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk: full, read-only, or not ours
