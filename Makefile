@@ -116,6 +116,6 @@ GPU_PY = $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
 gpu-check: ## prove and time the GPU path in one call (5 min; DEVICE=cpu: tiny sizes); JSON and log in $OUT or results/gpu-check
 	$(GPU_PY) benchmarks/gpu_check.py --device "$$MEMLIB_MAKE_DEVICE" $$([ "$$MEMLIB_MAKE_DEVICE" != cpu ] || echo --tiny)
 
-clean-results: $(STAMP) ## delete <results>/PROFILE (its stores too: finished models are lost), nothing else
+clean-results: $(STAMP) ## delete what memlib wrote in <results>/PROFILE (finished models too); your files stay
 	$(NEED_PROFILE)
 	$(MEMLIB) clean "$$MEMLIB_MAKE_PROFILE"

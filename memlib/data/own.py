@@ -153,7 +153,7 @@ def load_imagefolder_dataset(cfg: Config) -> Dataset:
     files, classes = _imagefolder_files(root)
     sizes = {s: _image_sizes([f for f, _ in files[s]]) for s in files}  # every file opens as an image
     with Image.open(files["train"][0][0]) as first:
-        gray = first.mode in ("1", "L", "I", "I;16")
+        gray = first.mode in ("1", "L") or first.mode.startswith("I")  # I;16, I;16B, I: 16-bit gray
     mode = "L" if gray else "RGB"
     if cfg.image_size is None:
         distinct = sorted(set(sizes["train"]) | set(sizes["test"]))
