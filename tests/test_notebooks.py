@@ -119,6 +119,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert report.count("<img") >= 8, "figures are inline"
     assert "Stage 4: figures and headline numbers" in report
     assert "Stage 5: validating the estimates" in report
+    assert '<a href="scores.csv">' in report, "the findings link the per-example table"
     validation = json.loads((out / "validation.json").read_text())
     assert validation["flipped"] == 0 and "auroc_mem" not in validation, "no flips, no recovery figures"
     assert validation["pairs_fixed"] == summary["high_influence_pairs"]
