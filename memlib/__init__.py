@@ -1,7 +1,8 @@
 """memlib: a reproducible study of Feldman & Zhang (2020), what neural networks memorize and why.
 
 The packages, and the way imports run (tests/test_layout.py keeps it so):
-- config, seeds, columns: the base every package may import (settings, seed streams, the signal columns);
+- config, seeds, columns, files: the base every package may import (settings, seed streams, the signal columns,
+  atomic writes);
 - data -> train -> runs: datasets and label noise; subset design, models and the one training engine; the
   store, claims and the executors (local, SLURM) that train a design's groups into it;
 - analysis -> report: estimators, stability, peer scores, validation and the regime, from arrays alone; then

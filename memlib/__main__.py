@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import errno
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +33,6 @@ def parse_rows(text: str, num_models: int) -> range:
     return range(start, stop)
 
 
-# What memlib writes in <results_dir>/<profile>; `clean` removes a folder only if it holds nothing else.
-RESULT_NAMES = (
-    "store",
-    "store.creating",
-    "retrain",
-    "retrain.*",
-    "figures",
-    "lab",
-    "*.ipynb",
-    "*.json",
-    "*.npz",
-    "*.csv",
-    "*.html",
-    "parameters.yaml",
-)
-
-
 def models_kept(cfg) -> int:
     """Finished models in the profile's stores (stage 1 and stage 3), read from their completed-masks."""
     import numpy as np
@@ -70,18 +51,25 @@ def models_kept(cfg) -> int:
 
 
 def write_params(cfg, path: Path) -> Path:
-    """Every key of the config as plain YAML (numbers as numbers): the notebooks' `params` file."""
+    """Every key of the config as plain YAML (numbers as numbers): the notebooks' `params` file (an output of
+    memlib.report.artifacts.OUTPUTS: parameters.yaml or lab/parameters.yaml), written atomically."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+    from .report.artifacts import write_output
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return write_output(Path(path), lambda f: f.write(text.encode()))
 
 
 def clean(cfg) -> str:
-    """Remove <results_dir>/<profile> and nothing else; refuse anything that is not exactly such a folder."""
+    """Remove from <results_dir>/<profile> what memlib wrote there, by its own record, and nothing else.
+
+    Removed: the files the folder's list of outputs records (memlib.report.artifacts.MANIFEST), the files of each
+    store its spec.json names, and the stages' executed notebooks (papermill's record in them); the folder goes
+    if nothing else is left. Anything else (your own files) is kept, and the message names it.
+    """
     from .config import ConfigError, display_path, project_root, resolve
+    from .stages.clean import remove_outputs
 
     out = cfg.out_dir
     results = resolve(cfg.results_dir).resolve()
@@ -93,14 +81,15 @@ def clean(cfg) -> str:
         raise ConfigError(f"refusing to remove {out}: it is not <results_dir>/<profile> ({results}/{cfg.profile})")
     if not out.exists():
         return f"nothing to remove: {display_path(out)} does not exist"
-    foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch(p.name, pat) for pat in RESULT_NAMES))
-    if foreign:
-        raise ConfigError(
-            f"refusing to remove {out}: it holds {', '.join(foreign[:5])}, which memlib does not write. "
-            "Remove it by hand if you mean to."
-        )
-    shutil.rmtree(out)
-    return f"removed {display_path(out)}"
+    removed, kept = remove_outputs(out)
+    if not kept:
+        return f"removed {display_path(out)}"
+    shown = ", ".join(str(p.relative_to(out)) for p in kept[:5])
+    shown += f" and {len(kept) - 5} more" if len(kept) > 5 else ""
+    return (
+        f"removed the {removed} files memlib wrote in {display_path(out)}; kept {shown}, which memlib did not "
+        "write (remove them by hand if you mean to)"
+    )
 
 
 def check_command(cfg, args) -> None:
@@ -251,11 +240,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _joined_options(argv: list[str]) -> list[str]:
+    """`--rows -1:5` as `--rows=-1:5`: argparse takes a value that starts with '-' for an option and says only
+    "expected one argument"; joined, the value reaches parse_rows, which says what is wrong with it."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--rows" and out[i + 1].startswith("-"):
+            out[i : i + 2] = [f"--rows={out[i + 1]}"]
+            break
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_joined_options(sys.argv[1:] if argv is None else argv))
 
     from .config import ConfigError, load_profile
     from .data.dataset import DataError
+    from .runs.group import DivergedError
     from .runs.slurm import SlurmError
     from .runs.store import StoreError
 
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:  # its commands name the profile as it was given here
         print(f"error: {exc.message(args.profile)}", file=sys.stderr)
         return 2
-    except (ConfigError, DataError, SlurmError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, SlurmError, DivergedError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk: full, read-only, or not ours

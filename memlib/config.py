@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +212,7 @@ class Config:
         for key, ok, message in RULES:
             value = getattr(self, key)
             if not ok(value):
-                raise ConfigError(message(value) if callable(message) else message.format(value=value))
+                raise ConfigError(message(value) if callable(message) else message.format(value=Shown(value)))
         for check in CROSS_CHECKS:
             check(self)
 
@@ -239,7 +240,9 @@ def _check_dataset_keys(cfg: Config) -> None:
     unused = [k for k in DATA_KEYS if getattr(cfg, k) not in (None, False) and k not in READS[kind]]
     if unused:
         readers = {k: [d for d, keys in READS.items() if k in keys] for k in unused}
-        said = "; ".join(f"{k}: {getattr(cfg, k)!r} is read only by dataset: {', '.join(readers[k])}" for k in unused)
+        said = "; ".join(
+            f"{k}: {Shown(getattr(cfg, k))!r} is read only by dataset: {', '.join(readers[k])}" for k in unused
+        )
         raise ConfigError(
             f"dataset: {cfg.dataset} does not use {', '.join(unused)}, so the profile's value would be ignored "
             f"({said}). Remove {', '.join(unused)} from the profile (or set it to null), or choose the dataset "
@@ -497,7 +500,7 @@ def _check_types(cfg: Config) -> None:
         if hint not in TYPE_CHECKS:
             raise TypeError(f"Config.{f.name} is annotated {hint}, which TYPE_CHECKS has no check for: add one")
         if not TYPE_CHECKS[hint](value):
-            raise ConfigError(f"{f.name} must be of type {hint}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{f.name} must be of type {hint}, got {Shown(value)!r} ({type(value).__name__})")
 
 
 def project_root() -> Path:
@@ -617,14 +620,50 @@ def profile_argument(profile: str) -> str:
     return f"path/to/{profile}.yaml"
 
 
+class Shown:
+    """A value as a message shows it: its repr, cut to its start and end when it is long (a 100,000-character
+    value is not echoed in full)."""
+
+    LIMIT = 80
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def _cut(self, text: str) -> str:
+        if len(text) <= self.LIMIT:
+            return text
+        size = f"{len(self.value):,} characters" if isinstance(self.value, str) else f"{len(text):,} characters shown"
+        return f"{text[:50]}...{text[-12:]} ({size})"
+
+    def __repr__(self) -> str:
+        return self._cut(repr(self.value))
+
+    def __str__(self) -> str:
+        return self._cut(str(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec) if spec else str(self)
+
+
+def _lookalikes(key: str) -> str:
+    """For a key with characters that are not plain ASCII (a zero-width space, a Cyrillic letter that looks Latin):
+    which, where, and their Unicode names; '' for a plain key."""
+    odd = [(i, c) for i, c in enumerate(key) if not (c.isascii() and c.isprintable())]
+    named = ", ".join(f"{f'U+{ord(c):04X}'} {unicodedata.name(c, 'unnamed')} at position {i}" for i, c in odd[:3])
+    return f": it holds {named}, which looks like (or hides between) plain letters; retype the key" if odd else ""
+
+
 def _refuse_unknown_keys(values: dict[str, Any], source: str) -> None:
-    """ConfigError for keys that are not fields of Config, each with the closest known key."""
+    """ConfigError for keys that are not fields of Config, each with the closest known key (and any character
+    that only looks like a plain letter)."""
     unknown = [k for k in values if k not in Config.keys()]
     if unknown:
         hints = []
         for k in unknown:
             close = difflib.get_close_matches(k, Config.keys(), n=1) if isinstance(k, str) else []
-            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            odd = _lookalikes(k) if isinstance(k, str) else ""
+            hint = odd or (f" (did you mean '{close[0]}'?)" if close else "")
+            hints.append(f"{Shown(k)!r}" + hint)
         raise ConfigError(f"unknown key {', '.join(hints)} in {source}. Known keys: {', '.join(Config.keys())}.")
 
 

@@ -52,6 +52,8 @@ class Case:
     patch: Callable[[Path], list[tuple[object, str, object]]] = lambda folder: []
     huge: bool = False  # exhausts the machine on code without size checks
     tags: tuple[str, ...] = field(default_factory=tuple)
+    forbid: tuple[str, ...] = ()  # words the message must not hold (wrong advice)
+    longest: int = 0  # the message's most characters (0: no limit)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -166,6 +168,64 @@ from timm.models import register_model
 def {name}(pretrained=False, num_classes=10, in_chans=1, img_size=8, width=16, **kwargs):
 {body}
 """
+
+
+NAN_MODEL = """
+import torch.nn as nn
+from timm.models import register_model
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y * float("nan") if {when} else y
+
+
+@register_model
+def {name}(pretrained=False, num_classes=10, in_chans=1, img_size=8, width=16, **kwargs):
+    return Net(num_classes)
+"""
+TUPLE_MODEL = NAN_MODEL.replace('return y * float("nan") if {when} else y', "return y, x")
+NO_PARAMETERS = """
+import torch.nn as nn
+from timm.models import register_model
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return x.flatten(1)[:, : self.num_classes]
+
+
+@register_model
+def {name}(pretrained=False, num_classes=10, in_chans=1, img_size=8, width=16, **kwargs):
+    return Net(num_classes)
+"""
+
+
+def npz_bytes(cut: Callable[[bytes], bytes]) -> Callable[[Path], list[str]]:
+    """folder/data.npz holding `cut` of a good npz file's bytes (half of it, junk after its signature)."""
+
+    def make(folder: Path) -> list[str]:
+        np.savez(folder / "good.npz", **good_arrays())
+        (folder / "data.npz").write_bytes(cut((folder / "good.npz").read_bytes()))
+        return profile(folder, "check", dataset="npz", data_path=str(folder / "data.npz"))
+
+    return make
+
+
+def npy_as_npz(folder: Path) -> list[str]:
+    """folder/data.npz that is a .npy file (numpy.save of one array), renamed."""
+    np.save(folder / "data.npy", np.zeros(3))
+    (folder / "data.npy").rename(folder / "data.npz")
+    return profile(folder, "check", dataset="npz", data_path=str(folder / "data.npz"))
 
 
 def store_made(fault: Callable[[Path, object], None]) -> Callable[[Path], list[str]]:
@@ -461,6 +521,95 @@ CASES = [
         patch=read_only,
     ),
     Case("the disk fills up during training", lambda f: profile(f, "train"), ("full", "rerun"), patch=disk_full),
+    # issue 25's campaign (the rows of its table; the Makefile's injections are in tests/test_makefile.py, clean
+    # and user files there too, full disks and kills mid-write in tests/test_outputs.py and test_notebooks.py)
+    Case(
+        "function calls sys.exit(0)",
+        user_function("def make(cfg):\n    import sys\n    sys.exit(0)"),
+        ("your function make", "called sys.exit(0)", "line 16", "not a success"),
+    ),
+    Case(
+        "function calls os._exit(0)",
+        user_function("def make(cfg):\n    import os\n    os._exit(0)", command="check"),
+        ("your function make", "called os._exit(0)", "line 16"),
+    ),
+    Case(
+        "dataset file calls sys.exit on import",
+        user_function("import sys\nsys.exit(0)\ndef make(cfg):\n    return good()"),
+        ("your file", "mydata.py", "called sys.exit(0)"),
+    ),
+    Case(
+        "model module calls sys.exit(0) on import",
+        model_module("import sys\nsys.exit(0)", "my_net_e"),
+        ("your file", "mymodels.py", "called sys.exit(0)", "line 2"),
+    ),
+    Case(
+        "model function calls os._exit(0) when built",
+        model_module(MODEL.format(name="my_net_f", body="    import os\n    os._exit(0)"), "my_net_f", "train"),
+        ("your architecture my_net_f", "called os._exit(0)"),
+    ),
+    Case(
+        "model forward returns NaN",
+        model_module(NAN_MODEL.format(name="my_net_g", when="True"), "my_net_g"),
+        ("your architecture my_net_g", "NaN", "2 images"),
+    ),
+    Case(
+        "model turns NaN in training",
+        model_module(NAN_MODEL.format(name="my_net_h", when="self.training"), "my_net_h", "train"),
+        ("NaN", "models", "rows 0-7", "lr"),
+    ),
+    Case(
+        "model function returns a tuple",
+        model_module(MODEL.format(name="my_net_i", body="    return nn.Linear(64, num_classes), 'extra'"), "my_net_i"),
+        ("your architecture my_net_i", "returned tuple", "torch.nn.Module"),
+    ),
+    Case(
+        "model function returns a plain function",
+        model_module(MODEL.format(name="my_net_j", body="    return lambda x: x"), "my_net_j"),
+        ("your architecture my_net_j", "returned function", "torch.nn.Module"),
+    ),
+    Case(
+        "model forward returns a tuple",
+        model_module(TUPLE_MODEL.format(name="my_net_k"), "my_net_k"),
+        ("your architecture my_net_k", "tuple", "one tensor of logits"),
+    ),
+    Case(
+        "model with no parameters",
+        model_module(NO_PARAMETERS.format(name="my_net_l"), "my_net_l", "train"),
+        ("your architecture my_net_l", "no parameters"),
+    ),
+    Case("npz: a single class", npz(y_train=np.zeros(60, int), y_test=np.zeros(21, int)), ("one class",)),
+    Case("imagefolder: a single class", imagefolder({"ant": 6}), ("one class", "ant")),
+    Case(
+        "results_dir: a 300-character name",
+        lambda f: profile(f, results_dir=str(f / ("r" * 300))),
+        ("results_dir", "300 characters", "255"),
+    ),
+    Case("npz: half a file", npz_bytes(lambda good: good[: len(good) // 2]), ("data.npz", "cut short", "savez")),
+    Case("npz: junk after PK", npz_bytes(lambda good: b"PK\x03\x04" + b"junk" * 50), ("data.npz", "savez")),
+    Case("npz: a .npy renamed .npz", npy_as_npz, ("data.npz", ".npy", "numpy.savez")),
+    Case("npz: a pickled member", npz(classes=np.array(["a", 1, None], dtype=object)), ("classes", "pickled")),
+    Case(
+        "function returns a class that is not a string",
+        user_function("def make(cfg):\n    d = good()\n    d.classes = ['a', 2, 'c']\n    return d"),
+        ("classes[1]", "2", "string"),
+    ),
+    Case(
+        "npz: non-square images with mem_mlp",
+        lambda f: npz(x_train=np.zeros((60, 8, 6), np.uint8), x_test=np.zeros((21, 8, 6), np.uint8))(f),
+        ("8x6", "mem_mlp", "mem_cnn"),
+        forbid=("mem_mlp, mem_cnn, mem_resnet18 take any",),
+    ),
+    Case(
+        "a 100,000-character value",
+        lambda f: profile(f, data_path="x" * 100_000),
+        ("100,000 characters",),
+        longest=600,
+    ),
+    Case("a key with a zero-width space", raw_profile("epo\u200bchs: 3\n"), ("U+200B", "ZERO WIDTH SPACE", "retype")),
+    Case("a key with a Cyrillic letter", raw_profile("\u0435pochs: 3\n"), ("U+0435", "CYRILLIC", "retype")),
+    Case("results_dir: /proc", lambda f: profile(f, results_dir="/proc"), ("/proc", "cannot write")),
+    Case("--rows -1:5", lambda f: ["train", "--rows", "-1:5", profile(f)[1]], ("--rows", "-1:5", "START:STOP")),
 ]
 
 
@@ -496,6 +645,8 @@ def run_case(case: Case, folder: Path, unguarded: bool = False) -> tuple[bool, s
         ok &= all(word in message for word in case.says)
         if "no-delete" in case.tags:
             ok &= "delete" not in message
+        ok &= not any(word in message for word in case.forbid)
+        ok &= not case.longest or len(message) <= case.longest
     return ok, f"rc {rc}: {message[:300]}"
 
 

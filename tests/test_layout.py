@@ -13,11 +13,16 @@ ALLOWED = {
     "config": set(),
     "seeds": set(),
     "columns": set(),
-    "data": {"config", "seeds"},
-    "train": {"config", "seeds", "columns", "data"},
-    "runs": {"config", "seeds", "columns", "data", "train"},
-    "analysis": {"config", "columns"},  # numpy, scipy, torch (fast masked sums) and the run arrays; no training
-    "report": {"config", "analysis"},
+    "files": set(),
+    "data": {"config", "seeds", "files"},
+    "train": {"config", "seeds", "columns", "data", "files"},
+    "runs": {"config", "seeds", "columns", "data", "train", "files"},
+    "analysis": {
+        "config",
+        "columns",
+        "files",
+    },  # numpy, scipy, torch (fast masked sums) and the run arrays; no training
+    "report": {"config", "analysis", "files"},
 }
 
 

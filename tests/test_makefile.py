@@ -22,7 +22,7 @@ from conftest import ROOT
 
 import memlib
 from memlib.__main__ import main
-from memlib.report.artifacts import STAGES
+from memlib.report.artifacts import STAGES, write_json
 
 VENV = Path(sys.prefix)
 
@@ -54,9 +54,9 @@ def test_clean_results_refuses_an_empty_or_unknown_profile():
 def test_clean_results_removes_exactly_the_profiles_folder(tmp_path):
     profile = toy_profile(tmp_path)
     out, other = tmp_path / "results" / "toy", tmp_path / "results" / "other"
-    for d in (out / "store", other):
-        d.mkdir(parents=True)
-    (out / "summary.json").write_text("{}")
+    (out / "store").mkdir(parents=True)
+    other.mkdir()
+    write_json({}, out / "summary.json")  # written by memlib, so recorded as its own
     (other / "keep.txt").write_text("another profile's")
     res = make("clean-results", f"PROFILE={profile}")
     assert res.returncode == 0, res.stderr
@@ -64,14 +64,39 @@ def test_clean_results_removes_exactly_the_profiles_folder(tmp_path):
     assert "nothing to remove" in make("clean-results", f"PROFILE={profile}").stdout
 
 
-def test_clean_refuses_a_folder_that_holds_what_memlib_does_not_write(tmp_path, capsys):
-    # results_dir: . and a profile named like a project folder would point at that folder
+def test_clean_removes_only_what_memlib_wrote_by_its_own_record(tmp_path, capsys):
+    """Catches a clean that matches file names (it deleted a user's own train.npz and labels.json, which look like
+    outputs): only files the folder's manifest records, the files a store's spec names, and executed notebooks
+    go; the user's files, in the folder, in figures/ and in a store, stay."""
+    from memlib.stages.train import training_overview
+
     profile = toy_profile(tmp_path, name="precious", results_dir=str(tmp_path))
-    (tmp_path / "precious").mkdir()
-    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
-    assert main(["clean", str(profile)]) == 2
-    assert "thesis.tex, which memlib does not write" in capsys.readouterr().err
-    assert (tmp_path / "precious" / "thesis.tex").exists()
+    cfg = memlib.load_profile(str(profile))
+    out = tmp_path / "precious"
+    store = memlib.open_subset_store(cfg, memlib.load_dataset(cfg))
+    training_overview(cfg, store)  # figures/training_overview.png, recorded
+    del store
+    write_json({"a": 1}, out / "summary.json")
+    mine = {
+        "thesis.tex": "years of work",
+        "train.npz": "my data",
+        "labels.json": "{}",
+        "figures/my_plot.png": "mine",
+        "store/notes.txt": "my notes on this store",
+    }
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    assert main(["clean", str(profile)]) == 0
+    said = capsys.readouterr().out
+    assert "kept " in said and "labels.json" in said and "which memlib did not write" in said
+    for name, text in mine.items():
+        assert (out / name).read_text() == text, name
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert left == sorted(mine), "everything memlib wrote is gone: the store's arrays, the figure, summary.json"
+    for name in mine:
+        (out / name).unlink()
+    write_json({"a": 1}, out / "summary.json")
+    assert main(["clean", str(profile)]) == 0 and not out.exists(), "with nothing of the user's, the folder goes"
 
 
 def test_check_and_report_take_a_yaml_path(tmp_path):
@@ -158,3 +183,33 @@ def test_every_target_imports_memlib_from_this_checkout_whichever_venv_runs_it()
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert res.returncode == 0 and res.stdout.strip() == after, res.stdout + res.stderr
+
+
+INJECTIONS = ('x";touch {mark};"', "`touch {mark}`", "$$(touch {mark})", "$(touch {mark})", "$(shell touch {mark})")
+
+
+@pytest.mark.parametrize("target", ["check", "reproduce", "report", "lab", "clean-results"])
+def test_no_profile_reaches_a_shell_as_code(tmp_path, target):
+    """Catches PROFILE pasted into a recipe's shell string (`"$(PROFILE)"`: `x";touch pwned;"` ran the command) or
+    expanded by make (`$(shell ...)`): memlib, papermill and jupyter are replaced by `echo`, so the recipe runs in a
+    second and each command shows the profile exactly as given, as one argument."""
+    stand_ins = ("MEMLIB=echo memlib", "PAPERMILL=echo papermill", "JUPYTER=echo jupyter")
+    for i, injection in enumerate(INJECTIONS):
+        mark = tmp_path / f"pwned{i}"
+        profile = injection.format(mark=mark)
+        res = make(target, f"PROFILE={profile}", *stand_ins, timeout=60)
+        assert not mark.exists(), f"make {target} PROFILE={profile} ran a command: {res.stdout}{res.stderr}"
+        command = {"reproduce": "check", "clean-results": "clean"}.get(target, target)
+        shown = f"-r profile {profile} -r params" if target == "lab" else f"memlib {command} {profile}\n"
+        assert shown in res.stdout, f"memlib got it intact: {res.stdout}{res.stderr}"
+
+
+def test_no_executor_or_device_reaches_a_shell_as_code(tmp_path):
+    """Catches EXECUTOR or DEVICE expanded by make or pasted into a recipe (`--device $(DEVICE)` was unquoted)."""
+    for i, injection in enumerate(INJECTIONS):
+        mark = tmp_path / f"pwned{i}"
+        value = injection.format(mark=mark)
+        res = make("gpu-check", f"DEVICE={value}", "GPU_PY=echo gpu", timeout=60)
+        assert not mark.exists() and f"--device {value}" in res.stdout, res.stdout + res.stderr
+        res = make("check", f"EXECUTOR={value}", "MEMLIB=printenv MEMLIB_EXECUTOR", timeout=60)
+        assert not mark.exists() and f"\n{value}\n" in res.stdout, res.stdout + res.stderr

@@ -4,13 +4,17 @@ run by papermill."""
 from __future__ import annotations
 
 import ast
+import hashlib
+import importlib.util
 import json
+import os
 import re
 from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -18,7 +22,7 @@ import memlib
 from memlib.__main__ import write_params
 from memlib.analysis.peers import PEERS
 from memlib.config import Config
-from memlib.report.artifacts import STAGES
+from memlib.report.artifacts import MANIFEST, OUTPUTS, STAGES, written
 from memlib.report.figures import FIGURES, figure_path
 from memlib.report.html import render_report
 
@@ -98,6 +102,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     }
     for nb in NOTEBOOKS:
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
+    check_outputs_of_the_smoke_study(out, params)
     with np.load(out / "estimates.npz") as f:
         assert {"tr_mem", "tr_mem_se", "tr_labels", "tt_labels", "tr_idx", "tt_idx", "infl", "mem"} <= set(f.files)
         assert len(f["tr_mem"]) == 1297 and len(f["tt_labels"]) == 500
@@ -116,6 +121,7 @@ def test_papermill_runs_all_five_notebooks_on_smoke(tmp_path):
     assert report.count("<img") >= 8, "figures are inline"
     assert "Stage 4: figures and headline numbers" in report
     assert "Stage 5: validating the estimates" in report
+    assert '<a href="scores.csv">' in report, "the findings link the per-example table"
     validation = json.loads((out / "validation.json").read_text())
     assert validation["flipped"] == 0 and "auroc_mem" not in validation, "no flips, no recovery figures"
     assert validation["pairs_fixed"] == summary["high_influence_pairs"]
@@ -146,11 +152,14 @@ def test_validation_stage_on_smoke_noisy_finds_the_recorded_flips_and_reports_ev
         nb = Path("notebooks") / f"{stage}.ipynb"
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
     spec = json.loads((out / "store" / "spec.json").read_text())
-    with np.load(out / "estimates.npz") as f:
+    with np.load(out / "validation.npz") as f, np.load(out / "estimates.npz") as e:
         flipped = np.flatnonzero(f["tr_flipped"])
         assert flipped.tolist() == spec["meta"]["label_noise"]["positions"], "the report's flips are the store's"
-        assert np.all(f["tr_labels_clean"][flipped] != f["tr_labels"][flipped])
-        assert len(f["fdr_tr_idx"]) == len(f["fdr_p"]) and "tr_idx" in f.files, "both pair sets exported"
+        assert np.all(f["tr_labels_clean"][flipped] != e["tr_labels"][flipped])
+        assert len(f["fdr_tr_idx"]) == len(f["fdr_p"]) and "tr_idx" in e.files, "both pair sets exported"
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores["flipped"].to_numpy().nonzero()[0].tolist() == flipped.tolist()
+    assert (scores["label_clean"] != scores["label"]).sum() == len(flipped)
     v = json.loads((out / "validation.json").read_text())
     assert v["flipped"] == len(flipped) == 130
     for score in ("mem", "cleanlab", "loss", "margin", "aum", "el2n", "forgetting", "learning_speed"):
@@ -167,3 +176,85 @@ def test_validation_stage_on_smoke_noisy_finds_the_recorded_flips_and_reports_ev
         assert key in v
     for fig in ("roc_flips", "convergence"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+
+
+def _files(out: Path) -> set[str]:
+    """The files under a run folder, its stores as one name each (store/, retrain/)."""
+    names = set()
+    for p in out.rglob("*"):
+        rel = p.relative_to(out).as_posix()
+        top = rel.split("/")[0]
+        if top in ("store", "retrain"):
+            names.add(f"{top}/")
+        elif p.is_file():
+            names.add(rel)
+    return names
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_outputs_of_the_smoke_study(out: Path, params: dict) -> None:
+    """The files the smoke study wrote are exactly those OUTPUTS lists for it; stage 5 wrote its own and never
+    stage 2's; rerunning stage 2 after stage 5 loses nothing of stage 5's; a stage-5 write that fails midway (a full
+    disk, a kill) leaves stage 2's and stage 5's files as they were.
+
+    Catches stage 5 rewriting estimates.npz (rerunning stage 2 dropped its 17 keys), a file written in a notebook
+    cell or under a name no table lists, and an output written in place."""
+    import pandas as pd
+    import papermill as pm
+
+    import memlib.files
+    from memlib.stages.validate import validate_stage
+
+    render_report(out)
+    parquet = importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")
+    expected = {o.name for o in OUTPUTS.values() if not o.when and not o.name.startswith("lab/")}
+    expected |= {"scores.parquet"} if parquet else set()
+    assert _files(out) == expected, f"written but not listed: {_files(out) - expected}; listed, not written: " + str(
+        expected - _files(out)
+    )
+    notebooks = {f"{s}.ipynb" for s in STAGES}
+    assert written(out) == expected - notebooks - {"store/", "retrain/", MANIFEST}, "each write is recorded"
+    with np.load(out / "estimates.npz") as est, np.load(out / "validation.npz") as val:
+        assert not set(est.files) & {"tr_flipped", "tr_score_loss", "fdr_p"}, "stage 5 wrote into stage 2's file"
+        scores = pd.read_csv(out / "scores.csv")
+        assert len(scores) == len(est["tr_mem"]) and scores["index"].tolist() == est["tr_index"].tolist()
+        assert np.allclose(scores["mem"], est["tr_mem"]) and np.allclose(scores["mem_se"], est["tr_mem_se"])
+        assert scores["label"].tolist() == est["tr_labels"].tolist()
+        for name in ("loss", "margin", "aum", "cleanlab"):
+            assert np.allclose(scores[f"score_{name}"], val[f"tr_score_{name}"], equal_nan=True), name
+        assert scores["top_test_index"].tolist() == val["tr_top_tt_idx"].tolist()
+        assert np.allclose(scores["top_infl"], val["tr_top_infl"], equal_nan=True)
+        assert set(scores.index[scores["in_fdr_pair"]]) == set(np.searchsorted(est["tr_index"], val["fdr_tr_idx"]))
+        assert set(scores.index[scores["in_pair"]]) == set(np.searchsorted(est["tr_index"], est["tr_idx"]))
+    stage5 = {name: _digest(out / name) for name in ("validation.npz", "scores.csv", "validation.json")}
+    nb = Path("notebooks") / "02_estimate.ipynb"
+    pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd="notebooks", progress_bar=False)
+    assert {name: _digest(out / name) for name in stage5} == stage5, "rerunning stage 2 kept stage 5's files"
+    stage2 = _digest(out / "estimates.npz")
+
+    class Killed(BaseException):
+        pass
+
+    real = os.fdopen
+
+    def dies(fd, mode):  # the process dies inside the write, after some bytes
+        f = real(fd, mode)
+        f.write(b"PK\x03\x04 part of a file")
+        raise Killed
+
+    cfg = memlib.load_profile(params["profile"], params["params"])
+    data = memlib.load_dataset(cfg)
+    store = memlib.open_subset_store(cfg, data, create=False)
+    est = memlib.Estimates.load(out / "estimates.npz")
+    memlib.files.os.fdopen = dies
+    try:
+        with pytest.raises(Killed):
+            validate_stage(cfg, store, data, est)
+    finally:
+        memlib.files.os.fdopen = real
+    assert _digest(out / "estimates.npz") == stage2, "a stage 5 killed mid-write leaves stage 2's file"
+    assert {name: _digest(out / name) for name in stage5} == stage5, "and its own previous files"
+    assert not list(out.rglob("*.tmp"))

@@ -25,12 +25,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import DTypeLike
 from tqdm import tqdm
+
+from ..files import write_atomic
 
 
 class Labelled(Protocol):
@@ -348,12 +350,9 @@ class Estimates:
         """The pairs the study stands behind: the controlled set where there is one, else the fixed cut-offs'."""
         return self.controlled if self.controlled is not None else self.pairs
 
-    def save(self, path: Path) -> Path:
-        """Write an npz with the authors' published key names (indices in the dataset's original order)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The npz's arrays, with the authors' published key names (indices in the dataset's original order)."""
+        return dict(
             tr_mem=self.mem.value,
             tr_mem_se=self.mem.se,
             tr_n_in=self.mem.n_in.astype(np.int32),
@@ -372,7 +371,14 @@ class Estimates:
             mem_threshold=np.float64(self.thresholds.get("mem", np.nan)),
             **self._controlled_arrays(),
         )
-        return path
+
+    def write(self, f: BinaryIO) -> None:
+        """The npz of `arrays` to an open binary file."""
+        np.savez_compressed(f, **self.arrays())
+
+    def save(self, path: Path) -> Path:
+        """Write the npz to `path` atomically (a fault leaves the previous complete file)."""
+        return write_atomic(Path(path), self.write)
 
     def _controlled_arrays(self) -> dict[str, np.ndarray]:
         """The controlled pairs as estimates.npz keeps them (`fdr_*`, indices in the original order), if selected."""

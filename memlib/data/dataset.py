@@ -189,17 +189,36 @@ def check_arrays(
             f"{where}: x_train examples are {arrays['x_train'].shape[1:]}, x_test examples "
             f"{arrays['x_test'].shape[1:]}: both splits need the same image shape"
         )
+    _check_classes(where, classes, arrays["y_train"], every_class)
+
+
+CHANNELS = (1, 3, 4)
+
+
+def _check_classes(where: str, classes: list, y_train: np.ndarray, every_class: bool) -> None:
+    """DataError unless every class name is a string, the training set holds two classes or more, and (with
+    `every_class`) every class has a training example."""
+    for i, name in enumerate(classes):
+        if not isinstance(name, str):  # a number or None among the names fails later, far from here
+            raise DataError(
+                f"{where}: class names must be strings, but classes[{i}] is {name!r} ({type(name).__name__}). "
+                f"Name each class with a string, e.g. classes = [str(c) for c in classes]"
+            )
+    present = np.unique(y_train)
+    if len(present) == 1:
+        raise DataError(
+            f"{where}: every training example is of one class ({classes[int(present[0])]!r}). Memorization and "
+            "influence compare what models trained with and without an example predict among classes, so a single "
+            "class makes every estimate meaningless: add examples of at least one other class"
+        )
     if every_class:
-        absent = sorted(set(range(len(classes))) - set(np.unique(arrays["y_train"]).tolist()))
+        absent = sorted(set(range(len(classes))) - set(present.tolist()))
         if absent:
             names = ", ".join(f"{c} ({classes[c]!r})" for c in absent[:10]) + (" ..." if len(absent) > 10 else "")
             raise DataError(
                 f"{where}: {len(absent)} of {len(classes)} classes have no training example: {names}. A model cannot "
                 "learn a class it never sees: give each class training examples, or remove it from the class list"
             )
-
-
-CHANNELS = (1, 3, 4)
 
 
 def _check_index(where: str, name: str, idx: np.ndarray, n: int) -> None:

@@ -3,12 +3,15 @@ loader function (path/to/file.py:function). Errors in your code are reported wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import traceback
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +43,7 @@ def _data_path(cfg: Config, kind: str) -> Path:
 def load_npz_dataset(cfg: Config) -> Dataset:
     """Your arrays in one .npz: x_train, y_train, x_test, y_test; optional classes, train_index, test_index."""
     path = _data_path(cfg, "npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc}); write it with numpy.savez") from exc
+    arrays = _read_npz(path)
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; it holds {', '.join(sorted(arrays)) or 'nothing'}")
@@ -73,6 +72,39 @@ def load_npz_dataset(cfg: Config) -> Dataset:
     )
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, refusing (with the fix) a file cut short, a .npy file, or a pickled member."""
+    fix = "write it again with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{display_path(path)} is not a readable .npz file ({type(exc).__name__}: {exc}): it may be cut short "
+            f"(a copy or download that stopped) or not an .npz at all; {fix}"
+        ) from None
+    if isinstance(loaded, np.ndarray):
+        raise DataError(
+            f"{display_path(path)} is a .npy file (one array, shape {loaded.shape}) named .npz, not an .npz of named "
+            f"arrays; {fix}"
+        )
+    with loaded as f:
+        for name in f.files:  # a member's header says its dtype before anything is read
+            with f.zip.open(f"{name}.npy") as member:
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if fmt.read_magic(member) == (1, 0) else fmt.read_array_header_2_0
+                _, _, dtype = read(member)
+            if dtype.hasobject:
+                raise DataError(
+                    f"{display_path(path)}: its member {name} holds Python objects (a pickled object array, "
+                    f"dtype {dtype}); memlib never unpickles a data file, since unpickling can run code. Save {name} "
+                    "as numbers or strings (e.g. numpy.array(names, dtype=str))"
+                )
+        try:
+            return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{display_path(path)} is not a readable .npz file: cut short ({exc}); {fix}") from None
+
+
 def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
     """(width, height) of each image, from its header only (nothing is decoded)."""
     from PIL import Image
@@ -88,16 +120,22 @@ def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
 
 
 def _read_images(files: list[Path], size: int | None, mode: str) -> np.ndarray:
+    """The images as float32 in [0, 1], each scaled by its bit depth (8-bit by 255, 16-bit by 65535: never clipped)."""
     from PIL import Image
 
     out = []
     for file in files:
         try:
             with Image.open(file) as im:
-                im = im.convert(mode)
+                if im.mode.startswith("I") and mode == "L":  # 16-bit gray (I;16, or I as PNG opens it): keep every bit
+                    pixels = np.asarray(im, dtype=np.float32) / np.float32(65535)
+                    im = Image.fromarray(pixels, mode="F")
+                else:
+                    im = im.convert(mode)
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.uint8))
+                scale = 1.0 if im.mode == "F" else 255.0
+                out.append(np.asarray(im, dtype=np.float32) / np.float32(scale))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DataError(f"{file} is not a readable image ({exc})") from exc
     return np.stack(out)
@@ -115,7 +153,7 @@ def load_imagefolder_dataset(cfg: Config) -> Dataset:
     files, classes = _imagefolder_files(root)
     sizes = {s: _image_sizes([f for f, _ in files[s]]) for s in files}  # every file opens as an image
     with Image.open(files["train"][0][0]) as first:
-        gray = first.mode in ("1", "L", "I", "I;16")
+        gray = first.mode in ("1", "L") or first.mode.startswith("I")  # I;16, I;16B, I: 16-bit gray
     mode = "L" if gray else "RGB"
     if cfg.image_size is None:
         distinct = sorted(set(sizes["train"]) | set(sizes["test"]))
@@ -129,7 +167,7 @@ def load_imagefolder_dataset(cfg: Config) -> Dataset:
         width = height = cfg.image_size
     n = len(files["train"]) + len(files["test"])
     channels = 1 if gray else 3
-    need = n * width * height * channels * 6  # float32 images, and the uint8 ones they are made from
+    need = n * width * height * channels * 8  # float32 images, and the list of them they are stacked from
     check_memory(f"{n:,} images of {width}x{height}x{channels} from {display_path(root)}", need)
     lookup = {c: i for i, c in enumerate(classes)}
     x = {s: as_images(_read_images([f for f, _ in files[s]], cfg.image_size, mode)) for s in files}
@@ -225,6 +263,32 @@ def _torchvision_arrays(ds, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     return as_images(np.stack(xs)), np.array(ys, dtype=np.int64)
 
 
+class ExitCalled(Exception):
+    """The user's code called sys.exit() or os._exit(): memlib reports it as that code's failure, never a success."""
+
+    def __init__(self, call: str, code: object):
+        super().__init__(f"{call}({code!r})")
+        self.call, self.code = call, code
+
+
+@contextlib.contextmanager
+def exits_are_errors():
+    """Run the user's code with sys.exit() and os._exit() raising ExitCalled instead of ending the process (which
+    would end `check` or `train` silently, with the user's exit code: a script would take exit 0 for success)."""
+    real = os._exit
+
+    def _exit(code: int) -> None:
+        raise ExitCalled("os._exit", code)
+
+    os._exit = _exit
+    try:
+        yield
+    except SystemExit as exc:
+        raise ExitCalled("sys.exit", exc.code).with_traceback(exc.__traceback__) from None
+    finally:
+        os._exit = real
+
+
 def user_code_error(exc: BaseException, what: str, file: str | Path | None) -> str:
     """'your <what> raised <Error>: <message> at line N (`code`)', from the deepest frame in `file`.
 
@@ -246,6 +310,11 @@ def user_code_error(exc: BaseException, what: str, file: str | Path | None) -> s
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         text = f"raised {type(exc).__name__}" + (f": {detail}" if detail else "")
     at = f" at line {line}" + (f" (`{code}`)" if code else "") if line else ""
+    if isinstance(exc, ExitCalled):
+        return (
+            f"your {what} called {exc}{at}, which ends the program: that is not a success here, whatever the exit "
+            "code (nothing was loaded or trained). Return the result instead, or raise an exception for an error"
+        )
     return f"your {what} {text}{at}. Fix it there and rerun; memlib itself did not fail"
 
 
@@ -261,8 +330,9 @@ def _import_file(path: Path, what: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file raised on import, or does not parse
+        with exits_are_errors():
+            spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file raised on import, or does not parse (or exits)
         del sys.modules[name]
         key = what.split(":", 1)[0]  # dataset or model_module
         raise ConfigError(user_code_error(exc, f"file {display_path(path)} (the profile's {key})", path)) from None
@@ -277,7 +347,8 @@ def import_user_module(ref: str, what: str):
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
-        return importlib.import_module(ref)
+        with exits_are_errors():
+            return importlib.import_module(ref)
     except ImportError as exc:
         raise ConfigError(f"{what}: cannot import {ref!r} ({exc}); give a path to a .py file instead") from None
     except Exception as exc:  # the module raised on import, or does not parse
@@ -314,7 +385,8 @@ def load_user_dataset(cfg: Config) -> Dataset:
                     "argument (the config) or none: give it the signature (cfg) or ()"
                 ) from None
     try:
-        data = func(*args)
+        with exits_are_errors():
+            data = func(*args)
     except Exception as exc:
         raise DataError(user_code_error(exc, what, file)) from None
     where = f"your {what}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import display_path
-from .artifacts import ENVIRONMENT_FILE, STAGES, read_json
+from .artifacts import ENVIRONMENT_FILE, SCORES_FILE, STAGES, read_json, write_output
 from .figures import FIGURES, FINDINGS_FIGURES, figure_path
 from .prose import caveats, headline, headline_sentence, validation_rows
 
@@ -134,7 +134,14 @@ def _findings(out_dir: Path, title: str, stages: list[dict], summary: dict | Non
     checks = read_json(out_dir / "validation.json") if (out_dir / "validation.json").exists() else {}
     parts.append("<h2>Headline figures</h2>" + _html_table(headline(summary) + validation_rows(checks)))
     where = " and <code>validation.json</code> (stage 5)" if checks else ""
-    parts.append(f"<p>All of them, in <code>summary.json</code>{where} beside this report.</p>")
+    table = SCORES_FILE if (out_dir / SCORES_FILE).exists() else None
+    per_example = (
+        f' Every training example, in the dataset\'s order: <a href="{table}"><code>{table}</code></a> (its labels, '
+        "mem and its standard error, each peer score, the test example it influences most, its pairs)."
+        if table
+        else ""
+    )
+    parts.append(f"<p>All of them, in <code>summary.json</code>{where} beside this report.{per_example}</p>")
     return "\n".join(parts)
 
 
@@ -202,9 +209,8 @@ def render_report(out_dir: Path, title: str | None = None) -> Path:
     report.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(report)
-    path = out_dir / "report.html"
-    path.write_text(body.replace("<title>Notebook</title>", f"<title>{html.escape(title)}</title>"))
-    return path
+    page = body.replace("<title>Notebook</title>", f"<title>{html.escape(title)}</title>")
+    return write_output(out_dir / "report.html", lambda f: f.write(page.encode()))
 
 
 def _stage_cells(out_dir: Path, row: dict) -> list:

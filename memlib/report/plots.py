@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..analysis.estimation import Estimates
+from .artifacts import save_figure
 
 sns.set_theme(context="notebook", style="whitegrid")
 PALETTE = {"mem": "#c0392b", "random": "#7f8c8d", "pairs": "#c0392b", "pairs_random": "#7f8c8d", "full": "#2c3e50"}
@@ -28,9 +29,9 @@ class Images(Protocol):
 
 
 def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+    """Write `fig` to `path`, one of the run folder's outputs (memlib.report.artifacts.OUTPUTS), atomically."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        save_figure(fig, Path(path))
     return fig
 
 

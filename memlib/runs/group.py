@@ -14,7 +14,7 @@ import numpy as np
 from ..train.design import Job, group_rows
 from ..train.engine import Outcome
 from .claims import Lease, claim, wait_claim
-from .store import CLAIMS_DIR, Store
+from .store import CLAIMS_DIR, Store, describe_rows
 
 
 def _row_values(job: Job, out: Outcome, seconds: float, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -59,8 +59,30 @@ def run_group(store: Store, learner, jobs: list[Job], group_size: int, wait: boo
         else:
             outs = [learner.fit_eval(idx, seed) for idx, seed in runs]
         seconds = (time.perf_counter() - start) / len(todo)  # per model, in this worker
+        check_finite(todo, outs)
         store.write_rows({j.row: _row_values(j, out, seconds, store.arrays) for j, out in zip(todo, outs)})
     return len(todo)
+
+
+class DivergedError(RuntimeError):
+    """Trained models whose outputs are NaN or inf: their results would be meaningless, so none is stored."""
+
+
+def check_finite(jobs: Sequence[Job], outs: Sequence[Outcome]) -> None:
+    """DivergedError naming the rows whose trained model gave NaN or inf probabilities (nothing of them is stored)."""
+    bad = [
+        j.row
+        for j, out in zip(jobs, outs)
+        if not (np.isfinite(out.train_prob).all() and np.isfinite(out.test_prob).all())
+    ]
+    if bad:
+        raise DivergedError(
+            f"{len(bad)} of the {len(jobs)} models of rows {describe_rows(np.array([j.row for j in jobs]))} gave NaN "
+            f"or inf outputs after training (rows {describe_rows(np.array(bad))}): their loss diverged, or the "
+            "model computes NaN. Nothing of them was stored, so every estimate stays meaningful. Lower lr (or "
+            "add gradient clipping to your model), check the model's forward pass, and rerun: finished models "
+            "are kept."
+        )
 
 
 def job_groups(jobs: list[Job], group_size: int) -> list[list[Job]]:

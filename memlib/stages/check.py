@@ -14,12 +14,12 @@ from ..config import Config, ConfigError, display_path, profile_argument, resolv
 from ..data import dataset as data_module
 from ..data.dataset import Dataset
 from ..data.datasets import load_dataset
-from ..data.own import user_code_error
+from ..data.own import ExitCalled, exits_are_errors, user_code_error
 from ..runs.store import SPEC_FILE, refuse_unspecified
 from ..runs.subsets import open_subset_store, subset_store_path, subset_store_spec
 from ..train.design import check_out_counts
 from ..train.engine import resolve_device
-from ..train.models import build_model, check_arch
+from ..train.models import build_model, check_arch, model_kwargs
 from .train import store_fit
 from .utility import check_retrain_store
 
@@ -70,17 +70,23 @@ def check(cfg: Config, data: Dataset | None = None) -> dict:
 
 
 def check_model_runs(cfg: Config, data: Dataset) -> int:
-    """The architecture builds for this data, fits in memory and maps 2 images to (2, classes); returns its size."""
+    """The architecture builds for this data, has parameters, fits in memory and maps 2 images to finite logits
+    (2, classes); returns its size."""
     import torch
 
     c, h, w = data.image_shape
     with torch.device("meta"):  # parameters counted without allocating them
         meta_model = _build(cfg, data)
     parameters = sum(p.numel() for p in meta_model.parameters())
+    if parameters == 0:
+        raise ConfigError(
+            f"{_whose(cfg)} has no parameters to train, so training would learn nothing (and fail). Give it at "
+            "least one layer with weights (e.g. torch.nn.Linear), or choose another architecture"
+        )
     check_model_fits(cfg, parameters)
     model = _build(cfg, data)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exits_are_errors():
             logits = model.eval()(torch.as_tensor(data.x_train[:2]))
     except Exception as exc:  # timm models raise many kinds of error on an input they cannot take
         mine = _user_model_error(cfg, exc, f"its forward pass on 2 images of {c}x{h}x{w}")
@@ -88,14 +94,41 @@ def check_model_runs(cfg: Config, data: Dataset) -> int:
             raise mine from None
         raise ConfigError(
             f"arch {cfg.arch!r} does not accept {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc}). "
-            "Choose an architecture for this image size (memlib's mem_mlp, mem_cnn, mem_resnet18 take any)."
+            + _shape_advice(cfg, h, w)
         ) from exc
+    if not isinstance(logits, torch.Tensor):
+        raise ConfigError(
+            f"{_whose(cfg)} returned {type(logits).__name__} for 2 images of {c}x{h}x{w}, not one tensor of logits "
+            f"(2, {data.num_classes}): make its forward return the logits alone"
+        )
     if tuple(logits.shape) != (2, data.num_classes):
         raise ConfigError(
             f"{cfg.arch} returns {tuple(logits.shape)} for 2 images; expected (2, {data.num_classes}): choose another"
             " architecture"
         )
+    if not torch.isfinite(logits).all():
+        raise ConfigError(
+            f"{_whose(cfg)} returns NaN or inf for 2 images of {c}x{h}x{w} before any training: every estimate "
+            "would be meaningless. Fix its forward pass (a division by zero, a log of zero, an uninitialized weight)"
+        )
     return parameters
+
+
+def _shape_advice(cfg: Config, h: int, w: int) -> str:
+    """Which of memlib's architectures take images of this shape."""
+    if h != w:
+        return (
+            f"These images are not square ({h}x{w}): memlib's mem_mlp and mem_mlp_mnist are built for square "
+            "images (img_size x img_size); mem_cnn and mem_resnet18 take any shape (arch: mem_cnn), or resize the "
+            "images to a square"
+        )
+    return "Choose an architecture for this image size (memlib's mem_mlp, mem_mlp_mnist, mem_cnn and mem_resnet18 do)."
+
+
+def _whose(cfg: Config) -> str:
+    """The architecture as a message names it: the user's own with its file, or memlib's or timm's by name."""
+    file = _user_file(cfg)
+    return f"your architecture {cfg.arch} in {display_path(file)}" if file else f"arch {cfg.arch!r}"
 
 
 def check_published(cfg: Config) -> None:
@@ -113,18 +146,42 @@ def check_published(cfg: Config) -> None:
 
 
 def _build(cfg: Config, data: Dataset):
+    import timm
+    import torch
+
     c, h, w = data.image_shape
     try:
-        return build_model(cfg, in_chans=c, img_size=h, num_classes=data.num_classes)
+        with exits_are_errors():
+            model = build_model(cfg, in_chans=c, img_size=h, num_classes=data.num_classes)
     except ConfigError:
         raise
     except Exception as exc:
+        if _user_file(cfg) is not None and not isinstance(exc, ExitCalled):  # did their function return a model?
+            try:
+                with exits_are_errors():
+                    made = timm.models.model_entrypoint(cfg.arch)(
+                        num_classes=data.num_classes, in_chans=c, **model_kwargs(cfg, h)
+                    )
+            except Exception:
+                made = None
+            if made is not None and not isinstance(made, torch.nn.Module):
+                raise _not_a_module(cfg, made) from None
         mine = _user_model_error(cfg, exc, f"built for {c}x{h}x{w} images and {data.num_classes} classes")
         if mine is not None:
             raise mine from None
         raise ConfigError(
             f"arch {cfg.arch!r} cannot be built for {c}x{h}x{w} images of {cfg.dataset} ({type(exc).__name__}: {exc})"
         ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise _not_a_module(cfg, model)
+    return model
+
+
+def _not_a_module(cfg: Config, made: object) -> ConfigError:
+    return ConfigError(
+        f"{_whose(cfg)} returned {type(made).__name__}, not a torch.nn.Module: its function must return the model "
+        "itself (e.g. `return MyNet(num_classes)`, an nn.Module whose forward maps images to logits)"
+    )
 
 
 def _user_model_error(cfg: Config, exc: BaseException, context: str) -> ConfigError | None:
@@ -211,8 +268,20 @@ def check_results_dir(cfg: Config) -> bool:
     still be read (by `check` and the stages that only read them). Returns True where it can be written.
     """
     target = cfg.out_dir
+    for part in target.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ConfigError(
+                f"results_dir: the folder name {part[:40]!r}... in {display_path(target)[:80]}... is {len(part):,} "
+                f"characters; file systems take names of at most {NAME_MAX} bytes. Choose a shorter results_dir (or "
+                "profile name)"
+            )
     for path in (target, *target.parents):
         if path.exists():
+            if _holds_no_files(path):
+                raise ConfigError(
+                    f"results_dir: {path} is on a file system that holds no files (such as /proc or /sys), so memlib "
+                    "cannot write there; choose a results_dir on a disk"
+                )
             if not path.is_dir():
                 raise ConfigError(f"results_dir: {path} is a file, not a folder; choose another results_dir")
             if not os.access(path, os.W_OK | os.X_OK):
@@ -224,6 +293,17 @@ def check_results_dir(cfg: Config) -> bool:
                 )
             return True
     return True
+
+
+NAME_MAX = 255  # bytes in one file or folder name, on every common file system
+
+
+def _holds_no_files(path: Path) -> bool:
+    """Whether `path` is on a virtual file system with no storage at all (/proc, /sys: zero blocks)."""
+    try:
+        return os.statvfs(path).f_blocks == 0
+    except (OSError, AttributeError):  # no statvfs (Windows): assume a disk
+        return False
 
 
 def _finished(store: Path) -> bool:

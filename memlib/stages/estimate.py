@@ -1,5 +1,6 @@
 """Stage 2: memorization and influence estimates from a finished stage-1 store, the high-influence pairs both at
-the paper's fixed cut-offs and with their false discovery rate controlled, and their split-half stability."""
+the paper's fixed cut-offs and with their false discovery rate controlled, and their split-half stability; it writes
+estimates.npz, split_half.json and replication.json (and their figures) and comparison.json."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import replace
 import numpy as np
 
 from ..analysis.estimation import Estimates, estimate_from_arrays
+from ..analysis.published import compare_published
 from ..analysis.stability import PairSelector, replication_curve, split_half_from_arrays
 from ..analysis.validation import fdr_pairs
 from ..config import Config
 from ..data.dataset import Dataset
+from ..report import plots
+from ..report.artifacts import write_json, write_output
 from ..runs.store import Store
 
 
@@ -56,3 +60,37 @@ def replication(cfg: Config, store: Store, data: Dataset, counts: list[int] | No
     return replication_curve(
         masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts
     )
+
+
+def estimate_stage(cfg: Config, store: Store, data: Dataset) -> Estimates:
+    """Stage 2: `estimate`, written to estimates.npz (atomically: a fault leaves the previous complete file)."""
+    est = estimate(cfg, store, data)
+    write_output(cfg.out_dir / "estimates.npz", est.write)
+    return est
+
+
+def split_half_stage(cfg: Config, store: Store, data: Dataset) -> dict:
+    """Stage 2: `split_half`, its figures written to split_half.json; draws figures/split_half.png."""
+    sh = split_half(cfg, store, data)
+    write_json({k: v for k, v in sh.items() if not isinstance(v, np.ndarray)}, cfg.out_dir / "split_half.json")
+    plots.split_half(sh, path=cfg.out_dir / "figures/split_half.png")
+    return sh
+
+
+def comparison_stage(cfg: Config, est: Estimates) -> dict:
+    """Stage 2: the comparison with the published estimates (compare_published), written to comparison.json when
+    the profile names published files; {} when it names none."""
+    comparison = compare_published(cfg, est)
+    if comparison:
+        write_json(comparison, cfg.out_dir / "comparison.json")
+    return comparison
+
+
+def replication_stage(cfg: Config, store: Store, data: Dataset) -> dict[str, list]:
+    """Stage 2: `replication`, written to replication.json; draws figures/replication.png (the report's 0.5 line)."""
+    from ..report.prose import MIN_PAIR_JACCARD
+
+    curve = replication(cfg, store, data)
+    write_json(curve, cfg.out_dir / "replication.json")
+    plots.replication(curve, MIN_PAIR_JACCARD, path=cfg.out_dir / "figures/replication.png")
+    return curve

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.regime import fit_report, summary_line
+from ..analysis.regime import fit_report, in_sample_by_example, summary_line
 from ..config import AUTO, EPOCHS_RECORD, Config, auto_epochs_key, project_root, with_recorded_epochs
 from ..data.dataset import Dataset
-from ..report.artifacts import write_json
+from ..report import plots
+from ..report.artifacts import ENVIRONMENT_FILE, write_json
 from ..runs.executors import run_jobs
 from ..runs.store import Store
 from ..runs.subsets import open_subset_store, reopen_subset_store
@@ -137,6 +138,41 @@ def train_subsets(
     hook = functools.partial(early_fit_line, cfg, store, data)  # an executor with no first group never calls it
     store.trained = run_jobs(store, jobs, cfg, data, learner=learner, desc="subset models", first_group=hook)
     return store
+
+
+def record_environment(cfg: Config) -> dict[str, Any]:
+    """Stage 1: what the run is made with (`environment`), written to environment.json."""
+    env = environment(cfg.device, cfg.precision)
+    write_json(env, cfg.out_dir / ENVIRONMENT_FILE)
+    return env
+
+
+def training_overview(cfg: Config, store: Store) -> dict[str, str]:
+    """Stage 1: what the models learned, as (label, value) rows; draws figures/training_overview.png."""
+    masks = np.asarray(store["masks"])
+    test_acc = np.asarray(store["test_correct"]).mean(1)
+    fit = (np.asarray(store["train_correct"]) & masks).sum(1) / masks.sum(1)
+    plots.training_overview(test_acc, cfg.num_models - masks.sum(0), path=cfg.out_dir / "figures/training_overview.png")
+    design = " (every example in exactly the same number of models)" if cfg.mask_design == "balanced" else ""
+    return {
+        "models finished": f"{store.done()} of {store.rows}",
+        "mask design": cfg.mask_design + design,
+        "models per example, in (min-max)": f"{masks.sum(0).min()}-{masks.sum(0).max()}",
+        "accuracy on own training subset (mean ± sd over models)": f"{fit.mean():.3f} ± {fit.std():.3f}",
+        "test accuracy (mean ± sd over models)": f"{test_acc.mean():.3f} ± {test_acc.std():.3f}",
+        "seconds per model (mean, per worker)": f"{np.asarray(store['seconds']).mean():.3f}",
+    }
+
+
+def record_fit(cfg: Config, store: Store, data: Dataset) -> dict:
+    """Stage 1: the store's regime (`store_fit`), written to fit.json; draws figures/fit.png."""
+    fit = store_fit(cfg, store, data)
+    write_json(fit, cfg.out_dir / "fit.json")
+    flips = data.flips
+    flipped = flips.indicator(data.n_train) if flips is not None else None
+    per_example = in_sample_by_example(np.asarray(store["masks"]), np.asarray(store["train_correct"]))
+    plots.fit_overview(per_example, fit, flipped, path=cfg.out_dir / "figures/fit.png")
+    return fit
 
 
 def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from scipy import stats
 from ..analysis.estimation import Estimates
 from ..config import TRAINING_KEYS, Config, display_path
 from ..data.dataset import Dataset
+from ..report.artifacts import write_csv
 from ..runs.executors import run_jobs
 from ..runs.store import COMPLETED, Store, StoreMismatch
 from ..runs.subsets import check_same_data, data_record, stored_meta
@@ -200,7 +201,8 @@ class UtilityResult:
 
 
 def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -> UtilityResult:
-    """Stage 3: retrain R models per condition (resumable) and summarise test accuracy with 95% CIs."""
+    """Stage 3: retrain R models per condition (resumable) and summarise test accuracy with 95% CIs; writes
+    utility.csv (per condition) and utility_runs.csv (per model)."""
     cfg = resolve_epochs(cfg, data) if learner is None else cfg  # stage 1's choice, for `epochs: auto`
     conds = conditions(cfg, est)
     jobs, runs = retrain_jobs(cfg, conds, data.n_train)
@@ -212,7 +214,10 @@ def marginal_utility(cfg: Config, data: Dataset, est: Estimates, learner=None) -
     runs["test_acc"] = correct.mean(1)
     runs["pair_test_acc"] = correct[:, pair_tests].mean(1) if len(pair_tests) else np.nan
     runs["seconds"] = np.asarray(store["seconds"])
-    return UtilityResult(runs, summarize(runs), len(pair_tests))
+    result = UtilityResult(runs, summarize(runs), len(pair_tests))
+    write_csv(result.table, cfg.out_dir / "utility.csv")
+    write_csv(result.runs, cfg.out_dir / "utility_runs.csv")
+    return result
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

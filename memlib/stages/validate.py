@@ -1,18 +1,23 @@
 """Stage 5: validate the estimates on the stage-1 store: label-flip recovery, peer scores, FDR-controlled pairs,
-and a second architecture trained on the same design."""
+and a second architecture trained on the same design. It writes its own files (validation.npz, scores.csv,
+validation.json, its figures) and only reads stage 2's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from ..analysis.estimation import Estimates, Pairs
+from ..analysis.estimation import Estimates, Pairs, influence_chunks
 from ..analysis.peers import PeerInputs, PeerRuns, cleanlab_issues, peer_scores, suspicion
-from ..analysis.stability import split_half_from_arrays
-from ..analysis.validation import arch_consistency, fdr_pairs, recovery
+from ..analysis.stability import Convergence, convergence, split_half_from_arrays
+from ..analysis.validation import arch_consistency, fdr_pairs, proxy_agreement, proxy_summary, recovery
 from ..config import Config
 from ..data.dataset import Dataset
+from ..report import plots_validation
+from ..report.artifacts import SCORES_FILE, write_csv, write_json, write_output, write_parquet
 from ..runs.store import Store
 from .estimate import estimate
 from .train import train_subsets
@@ -119,18 +124,123 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
     return figures, controlled, p_values
 
 
-def export(path, est: Estimates, result: Validation, data: Dataset) -> None:
-    """Add the validation's arrays to estimates.npz (the authors' keys stay as stage 2 wrote them).
+@dataclass(frozen=True)
+class Checks:
+    """Stage 5's further checks: the cheap proxies against mem, convergence, a second architecture, and the
+    figures drawn of them (closed; display them with IPython's display)."""
 
-    Added: `tr_flipped` (bool per training example), `tr_labels_clean` (labels before the flips), the peer
-    scores as `tr_score_<name>` and `tr_cleanlab_issue` (the FDR-controlled pairs, `fdr_*`, are stage 2's).
+    agreement: dict  # memlib.analysis.validation.proxy_agreement
+    convergence: Convergence
+    arch: dict | None  # compare_architecture's figures, None without compare_arch
+    other_est: Estimates | None
+    figures: dict[str, plt.Figure]  # name -> figure, as written under figures/<name>.png
+
+
+def validate_stage(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[Validation, Checks]:
+    """Stage 5: `validate`, the proxies, convergence and `compare_architecture`; writes validation.npz, scores.csv
+    (and scores.parquet where pandas has an engine), the figures, and validation.json last. Stage 2's files are
+    only read."""
+    result = validate(cfg, store, data, est)
+    flipped = result.flipped
+    runs = PeerRuns.from_store(store)
+    agreement = proxy_agreement(runs, data.y_train, data.num_classes, cfg.epochs, flipped if flipped.any() else None)
+    result.summary.update(proxy_summary(agreement))
+    curve = convergence(np.asarray(store["masks"]), np.asarray(store["train_correct"]), cfg.subset_ratio)
+    result.summary.update({f"convergence_{k}": v for k, v in curve.summary().items()})
+    arch = other_est = None
+    if cfg.compare_arch:
+        arch, other_est, _ = compare_architecture(cfg, data, est, store)
+        result.summary.update(arch)
+    top = most_influenced(store)
+    out = cfg.out_dir
+    write_output(out / "validation.npz", lambda f: np.savez_compressed(f, **validation_arrays(est, result, data, top)))
+    table = scores_table(est, result, data, top)
+    write_csv(table, out / SCORES_FILE)
+    write_parquet(table, out / "scores.parquet")
+    figures = _figures(cfg, est, result, agreement, curve, arch, other_est)
+    write_json(result.summary, out / "validation.json")
+    return result, Checks(agreement, curve, arch, other_est, figures)
+
+
+def _figures(cfg: Config, est, result: Validation, agreement, curve, arch, other_est) -> dict[str, plt.Figure]:
+    """Stage 5's figures, each written to figures/<name>.png and closed."""
+    path = cfg.out_dir / "figures"
+    figures = {}
+    if result.flipped.any():
+        signed = {name: suspicion(name, s) for name, s in result.scores.items()}
+        figures["roc_flips"] = plots_validation.roc_curves(signed, result.flipped, path=path / "roc_flips.png")
+    figures["proxies"] = plots_validation.proxy_curves(agreement, path=path / "proxies.png")
+    figures["convergence"] = plots_validation.convergence(curve, path=path / "convergence.png")
+    if arch is not None:
+        names = (cfg.arch, cfg.compare_arch)
+        figures["arch"] = plots_validation.arch_scatter(est, other_est, names, arch, path=path / "arch.png")
+    for fig in figures.values():
+        plt.close(fig)
+    return figures
+
+
+@dataclass(frozen=True)
+class TopInfluence:
+    """Per training example (dataset order): the test example it influences most, that influence and its se."""
+
+    tt_pos: np.ndarray  # position in the test set, -1 where no influence could be estimated
+    infl: np.ndarray
+    infl_se: np.ndarray
+
+
+def most_influenced(store: Store, chunk: int = 1024) -> TopInfluence:
+    """For every training example, the test example with the highest influence estimate (memory O(chunk x tests))."""
+    masks, outcomes = np.asarray(store["masks"]), np.asarray(store["test_correct"])
+    n = masks.shape[1]
+    pos, infl, se = np.full(n, -1, dtype=np.int64), np.full(n, np.nan), np.full(n, np.nan)
+    for rows, d in influence_chunks(masks, outcomes, chunk=chunk):
+        value = np.where(np.isfinite(d.value), d.value, -np.inf)
+        best = value.argmax(1)
+        pick = np.arange(len(rows)), best
+        ok = np.isfinite(value[pick])
+        pos[rows[ok]], infl[rows[ok]], se[rows[ok]] = best[ok], d.value[pick][ok], d.se[pick][ok]
+    return TopInfluence(pos, infl, se)
+
+
+def validation_arrays(est: Estimates, result: Validation, data: Dataset, top: TopInfluence) -> dict[str, np.ndarray]:
+    """validation.npz: stage 5's per-example arrays and pairs, in the dataset's original order (stage 2's stay in
+    estimates.npz, which stage 5 never writes).
+
+    `tr_index` (original index of each position), `tr_flipped`, `tr_labels_clean` (labels before the flips),
+    `tr_cleanlab_issue`, the scores as `tr_score_<name>`, the most influenced test example as `tr_top_tt_idx`
+    (original index, -1 where none), `tr_top_infl`, `tr_top_infl_se` (the FDR-controlled pairs are stage 2's,
+    `fdr_*` in estimates.npz).
     """
-    with np.load(path) as f:
-        existing = {k: f[k] for k in f.files}
-    extra = {
+    return {
+        "tr_index": est.tr_index,
         "tr_flipped": result.flipped,
         "tr_labels_clean": data.y_train_clean,
         "tr_cleanlab_issue": result.cleanlab_issues,
         **{f"tr_score_{name}": np.asarray(s, dtype=np.float64) for name, s in result.scores.items()},
+        "tr_top_tt_idx": np.where(top.tt_pos >= 0, est.tt_index[np.maximum(top.tt_pos, 0)], -1),
+        "tr_top_infl": top.infl,
+        "tr_top_infl_se": top.infl_se,
     }
-    np.savez_compressed(path, **{**existing, **extra})
+
+
+def scores_table(est: Estimates, result: Validation, data: Dataset, top: TopInfluence) -> pd.DataFrame:
+    """scores.csv: one row per training example in the dataset's original order.
+
+    Columns: `index` (original), `label` and `label_name` (as given), with label flips `label_clean` and
+    `flipped`; `mem`, `mem_se`; `score_<name>` for every peer score (raw, memlib.analysis.peers.PEERS);
+    `cleanlab_issue`; the test example it influences most (`top_test_index`, -1 where none; `top_infl`,
+    `top_infl_se`); `in_pair` (a high-influence pair at the fixed cut-offs) and `in_fdr_pair` (an FDR-controlled
+    pair).
+    """
+    n = len(est.tr_index)
+    columns = {"index": est.tr_index, "label": data.y_train, "label_name": np.asarray(data.classes)[data.y_train]}
+    if data.flips is not None:
+        columns.update(label_clean=data.y_train_clean, flipped=result.flipped)
+    columns.update(mem=est.mem.value, mem_se=est.mem.se)
+    columns.update({f"score_{k}": np.asarray(v, dtype=np.float64) for k, v in result.scores.items() if k != "mem"})
+    columns["cleanlab_issue"] = result.cleanlab_issues
+    columns["top_test_index"] = np.where(top.tt_pos >= 0, est.tt_index[np.maximum(top.tt_pos, 0)], -1)
+    columns.update(top_infl=top.infl, top_infl_se=top.infl_se)
+    columns["in_pair"] = np.isin(np.arange(n), est.pairs.tr_pos)
+    columns["in_fdr_pair"] = np.isin(np.arange(n), result.fdr_pairs.tr_pos)
+    return pd.DataFrame(columns)
