@@ -37,6 +37,10 @@ from .signals import SignalRecorder
 
 PATHS = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+# how StackedOptimizer runs an SGD step that every model takes at the same rates: "fused", torch's fused SGD
+# kernel over the whole group (one pass over weights, momentum and gradient), or "by-model", the two-pass update
+# run model by model on the CPU (the engine's step before; kept so that benchmarks can show both side by side)
+UPDATES = ("fused", "by-model")
 TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
 
 
@@ -225,22 +229,41 @@ class StackedOptimizer:
     a step out (`active`), so runs with different numbers of steps per epoch train side by side.
     """
 
-    def __init__(self, cfg: Config, params: list[torch.Tensor], copies: list[torch.Tensor] | None = None):
-        """`copies`: bf16 working copies of `params` (StackedMLP.leaves), refreshed after every step."""
-        self.cfg, self.params = cfg, params
+    def __init__(
+        self, cfg: Config, params: list[torch.Tensor], copies: list[torch.Tensor] | None = None, update: str = "fused"
+    ):
+        """`copies`: bf16 working copies of `params` (StackedMLP.leaves), refreshed after every step; `update`:
+        one of UPDATES, how an SGD step that every model takes at the same rates runs."""
+        if update not in UPDATES:
+            raise ValueError(f"unknown update {update!r}: one of {UPDATES}")
+        self.cfg, self.params, self.update = cfg, params, update
+        # torch's fused kernel reads every tensor as contiguous (a transposed gradient came out 0.15 off)
+        self.fusable = all(p.is_contiguous() for p in params)
         self.copies = copies if copies is not None and copies[0] is not params[0] else None
         self.state = [dict() for _ in params]
         self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
-    def step(self, grads, lr: torch.Tensor, momentum: torch.Tensor, active: torch.Tensor | None) -> None:
-        """One step for every active model; `lr` and `momentum` are each model's values at its own step.
+    def step(
+        self,
+        grads,
+        lr: torch.Tensor,
+        momentum: torch.Tensor,
+        active: torch.Tensor | None,
+        host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """One step for every active model; `lr` and `momentum` are each model's values at its own step, and
+        `host` the same values and which models take the step, (K,) arrays each, on the host (for the fused update).
 
         Gradients may be bf16 (those of bf16 working copies of the weights): they are widened as they are read.
         """
         cfg = self.cfg
         self.steps += 1 if active is None else active
         nesterov = cfg.nesterov and cfg.momentum > 0
+        fused = self.update == "fused" and self.fusable and host is not None and cfg.optimizer == "sgd"
+        if fused and host[1][host[2]].min() > 0:  # (without momentum, torch.optim.SGD keeps no buffer)
+            self._fused_sgd(grads, *host, nesterov)
+            return
         copies = self.copies or [None] * len(self.params)
         every_sgd = active is None and cfg.optimizer == "sgd"  # the common step: two passes, copies refreshed
         rates: dict[int, tuple] = {}  # lr, momentum and lr * momentum shaped to broadcast over a tensor of each rank
@@ -275,6 +298,27 @@ class StackedOptimizer:
             update = d_p + mom * buf_new if nesterov else buf_new
             p.sub_(rate * update * keep)
         if self.copies is not None and not every_sgd:
+            torch._foreach_copy_(self.copies, self.params)
+
+    def _fused_sgd(self, grads, lrs: np.ndarray, moms: np.ndarray, active: np.ndarray, nesterov: bool) -> None:
+        """torch.optim.SGD(fused=True)'s kernel over the group: one pass over each weight, gradient and momentum
+        (reads 12 bytes a parameter, writes 8), one call per set of models that step at the same rates (all of
+        them, on whole stacked tensors, when every model has the same schedule); then the working copies."""
+        first = "buf" not in self.state[0]  # torch.optim.SGD starts the buffer at the gradient
+        bufs = [_buffer(st, "buf", p, torch.empty_like) for st, p in zip(self.state, self.params)]
+        grads = [(g if g.dtype == p.dtype else g.to(p.dtype)).contiguous() for g, p in zip(grads, self.params)]
+        sets: dict[tuple[float, float], list[int]] = {}
+        for k in np.flatnonzero(active):
+            sets.setdefault((float(lrs[k]), float(moms[k])), []).append(int(k))
+        for (lr, momentum), ks in sets.items():
+            tensors = (self.params, grads, bufs)
+            if len(ks) < len(active):  # (views of one model each: contiguous, as the kernel needs)
+                tensors = tuple([t[k] for t in ts for k in ks] for ts in tensors)
+            torch._fused_sgd_(
+                *tensors, weight_decay=self.cfg.weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+                nesterov=nesterov, maximize=False, is_first_step=first,
+            )  # fmt: skip
+        if self.copies is not None:
             torch._foreach_copy_(self.copies, self.params)
 
 
@@ -601,16 +645,16 @@ def _epoch_batches(perms: list[torch.Tensor], batch_size: int, width: int, n_bat
 
 
 def _step_tables(cfg: Config, n_batches: list[int], dev: torch.device):
-    """Each model's learning rate and momentum at each (epoch, step), (epochs, steps, K), as torch's scheduler
-    sets them for a model with its number of batches per epoch; and whether model k takes step s, (steps, K)."""
-    k_models = len(n_batches)
-    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
-    mom_all = np.zeros_like(lr_all)
+    """Each model's learning rate and momentum at each (epoch, step), (2, epochs, steps, K), as torch's scheduler
+    sets them for a model with its number of batches per epoch, and whether model k takes step s, (steps, K):
+    on the device (rates in float32), and on the host (float64, torch's own values; for the fused update)."""
+    rates = np.zeros((2, cfg.epochs, max(n_batches), len(n_batches)))
     for k, nb in enumerate(n_batches):
-        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
-        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
-    active = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
-    return torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev), active
+        for i, table in enumerate(schedule_table(cfg, cfg.epochs * nb)):
+            rates[i, :, :nb, k] = table.reshape(cfg.epochs, nb)
+    takes = np.arange(max(n_batches))[:, None] < np.array(n_batches)[None, :]
+    device = torch.as_tensor(rates, dtype=torch.float32, device=dev), torch.as_tensor(takes, device=dev)
+    return device, (rates, takes)
 
 
 def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], width: int):
@@ -645,6 +689,7 @@ def train_group(
     precision: str,
     steps: int | None = None,
     recorder: SignalRecorder | None = None,
+    update: str = "fused",
 ) -> None:
     """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
 
@@ -652,15 +697,16 @@ def train_group(
     Every model draws its shuffles and augmentation from its own generator, in the same order whatever its
     group, so each takes the steps it would take alone. Models with fewer batches in an epoch sit out the last
     steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
-    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early.
+    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early;
+    `update` is StackedOptimizer's (UPDATES).
     """
     dev = train.device
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
-    lr_all, mom_all, active_all = _step_tables(cfg, n_batches, dev)
+    ((lr_all, mom_all), active_all), (rates, takes) = _step_tables(cfg, n_batches, dev)
     everyone = min(n_batches)  # steps before which every model is active
-    opt = StackedOptimizer(cfg, models.params, models.copies)
+    opt = StackedOptimizer(cfg, models.params, models.copies, update)
     models.train()
     done = 0
     for epoch in range(cfg.epochs):
@@ -682,7 +728,9 @@ def train_group(
             if recorder is not None:
                 recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
             grads = models.gradients(loss)
-            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
+            active = None if s < everyone else active_all[s]
+            host = rates[0, epoch, s], rates[1, epoch, s], takes[s]
+            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], active, host)
             done += 1
 
 
@@ -730,8 +778,9 @@ class NeuralLearner:
         eval_rows: int | None = None,
         record_signals: bool = True,
         layout: Layout | None = None,
+        update: str = "fused",
     ):
-        self.cfg, self.record_signals = cfg, record_signals
+        self.cfg, self.record_signals, self.update = cfg, record_signals, update  # update: one of UPDATES
         self.device = resolve_device(device or cfg.device)
         # rows per evaluation batch, over all K models: on the CPU 16,384 evaluated 8 stacked MLPs 20% faster
         # than 65,536 (a batch's activations stay in cache); a GPU takes larger batches (not yet measured)
@@ -804,7 +853,7 @@ class NeuralLearner:
                 model = self.make_model(run[1])
                 rec = SignalRecorder(1, n, epochs, self.device) if signals is not None else None
                 group = SingleModel(model, channels_last=self.device.type == "cuda")
-                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec)
+                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec, self.update)
                 out.append(model)
                 if rec is not None:
                     signals += rec.result()
@@ -817,7 +866,7 @@ class NeuralLearner:
         else:
             stacked = VmapModels(models)
         rec = SignalRecorder(len(runs), n, epochs, self.device) if signals is not None else None
-        train_group(stacked, self.train_input(), subsets, generators, self.cfg, self.precision, steps, rec)
+        train_group(stacked, self.train_input(), subsets, generators, self.cfg, self.precision, steps, rec, self.update)
         if rec is not None:
             signals += rec.result()
         return stacked
