@@ -415,6 +415,31 @@ class _ContiguousWeightGrad(torch.autograd.Function):
         return grad_h, grad_w, grad.sum(1, keepdim=True)
 
 
+class _TransposedLast(torch.autograd.Function):
+    """baddbmm(b, h, w) for a narrow w (K, in, few out) whose forward and weight-gradient products run through
+    w's transpose (K, out, in): the same sums, with few rows where autograd's own have few columns.
+
+    The input gradient is autograd's own; the weight gradient comes back in w's layout, contiguous.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return _transposed_last(h, w, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w = ctx.saved_tensors
+        grad_h = torch.bmm(grad, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), h).transpose(1, 2).contiguous()
+        return grad_h, grad_w, grad.sum(1, keepdim=True)
+
+
+def _transposed_last(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """baddbmm(b, h, w) with w read through a contiguous copy of its transpose (small: the last layer's)."""
+    return torch.baddbmm(b, h, w.transpose(1, 2).contiguous().transpose(1, 2))
+
+
 class StackedMLP:
     """K MLPs as batched matrices: weights kept as (K, in, out), one baddbmm per layer for all models.
 
@@ -423,7 +448,7 @@ class StackedMLP:
     `compute_dtype`, the forward pass runs on bf16 working copies (`leaves`, refreshed by the optimizer after each
     step) and the gradients come out in bf16. These are the values bf16 autocast would make from the fp32
     weights, without casting every weight twice a step. `layout` (memlib.train.layouts) says how the weight
-    gradients and evaluation's first layer are multiplied on this kind of device.
+    gradients, evaluation's first layer and the last layer are multiplied on this kind of device.
     """
 
     def __init__(self, models: list[nn.Module], compute_dtype: torch.dtype = torch.float32, layout: Layout = PLAIN):
@@ -483,7 +508,10 @@ class StackedMLP:
             h = torch.relu(h)
         for i in range(start, last + 1):
             w, b = self.leaves[2 * i], self.leaves[2 * i + 1]
-            if self.layout.weight_grad == "contiguous" and w.requires_grad and torch.is_grad_enabled():
+            grad = w.requires_grad and torch.is_grad_enabled()
+            if i == last and self.layout.last == "transposed":
+                h = _TransposedLast.apply(h, w, b) if grad else _transposed_last(h, w, b)
+            elif self.layout.weight_grad == "contiguous" and grad:
                 h = _ContiguousWeightGrad.apply(h, w, b)
             else:
                 h = torch.baddbmm(b, h, w)

@@ -14,6 +14,9 @@ An entry's fields:
 - `eval_first`: how evaluation computes the first layer, whose input all K models share. "bmm": K batched
   products of the same input (expanded, not copied); "wide": one product of the input with all K models'
   weights side by side, (rows, in) @ (in, K * out).
+- `last`: how the last layer (few outputs: the classes) is multiplied. "plain": autograd's own; "transposed":
+  its forward and weight-gradient products taken through the weight's transpose, (K, out, in), whose few rows
+  run faster than few columns (memlib's `_TransposedLast`).
 - `measured`: the measurement that chose the entry (where, when, which command, what it printed).
 """
 
@@ -27,6 +30,7 @@ import torch
 
 WEIGHT_GRADS = ("view", "contiguous")
 EVAL_FIRSTS = ("bmm", "wide")
+LASTS = ("plain", "transposed")
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,15 @@ class Layout:
     weight_grad: str
     eval_first: str
     measured: str
+    last: str = "plain"
 
     def __post_init__(self):
-        if self.weight_grad not in WEIGHT_GRADS or self.eval_first not in EVAL_FIRSTS:
-            raise ValueError(f"unknown layout {self.weight_grad!r}/{self.eval_first!r}")
+        if self.weight_grad not in WEIGHT_GRADS or self.eval_first not in EVAL_FIRSTS or self.last not in LASTS:
+            raise ValueError(f"unknown layout {self.weight_grad!r}/{self.eval_first!r}/{self.last!r}")
 
     @property
     def name(self) -> str:
-        return f"{self.weight_grad}/{self.eval_first}"
+        return f"{self.weight_grad}/{self.eval_first}" + ("/transposed-last" if self.last == "transposed" else "")
 
 
 PLAIN = Layout("view", "bmm", "autograd's own products: the layout memlib always used")
@@ -49,12 +54,11 @@ PLAIN = Layout("view", "bmm", "autograd's own products: the layout memlib always
 # Device kinds (`device_kind`), most specific first. An extension is one entry, with its measurement.
 LAYOUTS: dict[str, Layout] = {
     "cpu-amx": Layout(
-        "contiguous",
-        "wide",
-        "issue 15's one-thread probe on an Intel Xeon with AMX: the weight-gradient product ran at 825 GFLOP/s "
-        "from a contiguous operand against 450 through a transposed view, and one (1024x784)(784x512) bf16 "
-        "product at 1,016 against 541 for 8 batched (128x784)(784x512). Whole-engine speed and accuracy with "
-        "this layout: not yet measured on AMX (python benchmarks/layouts.py there).",
+        "view",
+        "bmm",
+        "python benchmarks/layouts.py on an Intel Xeon with AMX (issue 23, main ba8631a, enough=1): the whole "
+        "engine trained at x0.92 and evaluated at x0.98 with contiguous/wide against view/bmm, so view/bmm; "
+        "the figures are in benchmarks/README.md. The last layer transposed: not yet measured there.",
     ),
     "cpu-avx512-bf16": Layout(
         "view",
@@ -63,7 +67,12 @@ LAYOUTS: dict[str, Layout] = {
         "and evaluation x0.94 with contiguous/wide against view/bmm (the weight-gradient products alone x0.90, "
         "x0.77, x0.36), so the layout memlib always used stays; three more runs chose the same",
     ),
-    "cpu": Layout("view", "bmm", "not measured on CPUs without bf16 matrix units: the layout memlib always used"),
+    "cpu": Layout(
+        "view",
+        "bmm",
+        "PROVISIONAL",
+        "transposed",
+    ),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
 }
 
