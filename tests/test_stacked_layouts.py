@@ -131,3 +131,29 @@ def test_the_layouts_benchmark_prints_an_entry_the_table_takes():
     # 2 steps in 1 round choose nothing: the entry says so, and so does the headline
     assert headline["enough"] == "0" and layout.measured.startswith("TOO SHORT TO CHOOSE (2 steps, 1 round(s))")
     assert "too short to choose: rerun with --steps 30" in out
+
+
+def test_the_rooflines_flops_are_what_torch_counts_for_a_step():
+    """benchmarks/roofline.py's FLOPs of a step's forward and backward products are torch's own count for a
+    stacked group; catches a miscount such as an input gradient for the first layer, whose input needs none."""
+    import sys
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, "benchmarks")
+    from roofline import step_costs
+
+    k, batch, dims = 3, 16, [64, 32, 24, 10]
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                  torch.nn.Linear(32, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+              for _ in range(k)]  # fmt: skip
+    for layout in (PLAIN, NARROW):
+        group = StackedMLP(models, torch.float32, layout)
+        x = torch.randn(k, batch, 1, 8, 8)
+        with FlopCounterMode(display=False) as forward:
+            out = group(x)
+        with FlopCounterMode(display=False) as backward:
+            torch.autograd.grad(out.square().sum(), group.leaves)
+        costs = step_costs(dims, k, batch, 4, 4, False)
+        assert costs["forward"][0] == forward.get_total_flops(), layout.name
+        assert costs["backward"][0] == backward.get_total_flops(), layout.name

@@ -1,11 +1,11 @@
 """How the stacked path lays out its matrix products on each kind of device: a table, and what chose each entry.
 
-The same products run fast or slow by their layout alone, and the fast layout differs between processors: on an
-AMD EPYC (Zen 4) the layouts below ran at the same speed, while on an Intel Xeon with AMX a contiguous operand
-and one wide product ran about twice as fast as a transposed view and K batched products. A layout changes only
-the rounding of the same sums, yet it does change it, so the layout is looked up by device kind, never timed at
-start-up: two runs on one kind of machine then train the same models. `benchmarks/layouts.py` measures both
-layouts side by side on the machine it runs on and prints the entry to put here, with its figures.
+The same products run fast or slow by their layout alone, and the fast layout differs between processors. Products
+timed alone do not choose an entry: on an Intel Xeon with AMX a contiguous operand and one wide product ran about
+twice as fast alone, yet the whole engine trained and evaluated slower with them. A layout changes only the
+rounding of the same sums, yet it does change it, so the layout is looked up by device kind, never timed at
+start-up: two runs on one kind of machine then train the same models. `benchmarks/layouts.py` times the whole
+engine in each layout side by side on the machine it runs on and prints the entry to put here, with its figures.
 
 An entry's fields:
 - `weight_grad`: how the backward pass forms each layer's weight gradient, input^T @ grad_output, K at a time.
@@ -69,8 +69,12 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "cpu": Layout(
         "view",
-        "bmm",
-        "PROVISIONAL",
+        "wide",
+        "python benchmarks/layouts.py --steps 40 --rounds 4, AMD EPYC (Zen 3, AVX2 and FMA, no AVX-512), fp32, 1 "
+        "thread(s), 2026-12-06, commit 29f94e4, load 7 to 9 on 2 cores: training step x0.99 and evaluation x1.19 "
+        "with contiguous/wide against view/bmm, x1.13 and x1.14 with the last layer transposed (the last layer's "
+        "products alone: x2.32 forward, x4.64 weight gradient); two shorter runs under that load disagreed "
+        "(benchmarks/README.md)",
         "transposed",
     ),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
