@@ -226,7 +226,8 @@ class StackedOptimizer:
     """torch.optim's SGD (momentum, Nesterov, weight decay) or Adam, applied to K models stacked on axis 0.
 
     Each model has its own learning rate and momentum at each step (`lr`, `momentum`: K-vectors) and may sit
-    a step out (`active`), so runs with different numbers of steps per epoch train side by side.
+    a step out (`active`), so runs with different numbers of steps per epoch train side by side. SGD steps run
+    through torch's fused SGD kernel where the rates are also given on the host (`update="fused"`).
     """
 
     def __init__(
@@ -331,7 +332,8 @@ def _buffer(state: dict, name: str, like: torch.Tensor, make=torch.zeros_like) -
 
 
 def _sgd_step(p, g, state: dict, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, copy_to=None) -> None:
-    """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`.
+    """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`: the
+    `by-model` update of UPDATES (the fused one is StackedOptimizer._fused_sgd).
 
     `lr`, `momentum` and their product `lr_momentum` are per model, shaped to broadcast over p. The update is
     memory-bound. On the CPU it runs model by model for large weights, so that a model's weights,
