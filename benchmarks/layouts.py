@@ -3,10 +3,11 @@
     python benchmarks/layouts.py                 # this CPU, one thread (the engine's layout per process)
     python benchmarks/layouts.py --device cuda   # a GPU
 
-Two layouts, side by side in one run, on the released demo's recipe (MLP 784-512-256-10, K models in lockstep,
-batch 128, Fashion-MNIST; digits when it is absent):
-    plain  view/bmm         autograd's own weight gradients; evaluation's first layer as K batched products
-    other  contiguous/wide  weight gradients from a contiguous operand; the first layer as one wide product
+Three layouts, side by side in one run, on the released demo's recipe (MLP 784-512-256-10, K models in
+lockstep, batch 128, Fashion-MNIST; digits when it is absent):
+    plain   view/bmm                  autograd's own weight gradients; evaluation's first layer as K batched products
+    other   contiguous/wide           weight gradients from a contiguous operand; the first layer as one wide product
+    narrow  view/bmm/transposed-last  plain, but the last layer's products through its weight's transpose
 First the products alone (GFLOP/s, beside a square matmul's rate in the same precision), then the engine itself:
 the same K runs trained for --steps steps and evaluated on the test split with each layout, in alternating
 rounds, each layout's best round kept; then, in the table's layout, the time per model-step at a few group sizes
@@ -41,6 +42,7 @@ from memlib.train.engine import NeuralLearner, evaluate, mlp_layers, resolve_dev
 from memlib.train.layouts import PLAIN, Layout, device_kind  # noqa: E402
 
 OTHER = Layout("contiguous", "wide", "the layout benchmarks/layouts.py weighs against the plain one")
+NARROW = Layout("view", "bmm", "the last layer benchmarks/layouts.py weighs against the plain one", "transposed")
 WINS = 1.05  # a layout is chosen where it is at least this much faster
 ENOUGH = {"steps": 30, "rounds": 2}  # the least run whose ratios choose an entry
 
@@ -71,6 +73,21 @@ def products(k: int, batch: int, eval_rows: int, dims: list[int], dtype: torch.d
         contiguous = _rate(lambda h=h, g=g: torch.bmm(h.transpose(1, 2).contiguous(), g), flops, device)
         lines.append(f"weight gradient {k} x ({d_in}x{batch})({batch}x{d_out}): view {view / 1e9:.0f}, "
                      f"contiguous {contiguous / 1e9:.0f} GFLOP/s (x{contiguous / view:.2f})")  # fmt: skip
+    d_in, d_out = dims[-2], dims[-1]
+    h, w = torch.randn(k, batch, d_in, device=device).to(dtype), torch.randn(k, d_in, d_out, device=device).to(dtype)
+    g, wt = torch.randn(k, batch, d_out, device=device).to(dtype), w.transpose(1, 2).contiguous()
+    flops = 2 * k * batch * d_in * d_out
+    fwd, fwd_t = (
+        _rate(lambda: torch.bmm(h, w), flops, device),
+        _rate(lambda: torch.bmm(h, wt.transpose(1, 2)), flops, device),
+    )
+    wg, wg_t = (
+        _rate(lambda: torch.bmm(h.transpose(1, 2), g), flops, device),
+        _rate(lambda: torch.bmm(g.transpose(1, 2), h), flops, device),
+    )
+    lines.append(f"last layer {k} x ({batch}x{d_in})({d_in}x{d_out}): forward {fwd / 1e9:.0f}, transposed "
+                 f"{fwd_t / 1e9:.0f} GFLOP/s (x{fwd_t / fwd:.2f}); weight gradient {wg / 1e9:.0f}, transposed "
+                 f"{wg_t / 1e9:.0f} GFLOP/s (x{wg_t / wg:.2f})")  # fmt: skip
     rows = max(256, eval_rows // k)
     x = torch.randn(rows, dims[0], device=device).to(dtype)
     w = torch.randn(k, dims[0], dims[1], device=device).to(dtype)
@@ -145,12 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     for line in products(args.models, cfg.batch_size, learner.eval_rows, dims, dtype, device):
         print("  " + line)
     runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, data.n_train, range(args.models))]
-    best = {PLAIN.name: [np.inf, np.inf], OTHER.name: [np.inf, np.inf]}
+    candidates = (PLAIN, OTHER, NARROW)
+    best = {layout.name: [np.inf, np.inf] for layout in candidates}
     predictions = {}
-    for layout in (PLAIN, OTHER):  # warm-up, untimed: the first round of a size allocates its buffers
+    for layout in candidates:  # warm-up, untimed: the first round of a size allocates its buffers
         engine_round(learner, layout, runs, min(args.steps, 5))
     for r in range(args.rounds):
-        for layout in (PLAIN, OTHER) if r % 2 == 0 else (OTHER, PLAIN):
+        for layout in candidates if r % 2 == 0 else candidates[::-1]:
             trained, evaluated, predictions[layout.name] = engine_round(learner, layout, runs, args.steps)
             best[layout.name] = [min(best[layout.name][0], trained), min(best[layout.name][1], evaluated)]
             print(f"  round {r + 1}: {layout.name:16s} {args.steps} steps {trained:6.2f} s, "
@@ -162,17 +180,25 @@ def main(argv: list[str] | None = None) -> None:
         for line in group_sizes(learner, cfg, data, sizes, args.steps, args.rounds):
             print("  " + line)
     (t_plain, e_plain), (t_other, e_other) = best[PLAIN.name], best[OTHER.name]
-    train_x, eval_x = t_plain / t_other, e_plain / e_other
-    same = float((predictions[PLAIN.name] == predictions[OTHER.name]).mean())
-    print(f"contiguous/wide against view/bmm: training step x{train_x:.2f}, evaluation x{eval_x:.2f} "
-          f"(above 1: faster); test predictions shared {same:.4f}")  # fmt: skip
-    chosen = Layout("contiguous" if train_x >= WINS else "view", "wide" if eval_x >= WINS else "bmm", "")
+    (t_narrow, e_narrow) = best[NARROW.name]
+    train_x, eval_x, last_x, last_eval_x = t_plain / t_other, e_plain / e_other, t_plain / t_narrow, e_plain / e_narrow
+    same = min(float((predictions[PLAIN.name] == predictions[o.name]).mean()) for o in (OTHER, NARROW))
+    print(f"contiguous/wide against view/bmm: training step x{train_x:.2f}, evaluation x{eval_x:.2f}; the last "
+          f"layer transposed: training step x{last_x:.2f}, evaluation x{last_eval_x:.2f} (above 1: faster); test "
+          f"predictions shared {same:.4f}")  # fmt: skip
+    chosen = Layout(
+        "contiguous" if train_x >= WINS else "view",
+        "wide" if eval_x >= WINS else "bmm",
+        "",
+        "transposed" if last_x >= WINS else "plain",
+    )
     commit = git_commit()
     enough = args.steps >= ENOUGH["steps"] and args.rounds >= ENOUGH["rounds"]
     measured = (
         ("" if enough else f"TOO SHORT TO CHOOSE ({args.steps} steps, {args.rounds} round(s)): ")
         + f"python benchmarks/layouts.py, {cpu}, {args.threads} thread(s), {datetime.date.today()}, commit {commit}: "
-        f"training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide against view/bmm"
+        f"training step x{train_x:.2f} and evaluation x{eval_x:.2f} with contiguous/wide against view/bmm, "
+        f"x{last_x:.2f} and x{last_eval_x:.2f} with the last layer transposed"
     )
     text = "\n".join(f'        "{part}"' for part in textwrap.wrap(measured, 100, drop_whitespace=False))
     if enough:
@@ -180,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"\ntoo short to choose: rerun with --steps {ENOUGH['steps']} or more and --rounds {ENOUGH['rounds']} or "
               "more before pasting an entry. Its form only:\n")  # fmt: skip
-    print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n{text},\n    ),\n')
-    print(f"kind={kind} train_x={train_x:.2f} eval_x={eval_x:.2f} predictions_shared={same:.4f} "
+    print(f'    "{kind}": Layout(\n        "{chosen.weight_grad}",\n        "{chosen.eval_first}",\n{text},\n'
+          f'        "{chosen.last}",\n    ),\n')  # fmt: skip
+    print(f"kind={kind} train_x={train_x:.2f} eval_x={eval_x:.2f} last_x={last_x:.2f} predictions_shared={same:.4f} "
           f"chosen={chosen.name} table={table.name} enough={int(enough)}")  # fmt: skip
 
 

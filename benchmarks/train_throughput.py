@@ -12,21 +12,26 @@ Fashion-MNIST is absent), then evaluation of every model on the 10,000 pool and 
 
 Every path runs the same runs (masks and seeds) in the same layout: on a CPU, `--procs` processes with one
 thread each, each training its share of the models; on a GPU, one process. The script also measures the
-machine's fp32 and bf16 matmul peak in that layout, so each path is a fraction of the peak:
+machine's fp32 and bf16 matmul peak and its memory bandwidth (a large tensor copy_) in that layout, before the
+paths and after them (the better of the two counts: on a shared machine, the less disturbed), so each
+path is a fraction of the peak and, for MLPs, of its roofline (benchmarks/roofline.py: each phase of a step
+at the larger of its FLOPs' time at the peak and its bytes' time at the bandwidth, plus evaluation):
 
     (a) loop      `DataLoader(TensorDataset(...), batch_size=128, shuffle=True)`, one model at a time, fp32
     (b) previous  memlib's single-model path (a group of one, data resident), fp32: what memlib did before stacking
-    (c) engine    `NeuralLearner` as the profiles use it: K models per step, precision auto
+    (c) today     the engine's step before issue 23: K models per step, the `by-model` update, the last layer plain
+    (d) engine    `NeuralLearner` as the profiles use it: K models per step, precision auto
 
-Machines are noisy: compare ratios within one run. The last line is the headline.
+Machines are noisy: compare ratios within one run. The last line is the headline; its `roofline_frac` is the
+engine's fraction of its roofline, `gap_vs_today` its test accuracy minus today's step's over the same runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,12 +41,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from roofline import copy_rate, cpu_name, eval_costs, matmul_rate, step_costs  # noqa: E402  (benchmarks/roofline.py)
+
 import memlib  # noqa: E402
 from memlib.data.dataset import Dataset
 from memlib.train.design import subset_jobs  # noqa: E402
-from memlib.train.engine import NeuralLearner, batch_bounds, resolve_device  # noqa: E402
+from memlib.train.engine import NeuralLearner, batch_bounds, mlp_layers, resolve_device  # noqa: E402
 
-PATHS = ("loop", "previous", "engine")
+PATHS = ("loop", "previous", "today", "engine")
 
 
 def recipe(args) -> tuple[memlib.Config, Dataset]:
@@ -75,16 +82,17 @@ def recipe(args) -> tuple[memlib.Config, Dataset]:
         return cfg, data
     arch = args.arch or "mem_mlp_mnist"
     width = None if arch == "mem_mlp_mnist" else memlib.load_profile("fashion-mnist").width  # 784-512-256-10 fixed
-    try:
-        cfg = memlib.load_profile("fashion-mnist").replace(
-            **base, arch=arch, width=width, train_size=10_000, mask_design="random"
-        )
-        data = memlib.load_dataset(cfg)
-    except memlib.DataError:
-        print("Fashion-MNIST not found: using digits (8x8) instead", file=sys.stderr)
-        arch = args.arch or "mem_mlp"
-        cfg = memlib.load_profile("digits").replace(**base, arch=arch)
-        data = memlib.load_dataset(cfg)
+    if not getattr(args, "digits", False):
+        try:
+            cfg = memlib.load_profile("fashion-mnist").replace(
+                **base, arch=arch, width=width, train_size=10_000, mask_design="random"
+            )
+            return _overrides(cfg, args), memlib.load_dataset(cfg)
+        except memlib.DataError:
+            print("Fashion-MNIST not found: using digits (8x8) instead", file=sys.stderr)
+    arch = args.arch or "mem_mlp"
+    cfg = memlib.load_profile("digits").replace(**base, arch=arch)
+    data = memlib.load_dataset(cfg)
     return _overrides(cfg, args), data
 
 
@@ -93,24 +101,6 @@ def _overrides(cfg: memlib.Config, args) -> memlib.Config:
     if args.width is not None:
         cfg = cfg.replace(width=args.width)
     return cfg if args.batch_size is None else cfg.replace(batch_size=args.batch_size)
-
-
-def matmul_rate(dtype: torch.dtype, device: torch.device, windows: int = 5, seconds: float = 0.6) -> float:
-    """FLOP/s of a large square matmul in `dtype`: the best of several short windows (the achievable peak of
-    this device and thread layout; the best window is the one least disturbed by other work on the machine)."""
-    size = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    (a @ b).sum().item()
-    best = 0.0
-    for _ in range(windows):
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            c = a @ b
-            reps += 1
-        c.sum().item()
-        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
-    return best
 
 
 def loop_path(cfg: memlib.Config, data: Dataset, runs, device) -> list[float]:
@@ -154,6 +144,9 @@ def run_path(path: str, cfg: memlib.Config, data: Dataset, runs, steps: int | No
     if path == "previous":
         learner = NeuralLearner(cfg, data, precision="fp32", path="single")
         group_size = 1
+    elif path == "today":
+        learner = today(cfg, data)
+        group_size = cfg.group_size
     else:
         learner = NeuralLearner(cfg, data, path=None if path == "engine" else path.split(":")[1])
         group_size = cfg.group_size
@@ -167,6 +160,13 @@ def run_path(path: str, cfg: memlib.Config, data: Dataset, runs, steps: int | No
     return accs
 
 
+def today(cfg: memlib.Config, data: Dataset) -> NeuralLearner:
+    """The engine with the step it took before issue 23: the by-model update, the last layer multiplied plain."""
+    learner = NeuralLearner(cfg, data, update="by-model")
+    learner.layout = dataclasses.replace(learner.layout, last="plain")
+    return learner
+
+
 def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> None:
     torch.set_num_threads(threads)
     cfg, data = recipe(args)
@@ -176,7 +176,8 @@ def _worker(args, path: str, share: list[int], threads: int, barrier, queue) -> 
         barrier.wait()
         dev = resolve_device(cfg.device)
         w = args.peak_windows
-        queue.put({"fp32": matmul_rate(torch.float32, dev, w), "bf16": matmul_rate(torch.bfloat16, dev, w)})
+        rates = {"fp32": matmul_rate(torch.float32, dev, w), "bf16": matmul_rate(torch.bfloat16, dev, w)}
+        queue.put({**rates, "copy": copy_rate(dev, w)})
         return
     NeuralLearner(cfg, data)  # warm caches (data on the device, timm registry) outside the timing
     barrier.wait()
@@ -223,7 +224,7 @@ def measure(args, path: str, procs: int) -> dict:
     for w in workers:
         w.join()
     if path == "peak":
-        return {k: sum(r[k] for r in results) for k in ("fp32", "bf16")}
+        return {k: sum(r[k] for r in results) for k in ("fp32", "bf16", "copy")}
     return {"wall": wall, "accs": {i: a for r in results for i, a in r["accs"].items()}}
 
 
@@ -242,15 +243,24 @@ def flops_per_model(cfg: memlib.Config, data: Dataset, steps: int | None) -> flo
     return per_image * (3 * trained + evaluated)
 
 
-def cpu_name() -> str:
-    """The processor's model name, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+def roofline_seconds(path: str, cfg: memlib.Config, data: Dataset, bf16: bool, steps: int | None, peak: dict):
+    """Seconds one model's share of the path's work takes at its roofline (benchmarks/roofline.py's phases at
+    the larger of their FLOPs' and bytes' times, plus evaluation), or None for a network that is not an MLP."""
+    c, h, _ = data.image_shape
+    linears = mlp_layers(memlib.train.models.build_model(cfg, c, h, data.num_classes))
+    if linears is None:
+        return None
+    dims = [linears[0].in_features] + [m.out_features for m in linears]
+    k = cfg.group_size if path in ("today", "engine") else 1
+    compute, rate = (2, peak["bf16"]) if bf16 else (4, peak["fp32"])
+    costs = step_costs(dims, k, cfg.batch_size, compute, 2 if bf16 and cfg.augment == "none" else 4, bf16)
+    step = sum(max(f / rate, b / peak["copy"]) for f, b in costs.values())
+    n_steps = cfg.epochs * len(batch_bounds(round(cfg.subset_ratio * data.n_train), cfg.batch_size))
+    seconds = (n_steps if steps is None else steps) * step / k
+    if steps is None:
+        f, b = eval_costs(dims, k, data.n_train + data.n_test, compute)
+        seconds += max(f / rate, b / peak["copy"]) / k
+    return seconds
 
 
 def main() -> None:
@@ -258,6 +268,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=16, help="models per path (default 16)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 10 (the recipe), 30 (--synthetic-cifar)")
     parser.add_argument("--arch", default=None, help="a timm name (default: the recipe's MLP)")
+    parser.add_argument("--digits", action="store_true", help="the digits profile's data (8x8) and MLP instead")
     parser.add_argument("--synthetic-cifar", action="store_true", help="32x32x3 random images, the cifar network")
     parser.add_argument("--synthetic-train", type=int, default=50_000, help="--synthetic-cifar's training images")
     parser.add_argument("--width", type=int, default=None, help="the network's width (default: the profile's)")
@@ -291,7 +302,8 @@ def main() -> None:
           f"({name}); engine: {engine.path}, {engine.precision}, K = {cfg.group_size}"
           + (f", layout {engine.layout.name} ({engine.layout_kind})" if engine.path == "stacked" else ""))  # fmt: skip
     peak = measure(args, "peak", procs)
-    print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    print(f"matmul peak in this layout: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; "
+          f"copy_ {peak['copy'] / 1e9:.1f} GB/s")  # fmt: skip
     flops = flops_per_model(cfg, data, args.steps)
     per_model = cfg.epochs * len(batch_bounds(round(cfg.subset_ratio * data.n_train), cfg.batch_size))
     if args.steps:
@@ -305,28 +317,43 @@ def main() -> None:
                 print(f"  round {round_ + 1}: {path} {r['wall']:.1f} s", flush=True)
             if path not in best or r["wall"] < best[path]["wall"]:
                 best[path] = r
-    rows, per_run = {}, {}
+    again = measure(args, "peak", procs)  # the peak once more: the best window of both, the least disturbed
+    peak = {key: max(peak[key], again[key]) for key in peak}
+    print(f"the peak measured again after the paths: fp32 {again['fp32'] / 1e9:.0f} GFLOP/s, copy_ "
+          f"{again['copy'] / 1e9:.1f} GB/s; the fractions below take the better of the two")  # fmt: skip
+    rows, per_run, roof = {}, {}, {}
     for path in paths:
         r = best[path]
         rate = args.models / r["wall"] * 3600 * (args.steps / per_model if args.steps else 1)
-        peak_used = peak["bf16"] if path.startswith("engine") and engine.precision == "bf16" else peak["fp32"]
+        bf16 = path.startswith(("engine", "today")) and engine.precision == "bf16"
+        peak_used = peak["bf16"] if bf16 else peak["fp32"]
         frac = flops * args.models / r["wall"] / peak_used
+        seconds = roofline_seconds(path, cfg, data, bf16, args.steps, peak)
+        roof[path] = float("nan") if seconds is None else seconds * args.models / r["wall"]
         per_run[path] = np.array([r["accs"][i] for i in sorted(r["accs"])])
         acc, se = _mean_se(per_run[path])
         rows[path] = (rate, frac, acc)
-        which = "bf16" if peak_used is peak["bf16"] else "fp32"
+        which = "bf16" if bf16 else "fp32"
         print(f"({path:<12}) {r['wall']:7.1f} s  {rate:9.0f} models/hour  {frac:6.1%} of the {which} peak  "
-              f"test accuracy {acc:.4f} (se {se:.4f})", flush=True)  # fmt: skip
+              f"test accuracy {acc:.4f} (se {se:.4f})  {roof[path]:6.1%} of its roofline", flush=True)  # fmt: skip
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     eng = rows["engine"]
     loop = rows.get("loop", (float("nan"),) * 3)
     prev = rows.get("previous", (float("nan"),) * 3)
+    old = rows.get("today", (float("nan"),) * 3)
+    vs_today, vs_today_se = float("nan"), float("nan")
+    if "today" in per_run and len(per_run["today"]) and len(per_run["engine"]):
+        vs_today, vs_today_se = _mean_se(per_run["engine"] - per_run["today"])
+        print(f"engine against today's step: x{eng[0] / old[0]:.2f} models/hour; test accuracy {vs_today:+.4f} "
+              f"(engine minus today, the same {len(per_run['engine'])} runs), paired se {vs_today_se:.4f}")  # fmt: skip
     gap, gap_se, pair = accuracy_gap(per_run)
     if pair:
         z = gap / gap_se if gap_se > 0 else float("inf")
         print(f"accuracy gap {gap:.4f}: {pair[0]} minus {pair[1]} over the same {len(per_run[pair[0]])} runs (masks "
               f"and seeds), paired se {gap_se:.4f}, so {z:.1f} se")  # fmt: skip
-    print(f"speedup_vs_loop={eng[0] / loop[0]:.2f} speedup_vs_previous={eng[0] / prev[0]:.2f} "
+    print(f"roofline_frac={roof['engine']:.2f} today_roofline_frac={roof.get('today', float('nan')):.2f} "
+          f"speedup_vs_today={eng[0] / old[0]:.2f} gap_vs_today={vs_today:.4f} gap_vs_today_se={vs_today_se:.4f} "
+          f"speedup_vs_loop={eng[0] / loop[0]:.2f} speedup_vs_previous={eng[0] / prev[0]:.2f} "
           f"engine_models_per_hour={eng[0]:.0f} frac_of_peak={eng[1]:.2f} acc_gap={gap:.4f} acc_gap_se={gap_se:.4f} "
           f"device={str(device) + ':' + name.replace(' ', '_')}")  # fmt: skip
 

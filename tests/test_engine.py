@@ -20,6 +20,7 @@ from memlib.runs.group import job_groups
 from memlib.seeds import derive_seed
 from memlib.train.design import group_rows, subset_jobs, subset_masks
 from memlib.train.engine import (
+    UPDATES,
     DeviceData,
     NeuralLearner,
     StackedOptimizer,
@@ -330,3 +331,45 @@ def test_sgd_step_of_models_that_all_step_is_torchs_sgd_per_model(fp32, nesterov
         opt.step([g], lr, mom, None)
         for k, ref in enumerate(refs):
             torch.testing.assert_close(ours[k], ref.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 5e-4)])
+def test_either_update_takes_torchs_sgd_steps_at_each_models_rates(fp32, update, nesterov, weight_decay, device):
+    """The fused update (torch's fused SGD kernel, one call per set of models at the same rates) and the by-model
+    one take torch.optim.SGD's steps. Catches, in the fused one: a momentum buffer not started at the first
+    gradient, a model that sits a step out but steps, and a transposed gradient read as if contiguous (the kernel
+    reads its tensors so: 0.15 off)."""
+    cfg = fp32.replace(nesterov=nesterov, weight_decay=weight_decay)
+    torch.manual_seed(0)
+    start = torch.randn(3, 5, 4).to(device)
+    ours = start.clone()
+    opt = StackedOptimizer(cfg, [ours], update=update)
+    calls = []
+    fused_sgd = torch._fused_sgd_
+    torch._fused_sgd_ = lambda *a, **kw: (
+        calls.append("stack" if a[0][0].dim() == 3 else len(a[0])) or fused_sgd(*a, **kw)
+    )
+    refs = [start[k].clone().requires_grad_() for k in range(3)]
+    sgds = [torch.optim.SGD([r], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay) for r in refs]
+    try:
+        for step in range(5):
+            g = torch.randn(3, 4, 5).to(device).transpose(1, 2)  # a transposed gradient: not contiguous
+            lrs = np.array([0.1, 0.1, 0.05 if step < 3 else 0.1]) * (1 + step)  # two models share, then all three
+            moms = np.array([0.9, 0.9, 0.95 if step < 3 else 0.9])
+            takes = np.array([True, step != 2, True])  # model 1 sits out step 2
+            for k, (ref, sgd) in enumerate(zip(refs, sgds)):
+                if takes[k]:
+                    sgd.param_groups[0].update(lr=float(lrs[k]), momentum=float(moms[k]))
+                    ref.grad = g[k].clone()
+                    sgd.step()
+            lr, mom = torch.as_tensor(lrs, dtype=torch.float32), torch.as_tensor(moms, dtype=torch.float32)
+            active = None if takes.all() else torch.as_tensor(takes, device=device)
+            opt.step([g.clone()], lr.to(device), mom.to(device), active, (lrs, moms, takes))
+            for k, ref in enumerate(refs):
+                torch.testing.assert_close(ours[k], ref.detach(), rtol=0, atol=1e-6, msg=f"step {step} model {k}")
+    finally:
+        torch._fused_sgd_ = fused_sgd
+    # the fused kernel ran where asked: on the models of each set of rates while they differ (two with the same
+    # rates in one call, then the third; the two that step in step 2 apart), on the whole stack once they agree
+    assert calls == ([] if update == "by-model" else [2, 1, 2, 1, 1, 1, "stack", "stack"])

@@ -19,6 +19,8 @@ from memlib.train.layouts import LAYOUTS, PLAIN, Layout, device_kind
 from memlib.train.models import build_model
 
 OTHER = Layout("contiguous", "wide", "the layout the tests weigh against the plain one")
+NARROW = Layout("view", "bmm", "the last layer the tests weigh against the plain one", "transposed")
+BACKWARD = {OTHER: "_ContiguousWeightGradBackward", NARROW: "_TransposedLastBackward"}  # each layout's own node
 
 
 def _models(device: str, k: int = 3, width: int = 64) -> list[torch.nn.Module]:
@@ -27,17 +29,20 @@ def _models(device: str, k: int = 3, width: int = 64) -> list[torch.nn.Module]:
     return [build_model(cfg, 1, 8, 10).to(device) for _ in range(k)]
 
 
+@pytest.mark.parametrize("layout", [OTHER, NARROW], ids=["contiguous-wide", "transposed-last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_both_layouts_give_the_same_gradients_and_logits(device, dtype):
+def test_each_layout_gives_the_plain_gradients_and_logits(device, dtype, layout):
+    """Catches a layout's own products computing other sums: a weight gradient in the wrong orientation, a
+    missing bias gradient, evaluation's products out of step with the weights after an update."""
     models = _models(device)
-    plain, other = StackedMLP(models, dtype, PLAIN), StackedMLP(models, dtype, OTHER)
+    plain, other = StackedMLP(models, dtype, PLAIN), StackedMLP(models, dtype, layout)
     torch.manual_seed(1)
     x, y = torch.randn(3, 40, 1, 8, 8, device=device), torch.randint(0, 10, (120,), device=device)
     grads = {}
     for name, group in (("plain", plain), ("other", other)):
         loss = F.cross_entropy(group(x).float().flatten(0, 1), y)
         grads[name] = torch.autograd.grad(loss, group.leaves)
-    assert any(n == "_ContiguousWeightGradBackward" for n in _grad_fns(other(x))), "the other layout was not used"
+    assert BACKWARD[layout] in _grad_fns(other(x)), "the layout's own products were not used"
     tol = 1e-6 if dtype == torch.float32 else 1 / 64  # bf16: a rounding of the same sums in another order
     for g, r in zip(grads["other"], grads["plain"]):
         assert g.dtype == r.dtype and g.shape == r.shape and g.is_contiguous()
@@ -70,16 +75,17 @@ def test_a_group_trained_in_either_layout_ends_with_the_same_weights(smoke, digi
     runs = [(np.flatnonzero(j.mask), j.seed) for j in subset_jobs(cfg, digits.n_train, range(3))]
     torch.set_num_threads(1)
     got = {}
-    for layout in (PLAIN, OTHER):
+    for layout in (PLAIN, OTHER, NARROW):
         learner = NeuralLearner(cfg, digits, path="stacked", layout=layout, record_signals=False)
         got[layout.name] = (learner.fit_group(runs).state_dicts(), learner.fit_eval_group(runs))
-    (plain_w, plain_out), (other_w, other_out) = got[PLAIN.name], got[OTHER.name]
+    plain_w, plain_out = got[PLAIN.name]
     start = NeuralLearner(cfg, digits).make_model(runs[0][1]).state_dict()
     assert max(float((plain_w[0][k] - start[k]).abs().max()) for k in start) > 1e-2, "training moved the weights"
-    for a, b in zip(plain_w, other_w):
-        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-    for a, b in zip(plain_out, other_out):  # evaluation: the wide first layer against K batched products
-        assert np.mean(a.test_correct == b.test_correct) > 0.99 and np.abs(a.test_prob - b.test_prob).max() < 1e-4
+    for other_w, other_out in (got[OTHER.name], got[NARROW.name]):
+        for a, b in zip(plain_w, other_w):
+            assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+        for a, b in zip(plain_out, other_out):  # evaluation: the wide first layer, the transposed last one
+            assert np.mean(a.test_correct == b.test_correct) > 0.99 and np.abs(a.test_prob - b.test_prob).max() < 1e-4
 
 
 def test_each_device_kind_has_its_layout_and_says_what_measured_it():
@@ -92,6 +98,8 @@ def test_each_device_kind_has_its_layout_and_says_what_measured_it():
     assert all(len(entry.measured) > 40 for entry in LAYOUTS.values())
     with pytest.raises(ValueError, match="unknown layout"):
         Layout("transposed", "bmm", "a typo")
+    with pytest.raises(ValueError, match="unknown layout"):
+        Layout("view", "bmm", "a typo", "sideways")
 
 
 def test_an_amx_cpu_trains_with_the_amx_entry(smoke, digits, monkeypatch):
@@ -116,10 +124,36 @@ def test_the_layouts_benchmark_prints_an_entry_the_table_takes():
     ).stdout  # fmt: skip
     headline = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert headline["kind"] == device_kind(torch.device("cpu")) and headline["table"] == LAYOUTS[headline["kind"]].name
-    assert float(headline["train_x"]) > 0 and float(headline["eval_x"]) > 0
+    assert float(headline["train_x"]) > 0 and float(headline["eval_x"]) > 0 and float(headline["last_x"]) > 0
     entry = out[out.index(f'"{headline["kind"]}": Layout(') :].split("\n\n")[0]
     layout = eval("{" + entry + "}", {"Layout": Layout})[headline["kind"]]
     assert layout.name == headline["chosen"] and "benchmarks/layouts.py" in layout.measured
     # 2 steps in 1 round choose nothing: the entry says so, and so does the headline
     assert headline["enough"] == "0" and layout.measured.startswith("TOO SHORT TO CHOOSE (2 steps, 1 round(s))")
     assert "too short to choose: rerun with --steps 30" in out
+
+
+def test_the_rooflines_flops_are_what_torch_counts_for_a_step():
+    """benchmarks/roofline.py's FLOPs of a step's forward and backward products are torch's own count for a
+    stacked group; catches a miscount such as an input gradient for the first layer, whose input needs none."""
+    import sys
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, "benchmarks")
+    from roofline import step_costs
+
+    k, batch, dims = 3, 16, [64, 32, 24, 10]
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                  torch.nn.Linear(32, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+              for _ in range(k)]  # fmt: skip
+    for layout in (PLAIN, NARROW):
+        group = StackedMLP(models, torch.float32, layout)
+        x = torch.randn(k, batch, 1, 8, 8)
+        with FlopCounterMode(display=False) as forward:
+            out = group(x)
+        with FlopCounterMode(display=False) as backward:
+            torch.autograd.grad(out.square().sum(), group.leaves)
+        costs = step_costs(dims, k, batch, 4, 4, False)
+        assert costs["forward"][0] == forward.get_total_flops(), layout.name
+        assert costs["backward"][0] == backward.get_total_flops(), layout.name

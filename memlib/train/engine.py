@@ -37,6 +37,10 @@ from .signals import SignalRecorder
 
 PATHS = ("auto", "stacked", "vmap", "single")
 PRECISIONS = ("auto", "fp32", "bf16")
+# how StackedOptimizer runs an SGD step that every model takes at the same rates: "fused", torch's fused SGD
+# kernel over the whole group (one pass over weights, momentum and gradient), or "by-model", the two-pass update
+# run model by model on the CPU (the engine's step before; kept so that benchmarks can show both side by side)
+UPDATES = ("fused", "by-model")
 TOPK_CLASSES = 10  # class probabilities kept per training example: all of them for up to 10 classes
 AUG_PAD = 4  # pixels of reflect padding before augmentation's random crop
 PREFETCH_DRAWS = ("cuda",)  # device types whose training draws the next epoch's shuffles in a thread meanwhile
@@ -239,25 +243,45 @@ class StackedOptimizer:
     """torch.optim's SGD (momentum, Nesterov, weight decay) or Adam, applied to K models stacked on axis 0.
 
     Each model has its own learning rate and momentum at each step (`lr`, `momentum`: K-vectors) and may sit
-    a step out (`active`), so runs with different numbers of steps per epoch train side by side.
+    a step out (`active`), so runs with different numbers of steps per epoch train side by side. SGD steps run
+    through torch's fused SGD kernel where the rates are also given on the host (`update="fused"`).
     """
 
-    def __init__(self, cfg: Config, params: list[torch.Tensor], copies: list[torch.Tensor] | None = None):
-        """`copies`: bf16 working copies of `params` (StackedMLP.leaves), refreshed after every step."""
-        self.cfg, self.params = cfg, params
+    def __init__(
+        self, cfg: Config, params: list[torch.Tensor], copies: list[torch.Tensor] | None = None, update: str = "fused"
+    ):
+        """`copies`: bf16 working copies of `params` (StackedMLP.leaves), refreshed after every step; `update`:
+        one of UPDATES, how an SGD step that every model takes at the same rates runs."""
+        if update not in UPDATES:
+            raise ValueError(f"unknown update {update!r}: one of {UPDATES}")
+        self.cfg, self.params, self.update = cfg, params, update
+        # torch's fused kernel reads every tensor as contiguous (a transposed gradient came out 0.15 off)
+        self.fusable = all(p.is_contiguous() for p in params)
         self.copies = copies if copies is not None and copies[0] is not params[0] else None
         self.state = [dict() for _ in params]
         self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
-    def step(self, grads, lr: torch.Tensor, momentum: torch.Tensor, active: torch.Tensor | None) -> None:
-        """One step for every active model; `lr` and `momentum` are each model's values at its own step.
+    def step(
+        self,
+        grads,
+        lr: torch.Tensor,
+        momentum: torch.Tensor,
+        active: torch.Tensor | None,
+        host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """One step for every active model; `lr` and `momentum` are each model's values at its own step, and
+        `host` the same values and which models take the step, (K,) arrays each, on the host (for the fused update).
 
         Gradients may be bf16 (those of bf16 working copies of the weights): they are widened as they are read.
         """
         cfg = self.cfg
         self.steps += 1 if active is None else active
         nesterov = cfg.nesterov and cfg.momentum > 0
+        fused = self.update == "fused" and self.fusable and host is not None and cfg.optimizer == "sgd"
+        if fused and host[1][host[2]].min() > 0:  # (without momentum, torch.optim.SGD keeps no buffer)
+            self._fused_sgd(grads, *host, nesterov)
+            return
         copies = self.copies or [None] * len(self.params)
         every_sgd = active is None and cfg.optimizer == "sgd"  # the common step: two passes, copies refreshed
         rates: dict[int, tuple] = {}  # lr, momentum and lr * momentum shaped to broadcast over a tensor of each rank
@@ -294,6 +318,27 @@ class StackedOptimizer:
         if self.copies is not None and not every_sgd:
             torch._foreach_copy_(self.copies, self.params)
 
+    def _fused_sgd(self, grads, lrs: np.ndarray, moms: np.ndarray, active: np.ndarray, nesterov: bool) -> None:
+        """torch.optim.SGD(fused=True)'s kernel over the group: one pass over each weight, gradient and momentum
+        (reads 12 bytes a parameter, writes 8), one call per set of models that step at the same rates (all of
+        them, on whole stacked tensors, when every model has the same schedule); then the working copies."""
+        first = "buf" not in self.state[0]  # torch.optim.SGD starts the buffer at the gradient
+        bufs = [_buffer(st, "buf", p, torch.empty_like) for st, p in zip(self.state, self.params)]
+        grads = [(g if g.dtype == p.dtype else g.to(p.dtype)).contiguous() for g, p in zip(grads, self.params)]
+        sets: dict[tuple[float, float], list[int]] = {}
+        for k in np.flatnonzero(active):
+            sets.setdefault((float(lrs[k]), float(moms[k])), []).append(int(k))
+        for (lr, momentum), ks in sets.items():
+            tensors = (self.params, grads, bufs)
+            if len(ks) < len(active):  # (views of one model each: contiguous, as the kernel needs)
+                tensors = tuple([t[k] for t in ts for k in ks] for ts in tensors)
+            torch._fused_sgd_(
+                *tensors, weight_decay=self.cfg.weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+                nesterov=nesterov, maximize=False, is_first_step=first,
+            )  # fmt: skip
+        if self.copies is not None:
+            torch._foreach_copy_(self.copies, self.params)
+
 
 def _buffer(state: dict, name: str, like: torch.Tensor, make=torch.zeros_like) -> torch.Tensor:
     """state[name], made by `make` the first time it is asked for (and not allocated again on every step)."""
@@ -304,7 +349,8 @@ def _buffer(state: dict, name: str, like: torch.Tensor, make=torch.zeros_like) -
 
 
 def _sgd_step(p, g, state: dict, lr, momentum, lr_momentum, weight_decay: float, nesterov: bool, copy_to=None) -> None:
-    """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`.
+    """torch.optim.SGD's update for K models that all take this step, then the bf16 working copy `copy_to`: the
+    `by-model` update of UPDATES (the fused one is StackedOptimizer._fused_sgd).
 
     `lr`, `momentum` and their product `lr_momentum` are per model, shaped to broadcast over p. The update is
     memory-bound. On the CPU it runs model by model for large weights, so that a model's weights,
@@ -388,6 +434,31 @@ class _ContiguousWeightGrad(torch.autograd.Function):
         return grad_h, grad_w, grad.sum(1, keepdim=True)
 
 
+class _TransposedLast(torch.autograd.Function):
+    """baddbmm(b, h, w) for a narrow w (K, in, few out) whose forward and weight-gradient products run through
+    w's transpose (K, out, in): the same sums, with few rows where autograd's own have few columns.
+
+    The input gradient is autograd's own; the weight gradient comes back in w's layout, contiguous.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return _transposed_last(h, w, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w = ctx.saved_tensors
+        grad_h = torch.bmm(grad, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), h).transpose(1, 2).contiguous()
+        return grad_h, grad_w, grad.sum(1, keepdim=True)
+
+
+def _transposed_last(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """baddbmm(b, h, w) with w read through a contiguous copy of its transpose (small: the last layer's)."""
+    return torch.baddbmm(b, h, w.transpose(1, 2).contiguous().transpose(1, 2))
+
+
 class StackedMLP:
     """K MLPs as batched matrices: weights kept as (K, in, out), one baddbmm per layer for all models.
 
@@ -396,7 +467,7 @@ class StackedMLP:
     `compute_dtype`, the forward pass runs on bf16 working copies (`leaves`, refreshed by the optimizer after each
     step) and the gradients come out in bf16. These are the values bf16 autocast would make from the fp32
     weights, without casting every weight twice a step. `layout` (memlib.train.layouts) says how the weight
-    gradients and evaluation's first layer are multiplied on this kind of device.
+    gradients, evaluation's first layer and the last layer are multiplied on this kind of device.
     """
 
     def __init__(self, models: list[nn.Module], compute_dtype: torch.dtype = torch.float32, layout: Layout = PLAIN):
@@ -456,7 +527,10 @@ class StackedMLP:
             h = torch.relu(h)
         for i in range(start, last + 1):
             w, b = self.leaves[2 * i], self.leaves[2 * i + 1]
-            if self.layout.weight_grad == "contiguous" and w.requires_grad and torch.is_grad_enabled():
+            grad = w.requires_grad and torch.is_grad_enabled()
+            if i == last and self.layout.last == "transposed":
+                h = _TransposedLast.apply(h, w, b) if grad else _transposed_last(h, w, b)
+            elif self.layout.weight_grad == "contiguous" and grad:
                 h = _ContiguousWeightGrad.apply(h, w, b)
             else:
                 h = torch.baddbmm(b, h, w)
@@ -673,16 +747,16 @@ def _epoch_batches(drawn, flat_subsets: torch.Tensor, dest: torch.Tensor, shape:
 
 
 def _step_tables(cfg: Config, n_batches: list[int], dev: torch.device):
-    """Each model's learning rate and momentum at each (epoch, step), (epochs, steps, K), as torch's scheduler
-    sets them for a model with its number of batches per epoch; and whether model k takes step s, (steps, K)."""
-    k_models = len(n_batches)
-    lr_all = np.zeros((cfg.epochs, max(n_batches), k_models), dtype=np.float32)
-    mom_all = np.zeros_like(lr_all)
+    """Each model's learning rate and momentum at each (epoch, step), (2, epochs, steps, K), as torch's scheduler
+    sets them for a model with its number of batches per epoch, and whether model k takes step s, (steps, K):
+    on the device (rates in float32), and on the host (float64, torch's own values; for the fused update)."""
+    rates = np.zeros((2, cfg.epochs, max(n_batches), len(n_batches)))
     for k, nb in enumerate(n_batches):
-        lrs, moms = schedule_table(cfg, cfg.epochs * nb)
-        lr_all[:, :nb, k], mom_all[:, :nb, k] = lrs.reshape(cfg.epochs, nb), moms.reshape(cfg.epochs, nb)
-    active = torch.arange(max(n_batches), device=dev)[:, None] < torch.tensor(n_batches, device=dev)[None, :]
-    return torch.as_tensor(lr_all, device=dev), torch.as_tensor(mom_all, device=dev), active
+        for i, table in enumerate(schedule_table(cfg, cfg.epochs * nb)):
+            rates[i, :, :nb, k] = table.reshape(cfg.epochs, nb)
+    takes = np.arange(max(n_batches))[:, None] < np.array(n_batches)[None, :]
+    device = torch.as_tensor(rates, dtype=torch.float32, device=dev), torch.as_tensor(takes, device=dev)
+    return device, (rates, takes)
 
 
 def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], width: int):
@@ -715,6 +789,7 @@ def train_group(
     precision: str,
     steps: int | None = None,
     recorder: SignalRecorder | None = None,
+    update: str = "fused",
 ) -> None:
     """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
 
@@ -723,18 +798,19 @@ def train_group(
     group, so each takes the steps it would take alone; a whole epoch's draws are made, and copied to the device,
     when the epoch begins. Models with fewer batches in an epoch sit out the last
     steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
-    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early.
+    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early;
+    `update` is StackedOptimizer's (UPDATES).
     """
     dev = train.device
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
     shape = (max(n_batches), len(subsets), width)
-    lr_all, mom_all, active_all = _step_tables(cfg, n_batches, dev)
+    ((lr_all, mom_all), active_all), (rates, takes) = _step_tables(cfg, n_batches, dev)
     dest, weight, host_sizes = _epoch_layout([len(sub) for sub in subsets], cfg.batch_size, width, n_batches, dev)
     flat_subsets = torch.cat(list(subsets))
     everyone = min(n_batches)  # steps before which every model is active
-    opt = StackedOptimizer(cfg, models.params, models.copies)
+    opt = StackedOptimizer(cfg, models.params, models.copies, update)
     models.train()
     done = 0
     # no step reads anything back from the device: the host queues steps ahead of the device (a test counts it)
@@ -757,7 +833,9 @@ def train_group(
             if recorder is not None:
                 recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
             grads = models.gradients(loss)
-            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], None if s < everyone else active_all[s])
+            active = None if s < everyone else active_all[s]
+            host_rates = rates[0, epoch, s], rates[1, epoch, s], takes[s]
+            opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], active, host_rates)
             done += 1
 
 
@@ -806,13 +884,14 @@ class NeuralLearner:
         eval_rows: int | None = None,
         record_signals: bool = True,
         layout: Layout | None = None,
+        update: str = "fused",
     ):
         if not isinstance(cfg.epochs, int):
             raise ConfigError(
                 f"epochs: {cfg.epochs} is chosen by stage 1 (memlib.stages.train.resolve_epochs) before any model "
                 "trains: resolve it first, or give a number of epochs"
             )
-        self.cfg, self.record_signals = cfg, record_signals
+        self.cfg, self.record_signals, self.update = cfg, record_signals, update  # update: one of UPDATES
         self.device = resolve_device(device or cfg.device)
         # rows per evaluation batch, over all K models: on the CPU 16,384 evaluated 8 stacked MLPs 20% faster
         # than 65,536 (a batch's activations stay in cache); a GPU takes larger batches (not yet measured)
@@ -889,7 +968,7 @@ class NeuralLearner:
                 model = self.make_model(run[1])
                 rec = SignalRecorder(1, n, epochs, self.device) if signals is not None else None
                 group = SingleModel(model, channels_last=self.device.type == "cuda")
-                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec)
+                train_group(group, self.train, [sub], [g], self.cfg, self.precision, steps, rec, self.update)
                 out.append(model)
                 if rec is not None:
                     signals += rec.result()
@@ -902,7 +981,7 @@ class NeuralLearner:
         else:
             stacked = VmapModels(models)
         rec = SignalRecorder(len(runs), n, epochs, self.device) if signals is not None else None
-        train_group(stacked, self.train_input(), subsets, generators, self.cfg, self.precision, steps, rec)
+        train_group(stacked, self.train_input(), subsets, generators, self.cfg, self.precision, steps, rec, self.update)
         if rec is not None:
             signals += rec.result()
         return stacked

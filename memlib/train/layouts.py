@@ -1,11 +1,11 @@
 """How the stacked path lays out its matrix products on each kind of device: a table, and what chose each entry.
 
-The same products run fast or slow by their layout alone, and the fast layout differs between processors: on an
-AMD EPYC (Zen 4) the layouts below ran at the same speed, while on an Intel Xeon with AMX a contiguous operand
-and one wide product ran about twice as fast as a transposed view and K batched products. A layout changes only
-the rounding of the same sums, yet it does change it, so the layout is looked up by device kind, never timed at
-start-up: two runs on one kind of machine then train the same models. `benchmarks/layouts.py` measures both
-layouts side by side on the machine it runs on and prints the entry to put here, with its figures.
+The same products run fast or slow by their layout alone, and the fast layout differs between processors. Products
+timed alone do not choose an entry: on an Intel Xeon with AMX a contiguous operand and one wide product ran about
+twice as fast alone, yet the whole engine trained and evaluated slower with them. A layout changes only the
+rounding of the same sums, yet it does change it, so the layout is looked up by device kind, never timed at
+start-up: two runs on one kind of machine then train the same models. `benchmarks/layouts.py` times the whole
+engine in each layout side by side on the machine it runs on and prints the entry to put here, with its figures.
 
 An entry's fields:
 - `weight_grad`: how the backward pass forms each layer's weight gradient, input^T @ grad_output, K at a time.
@@ -14,6 +14,9 @@ An entry's fields:
 - `eval_first`: how evaluation computes the first layer, whose input all K models share. "bmm": K batched
   products of the same input (expanded, not copied); "wide": one product of the input with all K models'
   weights side by side, (rows, in) @ (in, K * out).
+- `last`: how the last layer (few outputs: the classes) is multiplied. "plain": autograd's own; "transposed":
+  its forward and weight-gradient products taken through the weight's transpose, (K, out, in), whose few rows
+  run faster than few columns (memlib's `_TransposedLast`).
 - `measured`: the measurement that chose the entry (where, when, which command, what it printed).
 """
 
@@ -27,6 +30,7 @@ import torch
 
 WEIGHT_GRADS = ("view", "contiguous")
 EVAL_FIRSTS = ("bmm", "wide")
+LASTS = ("plain", "transposed")
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,15 @@ class Layout:
     weight_grad: str
     eval_first: str
     measured: str
+    last: str = "plain"
 
     def __post_init__(self):
-        if self.weight_grad not in WEIGHT_GRADS or self.eval_first not in EVAL_FIRSTS:
-            raise ValueError(f"unknown layout {self.weight_grad!r}/{self.eval_first!r}")
+        if self.weight_grad not in WEIGHT_GRADS or self.eval_first not in EVAL_FIRSTS or self.last not in LASTS:
+            raise ValueError(f"unknown layout {self.weight_grad!r}/{self.eval_first!r}/{self.last!r}")
 
     @property
     def name(self) -> str:
-        return f"{self.weight_grad}/{self.eval_first}"
+        return f"{self.weight_grad}/{self.eval_first}" + ("/transposed-last" if self.last == "transposed" else "")
 
 
 PLAIN = Layout("view", "bmm", "autograd's own products: the layout memlib always used")
@@ -49,11 +54,11 @@ PLAIN = Layout("view", "bmm", "autograd's own products: the layout memlib always
 # Device kinds (`device_kind`), most specific first. An extension is one entry, with its measurement.
 LAYOUTS: dict[str, Layout] = {
     "cpu-amx": Layout(
-        "contiguous",
-        "wide",
-        "issue 15's one-thread probe on an Intel Xeon with AMX (its figures: benchmarks/README.md, the stacked "
-        "path's layout per device kind). Whole-engine speed and accuracy with this layout: not yet measured on AMX "
-        "(python benchmarks/layouts.py there).",
+        "view",
+        "bmm",
+        "python benchmarks/layouts.py on an Intel Xeon with AMX (issue 23): the whole engine trained and evaluated "
+        "slower with contiguous/wide, so view/bmm (its figures: benchmarks/README.md, the stacked path's layout per "
+        "device kind); the last layer transposed: not yet measured there",
     ),
     "cpu-avx512-bf16": Layout(
         "view",
@@ -62,7 +67,14 @@ LAYOUTS: dict[str, Layout] = {
         "so the layout memlib always used stays (its figures, date and commit: benchmarks/README.md, the stacked "
         "path's layout per device kind)",
     ),
-    "cpu": Layout("view", "bmm", "not measured on CPUs without bf16 matrix units: the layout memlib always used"),
+    "cpu": Layout(
+        "view",
+        "wide",
+        "python benchmarks/layouts.py --steps 40 --rounds 4 on an AMD EPYC (Zen 3, AVX2, fp32) under load: "
+        "evaluation faster with the wide first layer, training faster with the last layer transposed; shorter runs "
+        "under that load disagreed, so to be confirmed on a quiet machine (figures: benchmarks/README.md)",
+        "transposed",
+    ),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
 }
 
