@@ -156,7 +156,7 @@ def test_validation_stage_on_smoke_noisy_finds_the_recorded_flips_and_reports_ev
         flipped = np.flatnonzero(f["tr_flipped"])
         assert flipped.tolist() == spec["meta"]["label_noise"]["positions"], "the report's flips are the store's"
         assert np.all(f["tr_labels_clean"][flipped] != e["tr_labels"][flipped])
-        assert len(f["fdr_tr_idx"]) == len(f["fdr_p"]) and "tr_idx" in e.files, "both pair sets exported"
+        assert len(e["fdr_tr_idx"]) == len(e["fdr_p"]) and "tr_idx" in e.files, "both pair sets exported (stage 2)"
     scores = pd.read_csv(out / "scores.csv")
     assert scores["flipped"].to_numpy().nonzero()[0].tolist() == flipped.tolist()
     assert (scores["label_clean"] != scores["label"]).sum() == len(flipped)
@@ -218,7 +218,8 @@ def check_outputs_of_the_smoke_study(out: Path, params: dict) -> None:
     notebooks = {f"{s}.ipynb" for s in STAGES}
     assert written(out) == expected - notebooks - {"store/", "retrain/", MANIFEST}, "each write is recorded"
     with np.load(out / "estimates.npz") as est, np.load(out / "validation.npz") as val:
-        assert not set(est.files) & {"tr_flipped", "tr_score_loss", "fdr_p"}, "stage 5 wrote into stage 2's file"
+        assert not set(est.files) & {"tr_flipped", "tr_score_loss", "tr_top_infl"}, "stage 5 wrote into stage 2's file"
+        assert "fdr_p" in est.files and "fdr_p" not in val.files, "the controlled pairs have one home: stage 2's"
         scores = pd.read_csv(out / "scores.csv")
         assert len(scores) == len(est["tr_mem"]) and scores["index"].tolist() == est["tr_index"].tolist()
         assert np.allclose(scores["mem"], est["tr_mem"]) and np.allclose(scores["mem_se"], est["tr_mem_se"])
@@ -227,7 +228,7 @@ def check_outputs_of_the_smoke_study(out: Path, params: dict) -> None:
             assert np.allclose(scores[f"score_{name}"], val[f"tr_score_{name}"], equal_nan=True), name
         assert scores["top_test_index"].tolist() == val["tr_top_tt_idx"].tolist()
         assert np.allclose(scores["top_infl"], val["tr_top_infl"], equal_nan=True)
-        assert set(scores.index[scores["in_fdr_pair"]]) == set(np.searchsorted(est["tr_index"], val["fdr_tr_idx"]))
+        assert set(scores.index[scores["in_fdr_pair"]]) == set(np.searchsorted(est["tr_index"], est["fdr_tr_idx"]))
         assert set(scores.index[scores["in_pair"]]) == set(np.searchsorted(est["tr_index"], est["tr_idx"]))
     stage5 = {name: _digest(out / name) for name in ("validation.npz", "scores.csv", "validation.json")}
     nb = Path("notebooks") / "02_estimate.ipynb"
