@@ -197,12 +197,16 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
     names = {"fdr": ("pairs, FDR-controlled", "#c0392b"), "fixed": ("pairs, fixed cut-offs", "#7f8c8d")}
     for key, (label, color) in names.items():
         if f"pairs_jaccard_{key}" in curve:
-            ax.plot(t, curve[f"pairs_jaccard_{key}"], "o-", color=color, label=label)
+            jac = [np.nan if j is None else j for j in curve[f"pairs_jaccard_{key}"]]
+            ax.plot(t, jac, "o-", color=color, label=label)
+            for x, j, both in zip(t, jac, curve[f"pairs_{key}_both_halves"]):  # a Jaccard of few pairs says little
+                if np.isfinite(j):
+                    ax.annotate(f"{both}", (x, j), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.axhline(replicates, ls="--", color="k", lw=0.8, label=f"replicates (Jaccard {replicates:g})")
-    ax.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Jaccard", ylim=(0, 1))
-    ax.set_title("Do the pairs replicate?")
+    ax.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Jaccard", ylim=(0, 1.1))
+    ax.set_title("Do the pairs replicate? (numbers: pairs in both halves)")
     ax.legend(fontsize=8)
-    ax2.plot(t, curve["mem_spearman"], "o-", color="#2c3e50")
+    ax2.plot(t, [np.nan if r is None else r for r in curve["mem_spearman"]], "o-", color="#2c3e50")
     ax2.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Spearman of mem", ylim=(0, 1))
     ax2.set_title("Does mem replicate?")
     for a in (ax, ax2):
