@@ -42,7 +42,7 @@ def test_gpu_check_without_fashion_mnist_measures_every_part_on_synthetic_data(t
     parts = record["parts"]
     assert parts["tests"]["passed"] > 0 and parts["tests"]["failures"] == 0
     assert all(v == "passed" for v in parts["tests"]["results"].values())
-    assert set(parts["throughput"]["paths"]["paths"]) == {"loop", "previous", "engine"}
+    assert set(parts["throughput"]["paths"]["paths"]) == {"loop", "previous", "today", "engine"}
     assert parts["throughput"]["large_group"]["headline"]["engine_models_per_hour"] > 0
     assert parts["recipe"]["models_done"] == parts["recipe"]["num_models"] == 16
     assert parts["recipe"]["data"] == "synthetic"
