@@ -83,7 +83,7 @@ format: $(STAMP) ## apply ruff's formatting and fixes
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: $(STAMP) lint ## lint, then the test suite (CPU only; about 15 minutes on 2 cores)
+test: $(STAMP) lint ## lint, then the test suite (CPU only; 15 to 30 minutes on 2 cores)
 	$(PY) -m pytest
 
 # The lab's notebooks take their values from lab/parameters.yaml (every value of the profile, yours to edit); like
