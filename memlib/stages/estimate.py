@@ -26,11 +26,11 @@ def estimate(cfg: Config, store: Store, data: Dataset) -> Estimates:
     est = estimate_from_arrays(
         masks, np.asarray(store["train_correct"]), ttc, data, cfg.infl_threshold, cfg.mem_threshold
     )
-    pairs, p, tested = _controlled(cfg, data)(masks, ttc, est.mem.value, with_p=True)
+    pairs, p, tested = controlled_selection(cfg, data)(masks, ttc, est.mem.value, with_p=True)
     return replace(est, controlled=pairs, controlled_p=p, pair_fdr=cfg.pair_fdr, pairs_tested=tested)
 
 
-def _controlled(cfg: Config, data: Dataset):
+def controlled_selection(cfg: Config, data: Dataset):
     """The FDR-controlled selection at the config's cut-offs and rate, as a function of (masks, test outcomes, mem)."""
 
     def select(masks: np.ndarray, test_outcomes: np.ndarray, mem: np.ndarray, with_p: bool = False):
@@ -46,7 +46,7 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
     (`fixed`: the paper's cut-offs; `fdr`: the controlled selection). `SplitHalf.summary` of split_half_from_arrays.
     """
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    selectors: dict[str, PairSelector] = {"fdr": _controlled(cfg, data)}
+    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
     halves = split_half_from_arrays(
         masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors=selectors
     )
@@ -56,7 +56,7 @@ def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
 def replication(cfg: Config, store: Store, data: Dataset, counts: list[int] | None = None) -> dict[str, list]:
     """Stage 2: split-half agreement of mem and of both pair sets against the number of models (replication_curve)."""
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    selectors: dict[str, PairSelector] = {"fdr": _controlled(cfg, data)}
+    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
     return replication_curve(
         masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts
     )

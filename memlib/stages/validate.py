@@ -13,13 +13,13 @@ import pandas as pd
 from ..analysis.estimation import Estimates, Pairs, influence_chunks
 from ..analysis.peers import PeerInputs, PeerRuns, cleanlab_issues, peer_scores, suspicion
 from ..analysis.stability import Convergence, convergence, split_half_from_arrays
-from ..analysis.validation import arch_consistency, fdr_pairs, proxy_agreement, proxy_summary, recovery
+from ..analysis.validation import arch_consistency, proxy_agreement, proxy_summary, recovery
 from ..config import Config
 from ..data.dataset import Dataset
 from ..report import plots_validation
 from ..report.artifacts import SCORES_FILE, write_csv, write_json, write_output, write_parquet
 from ..runs.store import Store
-from .estimate import estimate
+from .estimate import controlled_selection, estimate
 from .train import train_subsets
 
 
@@ -104,15 +104,12 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
     masks = np.asarray(store["masks"])
     trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
     labels, thresholds = (data.y_train, data.y_test), (cfg.infl_threshold, cfg.mem_threshold)
+    select = controlled_selection(cfg, data)  # stage 2's selection, at this config's cut-offs and rate
     if est.controlled is not None and est.pair_fdr == cfg.pair_fdr:  # stage 2 selected them
         controlled, p_values, tested = est.controlled, est.controlled_p, est.pairs_tested
     else:
-        controlled, p_values, tested = fdr_pairs(masks, ttc, est.mem.value, *labels, *thresholds, cfg.pair_fdr)
-
-    def fdr(m: np.ndarray, test_outcomes: np.ndarray, mem: np.ndarray) -> Pairs:
-        return fdr_pairs(m, test_outcomes, mem, *labels, *thresholds, cfg.pair_fdr)[0]
-
-    halves = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors={"fdr": fdr})
+        controlled, p_values, tested = select(masks, ttc, est.mem.value, with_p=True)
+    halves = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors={"fdr": select})
     figures = {
         "pair_fdr": cfg.pair_fdr,
         "pairs_fixed": len(est.pairs),
