@@ -7,9 +7,11 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_dataset
 
 import memlib
+from memlib.analysis import estimation
 from memlib.analysis.estimation import (
     estimate_from_arrays,
     export_influence,
@@ -257,9 +259,12 @@ def test_standard_errors_are_calibrated():
     assert np.isnan(curve.spearman[-1]) and np.all(np.abs(curve.spearman[:4]) < 0.3)  # every true mem is 0.4
 
 
+@pytest.mark.parametrize("flags", [frozenset(), frozenset({"avx512_vnni"})], ids=["fp32-counts", "int8-counts"])
 @pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32, np.float64])
-def test_zero_one_outcomes_give_the_definition_exactly_whatever_their_dtype(dtype):
-    """0/1 outcomes take the exact integer-count path: values equal the float64 definition bit for bit."""
+def test_zero_one_outcomes_give_the_definition_exactly_whatever_their_dtype(dtype, flags, monkeypatch):
+    """0/1 outcomes take the exact integer-count path, by float32 or int8 products as the CPU's flags choose:
+    values equal the float64 definition bit for bit either way (a count product that rounded would fail)."""
+    monkeypatch.setattr(estimation, "cpu_flags", lambda: flags)
     rng = np.random.default_rng(4)
     t, n, m = 70, 11, 13
     masks = random_masks(t, n, seed=5)
@@ -276,6 +281,22 @@ def test_zero_one_outcomes_give_the_definition_exactly_whatever_their_dtype(dtyp
     as_bool = influence(masks, test_out.astype(bool))
     np.testing.assert_array_equal(infl.value, as_bool.value)
     np.testing.assert_array_equal(infl.se, as_bool.se)
+
+
+def test_count_products_follow_the_cpu():
+    """int8 products where the CPU has int8 dot products (VNNI, AMX), float32 elsewhere, and int8 whenever float32
+    could not hold the counts exactly; both give the same int32 counts."""
+    assert estimation.count_dtype(4000, frozenset({"avx2", "fma"})) == torch.float32
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert estimation.count_dtype(4000, frozenset({"avx2", flag})) == torch.int8
+    assert estimation.count_dtype(2**24, frozenset({"avx2"})) == torch.int8
+    rng = np.random.default_rng(7)
+    a, b = rng.random((2000, 17)) < 0.7, rng.random((2000, 23)) < 0.5  # counts near 700: a bf16 product rounds
+    want = a.T.astype(np.int64) @ b.astype(np.int64)
+    for dtype in (torch.int8, torch.float32):
+        got = estimation.count_product(estimation.count_operand(a, dtype).T, estimation.count_operand(b, dtype))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
 
 
 def test_binary_detection():

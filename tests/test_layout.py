@@ -14,13 +14,15 @@ ALLOWED = {
     "seeds": set(),
     "columns": set(),
     "files": set(),
+    "machine": set(),
     "data": {"config", "seeds", "files"},
-    "train": {"config", "seeds", "columns", "data", "files"},
-    "runs": {"config", "seeds", "columns", "data", "train", "files"},
+    "train": {"config", "seeds", "columns", "data", "files", "machine"},
+    "runs": {"config", "seeds", "columns", "data", "train", "files", "machine"},
     "analysis": {
         "config",
         "columns",
         "files",
+        "machine",
     },  # numpy, scipy, torch (fast masked sums) and the run arrays; no training
     "report": {"config", "analysis", "files"},
 }

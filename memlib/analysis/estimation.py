@@ -11,9 +11,11 @@ diagonal (v = train outcome, j = i); influence uses test outcomes. Every array i
 original order; index arrays beside it map positions to original indices.
 
 The sums over runs are exact for 0/1 outcomes (correctness), whatever the scale: then v * v == v, so the sums
-of squares are the sums, and the sums of products are integer counts, taken as int8 x int8 -> int32 matrix
-products (torch._int_mm; how fast: benchmarks/README.md, estimation at paper scale). Other outcomes
-(probabilities) take float32 products.
+of squares are the sums, and the sums of products are integer counts: int8 x int8 -> int32 matrix products
+(torch._int_mm) where the CPU has int8 dot-product instructions (VNNI or AMX), float32 products elsewhere
+(exact for counts below 2**24), because without them torch._int_mm runs about 40 times slower than float32
+(`count_operand`; how fast: benchmarks/README.md, estimation at paper scale). Other outcomes (probabilities)
+take float32 products.
 Influence is computed a chunk of train rows at a time, so memory stays O(chunk x test examples) whatever the
 number of rows; export_influence writes the whole train x test matrix to disk that way.
 """
@@ -33,6 +35,7 @@ from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from ..files import write_atomic
+from ..machine import cpu_flags
 
 
 class Labelled(Protocol):
@@ -111,15 +114,36 @@ def _memorization_columns(masks: np.ndarray, outcomes: np.ndarray) -> tuple[np.n
     return value, se, n_in
 
 
-def _int8_operand(a: np.ndarray) -> torch.Tensor:
-    """A 0/1 array as an int8 tensor sharing its memory (no copy of a store's memory-mapped, read-only arrays).
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # int8 dot products: torch._int_mm runs fast
+FP32_EXACT_COUNTS = 2**24  # float32 holds every integer up to this exactly, so counts over fewer runs are exact
 
-    torch warns that a read-only array gives a writable tensor; these tensors are only read (torch._int_mm's
+
+def count_dtype(runs: int, flags: frozenset[str] | None = None) -> torch.dtype:
+    """The operand type of the exact 0/1 counts over `runs` runs on this CPU: int8 (torch._int_mm, int32 sums)
+    where it has int8 dot-product instructions or the counts could exceed float32's exact integers, else float32
+    (on an AVX2-only CPU torch._int_mm runs about 40 times slower than a float32 product: benchmarks/README.md)."""
+    flags = cpu_flags() if flags is None else flags
+    return torch.int8 if flags & INT8_FLAGS or runs >= FP32_EXACT_COUNTS else torch.float32
+
+
+def count_operand(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A 0/1 array as a `count_dtype` tensor; int8 shares its memory (no copy of a store's memory-mapped,
+    read-only arrays).
+
+    torch warns that a read-only array gives a writable tensor; these tensors are only read (the count products'
     operands), so the warning, which would show in every executed notebook, is silenced here and nowhere else.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=bool).view(np.int8))
+        int8 = torch.from_numpy(np.ascontiguousarray(a, dtype=bool).view(np.int8))
+    return int8 if dtype == torch.int8 else int8.to(dtype)
+
+
+def count_product(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """a @ b of two `count_operand`s of one dtype, as exact int32 counts."""
+    if a.dtype == torch.int8:
+        return torch._int_mm(a, b).numpy()
+    return torch.mm(a, b).numpy().astype(np.int32)
 
 
 class _Targets:
@@ -129,7 +153,8 @@ class _Targets:
         v = np.asarray(outcomes)
         self.runs, self.binary = v.shape[0], is_binary(v)
         if self.binary:
-            self.int8 = _int8_operand(v)
+            self.dtype = count_dtype(self.runs)
+            self.counts = count_operand(v, self.dtype)
             self.s_all = np.count_nonzero(v, axis=0).astype(np.float64)[None]
             self.q_all = self.s_all
         else:
@@ -144,8 +169,7 @@ class _Targets:
         For 0/1 outcomes the sums are int32 counts and the squares are the outcomes themselves (None).
         """
         if self.binary:
-            m = _int8_operand(masks)
-            return torch._int_mm(m.T, self.int8).numpy(), None
+            return count_product(count_operand(masks, self.dtype).T, self.counts), None
         m = np.asarray(masks, dtype=np.float32)
         return m.T @ self.v, m.T @ self.v2
 

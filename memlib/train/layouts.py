@@ -22,11 +22,11 @@ An entry's fields:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from ..machine import cpu_flags
 
 WEIGHT_GRADS = ("view", "contiguous")
 EVAL_FIRSTS = ("bmm", "wide")
@@ -77,19 +77,6 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "cuda": Layout("view", "bmm", "not measured on a GPU yet (benchmarks/layouts.py --device cuda there)"),
 }
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def device_kind(device: torch.device, flags: frozenset[str] | None = None) -> str:
