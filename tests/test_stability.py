@@ -228,3 +228,20 @@ def test_the_replication_curve_is_split_half_agreement_of_the_first_t_models():
     assert curve["mem_spearman"][-1] > curve["mem_spearman"][0], "more models, more agreement"
     default = stability.replication_curve(masks, train, test, *labels, 0.15, 0.25)
     assert default["models"] == [16, 32, 64, len(masks)] and "pairs_jaccard_fdr" not in default
+
+
+def test_the_replication_curve_takes_the_whole_split_as_its_last_point_only(monkeypatch):
+    """Stage 2 passes its split of all the runs (`full`): the curve is the same, that split is its last point
+    and not computed again, and no other point uses it (a curve that took `full` at every t would fail)."""
+    masks, train, test, data = synthetic()
+    labels = (data.y_train, data.y_test)
+    counts = [20, 40, len(masks)]
+    full = stability.split_half_from_arrays(masks, train, test, *labels, 0.15, 0.25)
+    want = stability.replication_curve(masks, train, test, *labels, 0.15, 0.25, counts=counts)
+    calls = []
+    real = stability.split_half_from_arrays
+    monkeypatch.setattr(stability, "split_half_from_arrays", lambda m, *a: calls.append(len(m)) or real(m, *a))
+    got = stability.replication_curve(masks, train, test, *labels, 0.15, 0.25, counts=counts, full=full)
+    assert calls == [20, 40], "the whole split is not computed again"
+    for key, values in want.items():
+        np.testing.assert_equal(got[key], values)

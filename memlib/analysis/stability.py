@@ -158,22 +158,27 @@ def replication_curve(
     mem_threshold: float,
     selectors: dict[str, PairSelector] | None = None,
     counts: list[int] | None = None,
+    full: SplitHalf | None = None,
 ) -> dict[str, list]:
     """Split-half agreement against the number of models: for each t of `counts`, the first t runs split in halves.
 
     Per t: mem's split-half Spearman, and each pair set's sizes in both halves and Jaccard (the fixed cut-offs and
     every one of `selectors`), so that a reader sees how many models a stable pair set needs. `counts` defaults to
-    16, 32, 64, ... and all the runs.
+    16, 32, 64, ... and all the runs. `full`, the split of all the runs with the same selectors where the caller
+    has it (stage 2's split_half), is the last point rather than computed again.
     """
     total = len(masks)
     if counts is None:
         counts = sorted({*(2**i for i in range(4, int(np.log2(max(total, 1))) + 1)), total})
     out: dict[str, list] = {"models": []}
     for t in [c for c in counts if 4 <= c <= total]:
-        halves = split_half_from_arrays(
-            masks[:t], train_outcomes[:t], test_outcomes[:t], tr_labels, tt_labels, infl_threshold, mem_threshold,
-            selectors,
-        )  # fmt: skip
+        if full is not None and t == total:
+            halves = full
+        else:
+            halves = split_half_from_arrays(
+                masks[:t], train_outcomes[:t], test_outcomes[:t], tr_labels, tt_labels, infl_threshold,
+                mem_threshold, selectors,
+            )  # fmt: skip
         out["models"].append(int(t))
         out.setdefault("mem_spearman", []).append(halves.mem_agreement()["mem_spearman"])
         for key, value in halves.pair_summary().items():

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..analysis.estimation import Estimates, estimate_from_arrays
 from ..analysis.published import compare_published
-from ..analysis.stability import PairSelector, replication_curve, split_half_from_arrays
+from ..analysis.stability import PairSelector, SplitHalf, replication_curve, split_half_from_arrays
 from ..analysis.validation import fdr_pairs
 from ..config import Config
 from ..data.dataset import Dataset
@@ -41,24 +41,30 @@ def controlled_selection(cfg: Config, data: Dataset):
     return select
 
 
-def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
-    """Stage 2: the estimates from two disjoint halves of a store's runs: Spearman of mem, Jaccard of each pair set
-    (`fixed`: the paper's cut-offs; `fdr`: the controlled selection). `SplitHalf.summary` of split_half_from_arrays.
-    """
+def halves(cfg: Config, store: Store, data: Dataset) -> SplitHalf:
+    """Stage 2: the estimates from two disjoint halves of a store's runs (split_half_from_arrays), both pair sets
+    (`fixed`: the paper's cut-offs; `fdr`: the controlled selection) selected in each."""
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
     selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
-    halves = split_half_from_arrays(
+    return split_half_from_arrays(
         masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors=selectors
     )
-    return halves.summary()
 
 
-def replication(cfg: Config, store: Store, data: Dataset, counts: list[int] | None = None) -> dict[str, list]:
-    """Stage 2: split-half agreement of mem and of both pair sets against the number of models (replication_curve)."""
+def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
+    """Stage 2: Spearman of mem and the Jaccard of each pair set between the halves (`SplitHalf.summary`)."""
+    return halves(cfg, store, data).summary()
+
+
+def replication(
+    cfg: Config, store: Store, data: Dataset, counts: list[int] | None = None, full: SplitHalf | None = None
+) -> dict[str, list]:
+    """Stage 2: split-half agreement of mem and of both pair sets against the number of models (replication_curve;
+    `full`: `halves` of the whole store where the caller has it)."""
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
     selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
     return replication_curve(
-        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts
+        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts, full
     )
 
 
@@ -69,12 +75,14 @@ def estimate_stage(cfg: Config, store: Store, data: Dataset) -> Estimates:
     return est
 
 
-def split_half_stage(cfg: Config, store: Store, data: Dataset) -> dict:
-    """Stage 2: `split_half`, its figures written to split_half.json; draws figures/split_half.png."""
-    sh = split_half(cfg, store, data)
+def split_half_stage(cfg: Config, store: Store, data: Dataset) -> SplitHalf:
+    """Stage 2: `halves`, its figures (`SplitHalf.summary`) written to split_half.json; draws
+    figures/split_half.png. Returns the split, the last point of replication_stage's curve."""
+    full = halves(cfg, store, data)
+    sh = full.summary()
     write_json({k: v for k, v in sh.items() if not isinstance(v, np.ndarray)}, cfg.out_dir / "split_half.json")
     plots.split_half(sh, path=cfg.out_dir / "figures/split_half.png")
-    return sh
+    return full
 
 
 def comparison_stage(cfg: Config, est: Estimates) -> dict:
@@ -86,11 +94,12 @@ def comparison_stage(cfg: Config, est: Estimates) -> dict:
     return comparison
 
 
-def replication_stage(cfg: Config, store: Store, data: Dataset) -> dict[str, list]:
-    """Stage 2: `replication`, written to replication.json; draws figures/replication.png (the report's 0.5 line)."""
+def replication_stage(cfg: Config, store: Store, data: Dataset, full: SplitHalf | None = None) -> dict[str, list]:
+    """Stage 2: `replication`, written to replication.json; draws figures/replication.png (the report's 0.5 line).
+    `full`: split_half_stage's split of the whole store, the curve's last point (computed again without it)."""
     from ..report.prose import MIN_PAIR_JACCARD
 
-    curve = replication(cfg, store, data)
+    curve = replication(cfg, store, data, full=full)
     write_json(curve, cfg.out_dir / "replication.json")
     plots.replication(curve, MIN_PAIR_JACCARD, path=cfg.out_dir / "figures/replication.png")
     return curve
