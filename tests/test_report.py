@@ -236,3 +236,20 @@ def test_pair_sets_that_replicate_carry_no_caveat(tmp_path):
     assert caveats(summary) == []
     rows = dict(headline(summary))
     assert "split-half Jaccard 0.81" in rows["high-influence pairs"] and "0.72" in rows["pairs at fixed cut-offs"]
+
+
+def test_replication_figure_labels_model_counts_that_do_not_collide():
+    """The replication figure labels each model count on its log axis unless it sits under a neighbour's label:
+    1,024 beside a last point of 1,536 once printed "10241536" (labelling every count fails here)."""
+    from memlib.report import plots
+
+    assert plots.spaced_ticks([16, 32, 64, 128, 256, 512, 1024, 1536]) == [16, 32, 64, 128, 256, 512, 1536]
+    assert plots.spaced_ticks([16, 32, 64, 128]) == [16, 32, 64, 128]
+    assert plots.spaced_ticks([16, 20]) == [20] and plots.spaced_ticks([]) == []
+    n = 1536
+    curve = {"models": [16, 32, 64, 128, 256, 512, 1024, n], "mem_spearman": [0.5] * 8}
+    fig = plots.replication(curve, 0.5)
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["16", "32", "64", "128", "256", "512", "1,536"]
+    plots.plt.close(fig)

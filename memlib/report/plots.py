@@ -190,6 +190,16 @@ def split_half(sh: dict, path=None) -> plt.Figure:
     return mem_against_mem(sh["mem_a"], sh["mem_b"], labels, title, lim, 6, path)
 
 
+def spaced_ticks(t: list[int], apart: float = 0.8) -> list[int]:
+    """The model counts to label on a log axis: the last always, and before it each that lies at least `apart`
+    octaves below the next labelled one (1,024 beside 1,536 would print over it)."""
+    kept = [t[-1]] if t else []
+    for x in reversed(t[:-1]):
+        if np.log2(kept[-1] / x) >= apart:
+            kept.append(x)
+    return kept[::-1]
+
+
 def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Figure:
     """Split-half agreement against the number of models: each pair set's Jaccard and mem's Spearman."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -210,8 +220,8 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
     ax2.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Spearman of mem", ylim=(0, 1))
     ax2.set_title("Does mem replicate?")
     for a in (ax, ax2):
-        a.set_xticks(t)
-        a.set_xticklabels([str(x) for x in t])
+        a.set_xticks(spaced_ticks(t))
+        a.set_xticklabels([f"{x:,}" for x in spaced_ticks(t)])
         a.minorticks_off()
     fig.tight_layout()
     return _save(fig, path)
