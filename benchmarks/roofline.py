@@ -54,6 +54,8 @@ from memlib.train.engine import (  # noqa: E402
     StackedOptimizer,
     _autocast,
     _epoch_batches,
+    _epoch_layout,
+    _host_draws,
     _step_batch,
     _step_tables,
     batch_bounds,
@@ -188,16 +190,17 @@ def timed_phases(learner: NeuralLearner, runs, steps: int, update: str, layout: 
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
     n_batches = [len(b) for b in bounds]
     width = max(e - s for b in bounds for s, e in b)
+    shape = (max(n_batches), len(subsets), width)
     ((lr_all, mom_all), active_all), (rates, takes) = _step_tables(cfg, n_batches, dev)
+    dest, weight, host_sizes = _epoch_layout([len(sub) for sub in subsets], cfg.batch_size, width, n_batches, dev)
+    flat_subsets = torch.cat(subsets)
     everyone = min(n_batches)
     opt = StackedOptimizer(cfg, models.params, models.copies, update)
     spent = dict.fromkeys(PHASES, 0.0)
     clock, done = time.perf_counter, 0
     for epoch in range(cfg.epochs):
-        t0 = clock()
-        perms = [sub[torch.randperm(len(sub), generator=g).to(dev)] for sub, g in zip(subsets, generators)]
-        index, weight, sizes = _epoch_batches(perms, cfg.batch_size, width, n_batches)
-        host_sizes = sizes.cpu().tolist()
+        t0 = clock()  # the epoch's draws and batch indices, as train_group makes them (no augmentation: an MLP)
+        index, _ = _epoch_batches(_host_draws(generators, bounds, False, False), flat_subsets, dest, shape)
         spent["gather"] += clock() - t0
         for s in range(max(n_batches)):
             if done >= steps:

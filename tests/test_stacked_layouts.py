@@ -157,3 +157,19 @@ def test_the_rooflines_flops_are_what_torch_counts_for_a_step():
         costs = step_costs(dims, k, batch, 4, 4, False)
         assert costs["forward"][0] == forward.get_total_flops(), layout.name
         assert costs["backward"][0] == backward.get_total_flops(), layout.name
+
+
+def test_the_roofline_benchmark_runs_the_engines_loop():
+    """benchmarks/roofline.py runs to its headline on the smoke profile: it copies train_group's loop, so an engine
+    change it did not follow breaks it (the epoch draws' new API once did, silently, as nothing ran it)."""
+    import subprocess
+    import sys
+
+    args = ["--profile", "smoke", "--steps", "3", "--rounds", "1", "--models", "2"]
+    out = subprocess.run(
+        [sys.executable, "benchmarks/roofline.py", *args], capture_output=True, text=True, timeout=600, check=True
+    ).stdout
+    headline = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert headline["profile"] == "smoke" and headline["K"] == "2"
+    for way in ("today", "engine"):
+        assert float(headline[f"step_ms_{way}"]) > 0 and float(headline[f"frac_{way}"]) > 0
