@@ -13,8 +13,8 @@ original order; index arrays beside it map positions to original indices.
 The sums over runs are exact for 0/1 outcomes (correctness), whatever the scale: then v * v == v, so the sums
 of squares are the sums, and the sums of products are integer counts: int8 x int8 -> int32 matrix products
 (torch._int_mm) where the CPU has int8 dot-product instructions (VNNI or AMX), float32 products elsewhere
-(exact for counts below 2**24), because without them torch._int_mm runs about 40 times slower than float32
-(`count_operand`; how fast: benchmarks/README.md, estimation at paper scale). Other outcomes (probabilities)
+(exact for counts below 2**24), where torch._int_mm has no fast kernel (`count_dtype`; how fast each is:
+benchmarks/README.md, estimation at paper scale). Other outcomes (probabilities)
 take float32 products.
 Influence is computed a chunk of train rows at a time, so memory stays O(chunk x test examples) whatever the
 number of rows; export_influence writes the whole train x test matrix to disk that way.
@@ -121,7 +121,7 @@ FP32_EXACT_COUNTS = 2**24  # float32 holds every integer up to this exactly, so 
 def count_dtype(runs: int, flags: frozenset[str] | None = None) -> torch.dtype:
     """The operand type of the exact 0/1 counts over `runs` runs on this CPU: int8 (torch._int_mm, int32 sums)
     where it has int8 dot-product instructions or the counts could exceed float32's exact integers, else float32
-    (on an AVX2-only CPU torch._int_mm runs about 40 times slower than a float32 product: benchmarks/README.md)."""
+    (without those instructions torch._int_mm has no fast kernel; the figures: benchmarks/README.md)."""
     flags = cpu_flags() if flags is None else flags
     return torch.int8 if flags & INT8_FLAGS or runs >= FP32_EXACT_COUNTS else torch.float32
 

@@ -41,14 +41,18 @@ def controlled_selection(cfg: Config, data: Dataset):
     return select
 
 
+def _split_inputs(cfg: Config, store: Store, data: Dataset) -> tuple:
+    """What split_half_from_arrays and replication_curve read, in their order: the runs, labels, cut-offs and the
+    controlled selection (beside the fixed cut-offs, which they add themselves)."""
+    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
+    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
+    return masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors
+
+
 def halves(cfg: Config, store: Store, data: Dataset) -> SplitHalf:
     """Stage 2: the estimates from two disjoint halves of a store's runs (split_half_from_arrays), both pair sets
     (`fixed`: the paper's cut-offs; `fdr`: the controlled selection) selected in each."""
-    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
-    return split_half_from_arrays(
-        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors=selectors
-    )
+    return split_half_from_arrays(*_split_inputs(cfg, store, data))
 
 
 def split_half(cfg: Config, store: Store, data: Dataset) -> dict:
@@ -61,11 +65,7 @@ def replication(
 ) -> dict[str, list]:
     """Stage 2: split-half agreement of mem and of both pair sets against the number of models (replication_curve;
     `full`: `halves` of the whole store where the caller has it)."""
-    masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
-    return replication_curve(
-        masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors, counts, full
-    )
+    return replication_curve(*_split_inputs(cfg, store, data), counts, full)
 
 
 def estimate_stage(cfg: Config, store: Store, data: Dataset) -> Estimates:
