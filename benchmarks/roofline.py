@@ -59,6 +59,7 @@ from memlib.train.engine import (  # noqa: E402
     _step_batch,
     _step_tables,
     batch_bounds,
+    clip_grad_norms,
     mlp_layers,
     train_group,
 )
@@ -220,6 +221,8 @@ def timed_phases(learner: NeuralLearner, runs, steps: int, update: str, layout: 
             t3 = clock()
             grads = models.gradients(loss)
             t4 = clock()
+            if cfg.grad_clip is not None:  # (counted in the update's phase)
+                clip_grad_norms(grads, cfg.grad_clip)
             active = None if s < everyone else active_all[s]
             opt.step(
                 grads, lr_all[epoch, s], mom_all[epoch, s], active, (rates[0, epoch, s], rates[1, epoch, s], takes[s])

@@ -141,6 +141,7 @@ class Config:
     optimizer: str = trains("sgd")
     schedule: str = trains("onecycle")
     label_smoothing: float = trains(0.0)
+    grad_clip: float | None = trains(None)  # each model's gradient norm clipped here before its step; null: off
     augment: str = trains("none")
     device: str = runs("auto")
     precision: str = trains("auto")  # bf16 autocast where the device runs it fast (AVX-512 bf16 / AMX CPUs, GPUs)
@@ -368,6 +369,11 @@ RULES: list[tuple[str, Callable[[Any], Any], str | Callable[[Any], str]]] = [
     ("momentum", lambda v: 0 <= v < 1, "momentum must lie in [0, 1), got {value}"),
     ("weight_decay", lambda v: 0 <= v < 1, "weight_decay must lie in [0, 1), got {value}"),
     ("label_smoothing", lambda v: 0 <= v < 1, "label_smoothing must lie in [0, 1), got {value}"),
+    (
+        "grad_clip",
+        lambda v: v is None or 0 < v < math.inf,
+        "grad_clip must be null (no clipping) or a positive gradient norm (e.g. 1.0), got {value}",
+    ),
     *(
         (key, lambda v, allowed=allowed: v in allowed, f"{key} must be one of {', '.join(allowed)}; got {{value!r}}")
         for key, allowed in CHOICES.items()
@@ -457,7 +463,7 @@ def _numbers_from_strings(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     for name, value in values.items():
         kind = hints.get(name, "")
-        if kind in ("float", "list[float]"):
+        if kind in ("float", "float | None", "list[float]"):
             items = value if kind == "list[float]" and isinstance(value, list) else [value]
             items = [float(v) if isinstance(v, str) and NUMBER.fullmatch(v.strip()) else v for v in items]
             out[name] = items if kind == "list[float]" and isinstance(value, list) else items[0]
@@ -487,6 +493,7 @@ TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int | str": lambda v: isinstance(v, str) or _whole(v),  # epochs: a number or auto (its rule says which str)
     "bool": lambda v: isinstance(v, bool),
     "float": _number,
+    "float | None": lambda v: v is None or _number(v),
     "dict[str, str]": lambda v: (
         isinstance(v, dict) and all(isinstance(k, str) and (isinstance(x, str) or _number(x)) for k, x in v.items())
     ),

@@ -833,10 +833,25 @@ def train_group(
             if recorder is not None:
                 recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
             grads = models.gradients(loss)
+            if cfg.grad_clip is not None:
+                clip_grad_norms(grads, cfg.grad_clip)
             active = None if s < everyone else active_all[s]
             host_rates = rates[0, epoch, s], rates[1, epoch, s], takes[s]
             opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], active, host_rates)
             done += 1
+
+
+def clip_grad_norms(grads, max_norm: float) -> None:
+    """Scale each model's gradients in place as torch.nn.utils.clip_grad_norm_ scales one model's: by
+    max_norm / (norm + 1e-6) where that is below 1, the norm taken over all of the model's gradients (axis 0: K).
+
+    No value is read back to the host (models under the limit are multiplied by 1).
+    """
+    norms = [torch.linalg.vector_norm(g.float(), dim=tuple(range(1, g.dim()))) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms), dim=0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype))
 
 
 @torch.inference_mode()
