@@ -238,7 +238,7 @@ def test_split_half_and_convergence_on_planted_signal(tmp_path):
     sh = memlib.split_half(cfg, store, data)
     assert sh["models_per_half"] == [100, 100]
     np.testing.assert_array_equal(sh["mem_a"], 1.0)
-    assert sh["pairs_jaccard"] > 0
+    assert sh["pairs_jaccard_fixed"] > 0
     curve = memlib.convergence(np.asarray(store["masks"]), np.asarray(store["train_correct"]), cfg.subset_ratio)
     assert curve.models[-1] == 100 and curve.total_models == 200
     for errors in (curve.mean_se, curve.mean_se_varying, curve.observed_rms, curve.observed_rms_varying):

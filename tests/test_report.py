@@ -78,7 +78,7 @@ def write_run(out: Path, status: dict[str, str] | None = None, min_out: float = 
     est.mem.n_out[:] = min_out
     runs = fake_runs({"full data": [0.99, 1.0], "mem >= 0.25": [0.90, 0.96], "random, as many": [0.98, 0.99]})
     cfg = memlib.load_profile("smoke")
-    split = {"mem_spearman": 0.5, "pairs_jaccard": None, "models_per_half": [20, 20]}
+    split = {"mem_spearman": 0.5, "pairs_jaccard_fixed": None, "models_per_half": [20, 20]}
     summary = summarize(cfg, est, summarize_utility(runs), split, np.array([0.9, 0.92]))
     write_json(summary, out / "summary.json")
     (out / "parameters.yaml").write_text("profile: smoke\nlr: 0.1\n")

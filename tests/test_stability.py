@@ -15,6 +15,7 @@ import memlib
 from memlib.analysis import stability
 from memlib.analysis.estimation import estimate_from_arrays, high_influence_pairs, memorization
 from memlib.analysis.validation import fdr_pairs
+from memlib.report.artifacts import SPLIT_HALF_FILE, write_json
 from memlib.train.design import subset_mask
 
 HALVES = [slice(0, None, 2), slice(1, None, 2)]
@@ -132,6 +133,20 @@ def old_pair_sets_split_half(masks, trc, ttc, tr_labels, tt_labels, infl_thresho
     return out
 
 
+# stage 2's names for the fixed cut-offs' figures as they were, and the one scheme of every pair set's now
+OLD_NAMES = {
+    "pairs_a": "pairs_fixed_half_a",
+    "pairs_b": "pairs_fixed_half_b",
+    "pairs_both": "pairs_fixed_both_halves",
+    "pairs_jaccard": "pairs_jaccard_fixed",
+}
+
+
+def renamed(old: dict) -> dict:
+    """`old` with its fixed cut-offs' figures under today's names (the order kept)."""
+    return {OLD_NAMES.get(k, k): v for k, v in old.items()}
+
+
 def assert_same(new: dict, old: dict) -> None:
     """The same keys in the same order, and equal values (NaN equal to NaN)."""
     assert list(new) == list(old)
@@ -179,9 +194,9 @@ def test_split_half_reproduces_stage_two_and_stage_five_figures():
     assert want["pairs_fdr_both_halves"] > 0, "the case exercises the controlled set"
     cfg = SimpleNamespace(infl_threshold=0.15, mem_threshold=0.25, pair_fdr=0.05)
     store = {"masks": masks, "train_correct": train, "test_correct": test}
-    # stage 2's figures as they were, then every pair set's (the controlled one added to stage 2)
+    # stage 2's figures as they were, the fixed cut-offs' under stage 5's names, then the controlled set's
     controlled = {k: v for k, v in want.items() if "fdr" in k}
-    assert_same(memlib.split_half(cfg, store, data), {**old, **controlled})
+    assert_same(memlib.split_half(cfg, store, data), {**renamed(old), **controlled})
 
     def fdr(m, test_outcomes, mem):
         return fdr_pairs(m, test_outcomes, mem, data.y_train, data.y_test, 0.15, 0.25, 0.05)[0]
@@ -196,8 +211,8 @@ def test_split_half_where_nothing_reaches_the_threshold_keeps_a_zero_jaccard():
     masks, train, test, data = synthetic()
     old = old_split_half(masks, train, test, data, 0.15, 2.0)
     new = stability.split_half_from_arrays(masks, train, test, data.y_train, data.y_test, 0.15, 2.0).summary()
-    assert_same(new, old)
-    assert new["high_mem_jaccard"] == 0.0 and np.isnan(new["pairs_jaccard"])
+    assert_same(new, renamed(old))
+    assert new["high_mem_jaccard"] == 0.0 and np.isnan(new["pairs_jaccard_fixed"])
 
 
 def test_jaccard_and_correlations():
@@ -245,3 +260,48 @@ def test_the_replication_curve_takes_the_whole_split_as_its_last_point_only(monk
     assert calls == [20, 40], "the whole split is not computed again"
     for key, values in want.items():
         np.testing.assert_equal(got[key], values)
+
+
+class _Rows(dict):
+    """A store's arrays by name, with its number of rows (what stage 2 reads of a Store)."""
+
+    rows = 80
+
+    def require_complete(self) -> None:
+        pass
+
+
+def test_stage_five_takes_stage_twos_split_only_where_it_was_made_at_its_selection(tmp_path):
+    """Stage 5 copies split_half.json's pair figures rather than splitting again, and splits again where the config
+    selects otherwise. Fails when the file is read whatever selection made it (the changed rate and the other model
+    count then get stage 2's figures), and when stage 5 never reads it."""
+    from memlib.stages import estimate as stage2
+    from memlib.stages import validate as stage5
+
+    masks, train, test, data = synthetic()
+    store = _Rows(masks=masks, train_correct=train, test_correct=test)
+    cfg = memlib.load_profile("smoke").replace(results_dir=str(tmp_path))
+    written = stage2.split_half_stage(cfg, store, data).pair_summary()
+    assert written["pairs_fdr_both_halves"] > 0, "the case selects pairs in both halves"
+    assert stage2.stored_pair_agreement(cfg, len(masks)) == pytest.approx(written, abs=1e-6)  # (JSON keeps 6 digits)
+    assert stage2.stored_pair_agreement(cfg.replace(pair_fdr=0.2), len(masks)) is None
+    assert stage2.stored_pair_agreement(cfg, len(masks) - 2) is None
+    # stage 5's figures: stage 2's where they match, a split of its own where they do not (sizes differ at 0.2)
+    est = stage2.estimate(cfg, store, data)
+    mark = {**written, "pairs_jaccard_fdr": -1.0}  # a value no split gives: seen only if the file is read
+    write_json({**mark, "selection": stage2.split_selection(cfg, len(masks))}, cfg.out_dir / SPLIT_HALF_FILE)
+    assert stage5._pair_sets(cfg, store, data, est)[0]["pairs_jaccard_fdr"] == -1.0
+    other = cfg.replace(pair_fdr=0.2)
+    figures = stage5._pair_sets(other, store, data, est)[0]
+    assert figures["pairs_jaccard_fdr"] != -1.0
+    fresh = stability.split_half_from_arrays(
+        masks,
+        train,
+        test,
+        data.y_train,
+        data.y_test,
+        0.15,
+        0.25,
+        selectors={"fdr": stage2.controlled_selection(other, data)},
+    ).pair_summary()
+    assert_same({k: figures[k] for k in fresh}, fresh)

@@ -91,27 +91,19 @@ class SplitHalf:
         return len(a), len(b), len(a & b), jaccard(a, b)
 
     def summary(self) -> dict:
-        """Stage 2's figures (split_half.json: the scalars), with both halves' mem beside them (arrays): the fixed
-        cut-offs' pairs as `pairs_a`, `pairs_b`, `pairs_both`, `pairs_jaccard`, and any other set as `pair_summary`."""
-        a, b, both, jac = self.pair_agreement("fixed")
+        """Stage 2's figures (split_half.json: the scalars), with both halves' mem beside them (arrays): mem's
+        agreement and every pair set's (`pair_summary`)."""
         return {
             "mem_a": self.mem_a,
             "mem_b": self.mem_b,
             "models_per_half": self.models_per_half,
             **self.mem_agreement(),
-            "pairs_a": a,
-            "pairs_b": b,
-            "pairs_both": both,
-            "pairs_jaccard": jac,
-            **{
-                k: v
-                for k, v in self.pair_summary().items()
-                if not k.startswith(("pairs_fixed_", "pairs_jaccard_fixed"))
-            },
+            **self.pair_summary(),
         }
 
     def pair_summary(self) -> dict:
-        """Stage 5's figures (validation.json): each pair set's size in each half and in both, and its Jaccard."""
+        """Each pair set's size in each half and in both, and its Jaccard: `pairs_<set>_half_a`, `pairs_<set>_half_b`,
+        `pairs_<set>_both_halves`, `pairs_jaccard_<set>` (split_half.json's names, which stage 5 copies)."""
         out = {}
         for name in self.pairs:
             a, b, both, jac = self.pair_agreement(name)

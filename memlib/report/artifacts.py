@@ -28,6 +28,8 @@ STAGES = ("01_train_subsets", "02_estimate", "03_filter_retrain", "04_figures", 
 ENVIRONMENT_FILE = "environment.json"
 # Stage 5's per-example table (scores.csv), which the report links.
 SCORES_FILE = "scores.csv"
+# Stage 2's split-half figures, which stages 4 and 5 read.
+SPLIT_HALF_FILE = "split_half.json"
 # The run folder's record of the files memlib wrote there, one name a line (write_output appends to it).
 MANIFEST = ".memlib-outputs"
 
@@ -72,7 +74,11 @@ OUTPUTS: dict[str, Output] = {
             "`fdr_infl`, `fdr_infl_se`, `fdr_p`, `fdr_mem` (with `pair_fdr`, `pairs_tested`), all in the dataset's "
             "original order",
         ),
-        Output("split_half.json", STAGES[1], "split-half stability: mem's Spearman, each pair set's Jaccard"),
+        Output(
+            SPLIT_HALF_FILE,
+            STAGES[1],
+            "split-half stability: mem's Spearman, each pair set's Jaccard, and the `selection` they were made at",
+        ),
         Output("figures/split_half.png", STAGES[1], "mem from one half of the models against the other"),
         Output("replication.json", STAGES[1], "the same split-half agreement from the first 16, 32, 64, ... models"),
         Output("figures/replication.png", STAGES[1], "each pair set's Jaccard and mem's Spearman against models"),

@@ -180,11 +180,12 @@ def split_half(sh: dict, path=None) -> plt.Figure:
     if "pairs_jaccard_fdr" in sh:
         title += (
             f"pairs Jaccard {sh['pairs_jaccard_fdr']:.2f} with FDR control ({sh['pairs_fdr_both_halves']} in both of "
-            f"{sh['pairs_fdr_half_a']} / {sh['pairs_fdr_half_b']}), {sh['pairs_jaccard']:.2f} at fixed cut-offs"
+            f"{sh['pairs_fdr_half_a']} / {sh['pairs_fdr_half_b']}), {sh['pairs_jaccard_fixed']:.2f} at fixed cut-offs"
         )
     else:
         title += (
-            f"pairs Jaccard {sh['pairs_jaccard']:.2f} ({sh['pairs_both']} in both of {sh['pairs_a']} / {sh['pairs_b']})"
+            f"pairs Jaccard {sh['pairs_jaccard_fixed']:.2f} ({sh['pairs_fixed_both_halves']} in both of "
+            f"{sh['pairs_fixed_half_a']} / {sh['pairs_fixed_half_b']})"
         )
     labels = (f"mem, even-indexed models ({a})", f"mem, odd-indexed models ({b})")
     return mem_against_mem(sh["mem_a"], sh["mem_b"], labels, title, lim, 6, path)

@@ -192,7 +192,8 @@ def headline(s: dict) -> list[tuple[str, str]]:
                     if "pairs_jaccard_fdr" in sh
                     else ""
                 )
-                + f"{_num(sh['pairs_jaccard'], '.2f')} (fixed cut-offs) ({sh['models_per_half'][0]} models per half)",
+                + f"{_num(sh['pairs_jaccard_fixed'], '.2f')} (fixed cut-offs) "
+                + f"({sh['models_per_half'][0]} models per half)",
             )
         )
     return rows

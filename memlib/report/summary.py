@@ -87,7 +87,7 @@ def _pair_figures(est: Estimates, split: dict) -> dict[str, Any]:
     used = est.replicating_pairs()
     out: dict[str, Any] = {
         "high_influence_pairs": len(est.pairs),  # at the paper's fixed cut-offs
-        "pairs_fixed_jaccard": split.get("pairs_jaccard"),
+        "pairs_fixed_jaccard": split.get("pairs_jaccard_fixed"),
         "pairs_removed_set": "controlled" if est.controlled is not None else "fixed",
         "pairs_distinct_train": int(len(np.unique(used.tr_pos))),
         "pairs_distinct_test": int(len(np.unique(used.tt_pos))),

@@ -15,7 +15,7 @@ from ..analysis.validation import fdr_pairs
 from ..config import Config
 from ..data.dataset import Dataset
 from ..report import plots
-from ..report.artifacts import write_json, write_output
+from ..report.artifacts import SPLIT_HALF_FILE, read_json, write_json, write_output
 from ..runs.store import Store
 
 
@@ -75,12 +75,37 @@ def estimate_stage(cfg: Config, store: Store, data: Dataset) -> Estimates:
     return est
 
 
+def split_selection(cfg: Config, num_models: int) -> dict:
+    """What a split's pair figures depend on beyond the store: written beside them, so a reader can tell that they
+    are the figures of its own selection."""
+    return {
+        "num_models": num_models,
+        "infl_threshold": cfg.infl_threshold,
+        "mem_threshold": cfg.mem_threshold,
+        "pair_fdr": cfg.pair_fdr,
+    }
+
+
+def stored_pair_agreement(cfg: Config, num_models: int) -> dict | None:
+    """split_half.json's pair figures (`SplitHalf.pair_summary`) where stage 2 wrote them for this selection of
+    `num_models` models; None where it wrote none or wrote them at other cut-offs, rate or models."""
+    path = cfg.out_dir / SPLIT_HALF_FILE
+    if not path.exists():
+        return None
+    sh = read_json(path)
+    if sh.get("selection") != split_selection(cfg, num_models):
+        return None
+    return {k: v for k, v in sh.items() if k.startswith("pairs_")}
+
+
 def split_half_stage(cfg: Config, store: Store, data: Dataset) -> SplitHalf:
-    """Stage 2: `halves`, its figures (`SplitHalf.summary`) written to split_half.json; draws
-    figures/split_half.png. Returns the split, the last point of replication_stage's curve."""
+    """Stage 2: `halves`, its figures (`SplitHalf.summary`, with `split_selection`) written to split_half.json;
+    draws figures/split_half.png. Returns the split, the last point of replication_stage's curve."""
     full = halves(cfg, store, data)
     sh = full.summary()
-    write_json({k: v for k, v in sh.items() if not isinstance(v, np.ndarray)}, cfg.out_dir / "split_half.json")
+    scalars = {k: v for k, v in sh.items() if not isinstance(v, np.ndarray)}
+    scalars["selection"] = split_selection(cfg, store.rows)
+    write_json(scalars, cfg.out_dir / SPLIT_HALF_FILE)
     plots.split_half(sh, path=cfg.out_dir / "figures/split_half.png")
     return full
 

@@ -19,7 +19,7 @@ from ..data.dataset import Dataset
 from ..report import plots_validation
 from ..report.artifacts import SCORES_FILE, write_csv, write_json, write_output, write_parquet
 from ..runs.store import Store
-from .estimate import controlled_selection, estimate
+from .estimate import controlled_selection, estimate, stored_pair_agreement
 from .train import train_subsets
 
 
@@ -100,7 +100,8 @@ def _recovery_summary(rows: list[dict], issues: np.ndarray, flipped: np.ndarray)
 
 def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tuple[dict, Pairs, np.ndarray]:
     """The FDR-controlled pairs and their p-values, and validation.json's figures of both pair sets: their sizes,
-    overlap, and split-half agreement (memlib.analysis.stability.split_half_from_arrays, both sets from each half)."""
+    overlap, and split-half agreement (stage 2's split_half.json where it was made at this config's selection,
+    else split_half_from_arrays again, both sets from each half)."""
     masks = np.asarray(store["masks"])
     trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
     labels, thresholds = (data.y_train, data.y_test), (cfg.infl_threshold, cfg.mem_threshold)
@@ -109,14 +110,18 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
         controlled, p_values, tested = est.controlled, est.controlled_p, est.pairs_tested
     else:
         controlled, p_values, tested = select(masks, ttc, est.mem.value, with_p=True)
-    halves = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors={"fdr": select})
+    agreement = stored_pair_agreement(cfg, len(masks))  # stage 2's, where it selected at this config's cut-offs
+    if agreement is None:
+        agreement = split_half_from_arrays(
+            masks, trc, ttc, *labels, *thresholds, selectors={"fdr": select}
+        ).pair_summary()
     figures = {
         "pair_fdr": cfg.pair_fdr,
         "pairs_fixed": len(est.pairs),
         "pairs_fdr": len(controlled),
         "pairs_fdr_candidates_tested": tested,
         "pairs_fdr_in_fixed": len(controlled.keys() & est.pairs.keys()),
-        **halves.pair_summary(),
+        **agreement,
     }
     return figures, controlled, p_values
 
