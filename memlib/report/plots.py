@@ -205,6 +205,7 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
     """Split-half agreement against the number of models: each pair set's Jaccard and mem's Spearman."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     t = curve["models"]
+    labelled = set(spaced_ticks(t))  # a count too close to the next one has its number below its point, not above
     names = {"fdr": ("pairs, FDR-controlled", "#c0392b"), "fixed": ("pairs, fixed cut-offs", "#7f8c8d")}
     for key, (label, color) in names.items():
         if f"pairs_jaccard_{key}" in curve:
@@ -212,7 +213,11 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
             ax.plot(t, jac, "o-", color=color, label=label)
             for x, j, both in zip(t, jac, curve[f"pairs_{key}_both_halves"]):  # a Jaccard of few pairs says little
                 if np.isfinite(j):
-                    ax.annotate(f"{both}", (x, j), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+                    above = x in labelled
+                    ax.annotate(
+                        f"{both}", (x, j), textcoords="offset points", xytext=(0, 6 if above else -6),
+                        ha="center", va="bottom" if above else "top", fontsize=7,
+                    )  # fmt: skip
     ax.axhline(replicates, ls="--", color="k", lw=0.8, label=f"replicates (Jaccard {replicates:g})")
     ax.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Jaccard", ylim=(0, 1.1))
     ax.set_title("Do the pairs replicate? (numbers: pairs in both halves)")
