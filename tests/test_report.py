@@ -256,8 +256,9 @@ def test_replication_figure_labels_model_counts_that_do_not_collide():
 
 
 def test_replication_figure_numbers_of_close_counts_do_not_overlap():
-    """2,048 beside a last point of 2,560 once printed their pairs' counts side by side as one ("192234"); no two
-    numbers may touch (fails with every number above its point)."""
+    """2,048 beside a last point of 2,560 once printed their pairs' counts side by side as one ("192234"), and
+    numbers below their points met the other curve's; no two numbers may touch (fails with every number above its
+    point, and with numbers only above or below their points)."""
     from memlib.report import plots
 
     t = [16, 32, 64, 128, 256, 512, 1024, 2048, 2560]
@@ -266,12 +267,14 @@ def test_replication_figure_numbers_of_close_counts_do_not_overlap():
         "mem_spearman": [0.9] * 9,
         "pairs_jaccard_fdr": [None, None, None, 1.0, 0.17, 0.41, 0.60, 0.703, 0.701],
         "pairs_fdr_both_halves": [0, 0, 0, 2, 3, 26, 96, 1192, 1234],
+        "pairs_jaccard_fixed": [0.13, 0.12, 0.10, 0.08, 0.08, 0.16, 0.38, 0.54, 0.59],  # the 2,560-model store's
+        "pairs_fixed_both_halves": [24203, 19828, 10088, 4329, 1833, 1222, 1148, 1155, 1169],
     }
     fig = plots.replication(curve, 0.5)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [a.get_window_extent(renderer).padded(1) for a in fig.axes[0].texts]
-    assert len(boxes) == 6
+    assert len(boxes) == 15
     overlaps = [(i, k) for i in range(len(boxes)) for k in range(i) if boxes[i].overlaps(boxes[k])]
     assert not overlaps, [(fig.axes[0].texts[i].get_text(), fig.axes[0].texts[k].get_text()) for i, k in overlaps]
     plots.plt.close(fig)

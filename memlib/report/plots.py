@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.transforms import Bbox
 
 from ..analysis.estimation import Estimates
 from .artifacts import save_figure
@@ -205,19 +206,14 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
     """Split-half agreement against the number of models: each pair set's Jaccard and mem's Spearman."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     t = curve["models"]
-    labelled = set(spaced_ticks(t))  # a count too close to the next one has its number below its point, not above
     names = {"fdr": ("pairs, FDR-controlled", "#c0392b"), "fixed": ("pairs, fixed cut-offs", "#7f8c8d")}
+    numbers = []  # (x, Jaccard, pairs in both halves, colour): a Jaccard of few pairs says little
     for key, (label, color) in names.items():
         if f"pairs_jaccard_{key}" in curve:
             jac = [np.nan if j is None else j for j in curve[f"pairs_jaccard_{key}"]]
             ax.plot(t, jac, "o-", color=color, label=label)
-            for x, j, both in zip(t, jac, curve[f"pairs_{key}_both_halves"]):  # a Jaccard of few pairs says little
-                if np.isfinite(j):
-                    above = x in labelled
-                    ax.annotate(
-                        f"{both}", (x, j), textcoords="offset points", xytext=(0, 6 if above else -6),
-                        ha="center", va="bottom" if above else "top", fontsize=7,
-                    )  # fmt: skip
+            both = curve[f"pairs_{key}_both_halves"]
+            numbers += [(x, j, n, color) for x, j, n in zip(t, jac, both) if np.isfinite(j)]
     ax.axhline(replicates, ls="--", color="k", lw=0.8, label=f"replicates (Jaccard {replicates:g})")
     ax.set(xscale="log", xlabel="models (split in two halves)", ylabel="split-half Jaccard", ylim=(0, 1.1))
     ax.set_title("Do the pairs replicate? (numbers: pairs in both halves)")
@@ -230,7 +226,34 @@ def replication(curve: dict[str, list], replicates: float, path=None) -> plt.Fig
         a.set_xticklabels([f"{x:,}" for x in spaced_ticks(t)])
         a.minorticks_off()
     fig.tight_layout()
+    _place_numbers(fig, ax, numbers)
     return _save(fig, path)
+
+
+def _place_numbers(fig: plt.Figure, ax: plt.Axes, numbers: list[tuple]) -> None:
+    """Each (x, y, number, colour) written in its curve's colour above its point, or at the first of below it,
+    right of it, left of it, further above, further below where the nearer places would touch a point or a number
+    already written (close model counts, two curves near each other)."""
+    if not numbers:
+        return
+    renderer = fig.canvas.get_renderer()
+    places = (  # offset in points, alignment
+        ((0, 6), "center", "bottom"), ((0, -6), "center", "top"), ((7, 0), "left", "center"),
+        ((-7, 0), "right", "center"), ((0, 16), "center", "bottom"), ((0, -16), "center", "top"),
+    )  # fmt: skip
+    marker = 4  # half a marker's side, in pixels
+    taken = [Bbox.from_extents(*(p - marker), *(p + marker)) for p in ax.transData.transform([n[:2] for n in numbers])]
+    for x, y, number, color in numbers:
+        for place in places:
+            offset, ha, va = place
+            text = ax.annotate(
+                f"{number}", (x, y), textcoords="offset points", xytext=offset, ha=ha, va=va, fontsize=7, color=color
+            )
+            box = text.get_window_extent(renderer).padded(1)
+            if not any(box.overlaps(b) for b in taken) or place == places[-1]:
+                break
+            text.remove()
+        taken.append(box)
 
 
 def training_overview(test_acc: np.ndarray, out_counts: np.ndarray, path=None) -> plt.Figure:
