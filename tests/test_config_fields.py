@@ -32,17 +32,17 @@ def test_every_type_annotation_has_a_check():
 
 @dataclasses.dataclass(frozen=True)
 class Planted(Config):
-    """The planted faults: a field added without a role, and one whose type (`float | None`) has no check."""
+    """The planted faults: a field added without a role, and one whose type (`tuple[int, int]`) has no check."""
 
     dummy_steps: int = 3
-    dummy_rate: float | None = trains(None)
+    dummy_pair: tuple[int, int] = trains((1, 2))
 
 
 def test_the_field_checks_catch_a_planted_field():
     """Fault: a new field with no role (its value would not be fingerprinted), or a type nothing checks."""
     assert unclassified(Planted) == ["dummy_steps"]
-    assert unchecked(Planted) == ["dummy_rate: float | None"]
-    with pytest.raises(TypeError, match=re.escape("dummy_rate is annotated float | None, which TYPE_CHECKS has no")):
+    assert unchecked(Planted) == ["dummy_pair: tuple[int, int]"]
+    with pytest.raises(TypeError, match=re.escape("dummy_pair is annotated tuple[int, int], which TYPE_CHECKS has")):
         Planted().validate()
 
 
@@ -71,6 +71,7 @@ def test_a_value_of_the_wrong_type_is_refused_for_every_type():
     wrong = {"str": 3, "str | None": 3, "int": 2.5, "int | None": "3", "bool": 1, "float": "x", "dict[str, str]": [1]}
     wrong["list[float]"] = ["x"]
     wrong["int | str"] = 2.5  # (which strings: the field's rule says, e.g. epochs takes only auto)
+    wrong["float | None"] = "1.0x"
     assert set(wrong) == set(TYPE_CHECKS), "give each new type a value it must refuse"
     for kind, value in wrong.items():
         assert not TYPE_CHECKS[kind](value), kind
