@@ -1,21 +1,21 @@
 """Where a training step of a stacked MLP group spends its time, against this machine's limits (its roofline).
 
-    python benchmarks/roofline.py                     # the fashion-mnist showcase: 784-256-256-10, K = 8, batch 128
+    python benchmarks/roofline.py                     # the fashion-mnist showcase's MLP (its profile), K = 8
+    python benchmarks/roofline.py --profile fashion-mnist --models 16 --steps 30 --rounds 3
     python benchmarks/roofline.py --profile digits    # digits: 64-256-256-10
-    python benchmarks/roofline.py --steps 60 --rounds 3
 
-The profile's MLP, K of its runs (7,000-example subsets of fashion-mnist's 10,000-example pool) trained in
-lockstep as the engine trains them (one thread: the engine's layout per process), in alternating rounds,
-each phase's best round kept, in each of a few ways (`--ways`): `today`, the step before issue 23 (the
-`by-model` update of `memlib.train.engine.UPDATES`, the last layer `plain`), and `engine`, the step now (the
-`fused` update, this device kind's LAYOUTS entry); or any UPDATE/LAST pair, e.g. `fused/plain`. The phases of
-a step, timed in a copy of `train_group`'s loop:
+The profile's MLP, K of its runs (70% subsets of the profile's training pool) trained in lockstep as the
+engine trains them (one thread: the engine's layout per process), in alternating rounds, each phase's best
+round kept, in each of a few ways (`--ways`): `today`, the step before issue 23 (the `by-model` update of
+`memlib.train.engine.UPDATES`, the last layer `plain`), and `engine`, the step now (the `fused` update, this
+device kind's LAYOUTS entry); or any UPDATE/LAST pair, e.g. `fused/plain`. The phases of a step
+(`memlib.train.engine.PHASES`), timed by `train_group` itself through its `phase` hook:
 
     gather    the batch's images and labels gathered from the resident data (and each epoch's shuffles)
     forward   the forward products, ReLUs and the loss
-    backward  the backward products (autograd)
-    update    the optimizer's step and its copies
     signals   the training signals recorded (each step's logits kept, each epoch's pass over them)
+    backward  the backward products (autograd)
+    update    the gradient clipping (where the profile clips), the optimizer's step and its copies
 
 Beside each phase, its roofline: the time its FLOPs take at the peak (a large square matmul on one thread,
 in bf16 where the engine trains in bf16, else fp32) and the time its bytes take at the memory bandwidth (a
@@ -41,32 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import memlib  # noqa: E402
 from memlib.train.design import subset_jobs  # noqa: E402
-from memlib.train.engine import (  # noqa: E402
-    UPDATES,
-    NeuralLearner,
-    StackedMLP,
-    StackedOptimizer,
-    _autocast,
-    _epoch_batches,
-    _epoch_layout,
-    _host_draws,
-    _step_batch,
-    _step_tables,
-    batch_bounds,
-    clip_grad_norms,
-    mlp_layers,
-    train_group,
-)
+from memlib.train.engine import PHASES, UPDATES, NeuralLearner, StackedMLP, mlp_layers, train_group  # noqa: E402
 from memlib.train.layouts import Layout  # noqa: E402
 from memlib.train.signals import SignalRecorder  # noqa: E402
 
-PHASES = ("gather", "forward", "backward", "update", "signals")
 WAYS = {"today": "by-model/plain", "engine": None}  # None: the fused update and this kind's table entry
 
 
@@ -182,61 +165,25 @@ def _stacked(learner: NeuralLearner, runs, layout: Layout) -> StackedMLP:
 
 
 def timed_phases(learner: NeuralLearner, runs, steps: int, update: str, layout: Layout) -> dict[str, float]:
-    """Seconds per step of each phase: `train_group`'s loop (signals recorded), with a clock between phases."""
+    """Seconds per step of each phase of `train_group` (signals recorded), timed by its `phase` hook."""
     cfg, dev, train = learner.cfg, learner.device, learner.train_input()
     models = _stacked(learner, runs, layout)
     generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
     subsets = [torch.as_tensor(idx, device=dev) for idx, _ in runs]
     recorder = SignalRecorder(len(runs), len(train), cfg.epochs, dev)
-    bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
-    n_batches = [len(b) for b in bounds]
-    width = max(e - s for b in bounds for s, e in b)
-    shape = (max(n_batches), len(subsets), width)
-    ((lr_all, mom_all), active_all), (rates, takes) = _step_tables(cfg, n_batches, dev)
-    dest, weight, host_sizes = _epoch_layout([len(sub) for sub in subsets], cfg.batch_size, width, n_batches, dev)
-    flat_subsets = torch.cat(subsets)
-    everyone = min(n_batches)
-    opt = StackedOptimizer(cfg, models.params, models.copies, update)
-    spent = dict.fromkeys(PHASES, 0.0)
-    clock, done = time.perf_counter, 0
-    for epoch in range(cfg.epochs):
-        t0 = clock()  # the epoch's draws and batch indices, as train_group makes them (no augmentation: an MLP)
-        index, _ = _epoch_batches(_host_draws(generators, bounds, False, False), flat_subsets, dest, shape)
-        spent["gather"] += clock() - t0
-        for s in range(max(n_batches)):
-            if done >= steps:
-                break
-            t0 = clock()
-            idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
-            xb, yb = train.images(idx), train.y[idx]
-            t1 = clock()
-            with _autocast(dev, learner.precision):
-                logits = models(xb)
-            losses = F.cross_entropy(
-                logits.float().flatten(0, 1), yb.flatten(), reduction="none", label_smoothing=cfg.label_smoothing
-            )
-            loss = (losses.view(idx.shape) * w).sum()
-            t2 = clock()
-            recorder.update(epoch, idx, logits, yb, valid=valid)
-            t3 = clock()
-            grads = models.gradients(loss)
-            t4 = clock()
-            if cfg.grad_clip is not None:  # (counted in the update's phase)
-                clip_grad_norms(grads, cfg.grad_clip)
-            active = None if s < everyone else active_all[s]
-            opt.step(
-                grads, lr_all[epoch, s], mom_all[epoch, s], active, (rates[0, epoch, s], rates[1, epoch, s], takes[s])
-            )
-            t5 = clock()
-            for name, t in zip(PHASES, (t1 - t0, t2 - t1, t4 - t3, t5 - t4, t3 - t2)):
-                spent[name] += t
-            done += 1
-        if done >= steps:
-            break
-    t0 = clock()
+    spent = dict.fromkeys(("setup", *PHASES), 0.0)
+    last = [time.perf_counter()]
+
+    def ended(name: str) -> None:
+        now = time.perf_counter()
+        spent[name] += now - last[0]
+        last[0] = now
+
+    train_group(models, train, subsets, generators, cfg, learner.precision, steps, recorder, update, ended)
+    last[0] = time.perf_counter()
     recorder.flush()  # the last epoch's pass over its kept logits
-    spent["signals"] += clock() - t0
-    return {name: t / done for name, t in spent.items()}
+    ended("signals")
+    return {name: spent[name] / steps for name in PHASES}
 
 
 def loop_step(learner: NeuralLearner, runs, steps: int, update: str, layout: Layout) -> float:

@@ -136,13 +136,13 @@ def test_an_epochs_draws_up_front_keep_each_generators_order(recipe, digits, mon
     cfg = recipe.replace(augment=augment)
     learner, runs = _group(cfg, digits)
     seen = []
-    forward = engine._forward
+    inputs = engine._inputs
 
-    def spy(models, train, idx, aug, precision):
+    def spy(train, idx, aug):
         seen.append((idx.clone(), None if aug is None else aug.clone()))
-        return forward(models, train, idx, aug, precision)
+        return inputs(train, idx, aug)
 
-    monkeypatch.setattr(engine, "_forward", spy)
+    monkeypatch.setattr(engine, "_inputs", spy)
     learner.fit_group(runs)
     generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
     bounds = [batch_bounds(len(idx), cfg.batch_size) for idx, _ in runs]
@@ -199,3 +199,23 @@ def test_no_training_step_waits_for_the_gpu(recipe, digits, device):
         return sum("synchronizing" in str(w.message) for w in caught)
 
     assert syncs(2) == syncs(10)
+
+
+def test_the_phase_hook_ends_every_phase_of_every_step_in_order_and_changes_nothing(recipe, digits):
+    """train_group calls its `phase` hook once for setup, then with each of PHASES per step, in order (what
+    benchmarks/roofline.py times), and the weights it trains are those of a run without the hook. Faults caught:
+    a phase that is never ended (its time would be counted in the next), or ended twice, or out of order."""
+    cfg = recipe.replace(grad_clip=1.0)
+    learner, runs = _group(cfg, digits)
+    trained = []
+    for hook in (None, []):
+        models = StackedMLP([learner.make_model(seed) for _, seed in runs], layout=learner.layout)
+        generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        subsets = [torch.as_tensor(idx) for idx, _ in runs]
+        rec = engine.SignalRecorder(len(runs), len(learner.train), cfg.epochs, learner.device)
+        phase = None if hook is None else hook.append
+        engine.train_group(models, learner.train, subsets, generators, cfg, learner.precision, 15, rec, phase=phase)
+        trained.append(models.params)
+    assert hook == ["setup", *engine.PHASES * 15]
+    for a, b in zip(*trained):
+        assert torch.equal(a, b)

@@ -160,8 +160,9 @@ def test_the_rooflines_flops_are_what_torch_counts_for_a_step():
 
 
 def test_the_roofline_benchmark_runs_the_engines_loop():
-    """benchmarks/roofline.py runs to its headline on the smoke profile: it copies train_group's loop, so an engine
-    change it did not follow breaks it (the epoch draws' new API once did, silently, as nothing ran it)."""
+    """benchmarks/roofline.py runs to its headline on the smoke profile: it times train_group through its phase
+    hook, so an engine change it did not follow breaks it (when it copied the loop, the epoch draws' new API once
+    did, silently, as nothing ran it)."""
     import subprocess
     import sys
 

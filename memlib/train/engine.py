@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -770,14 +771,20 @@ def _step_batch(index: torch.Tensor, weight: torch.Tensor, sizes: list[int], wid
     return index, weight, (weight > 0 if any(b != width for b in sizes) else None)
 
 
-def _forward(models, train: DeviceData, idx: torch.Tensor, aug: torch.Tensor | None, precision: str):
-    """The logits (K, width, classes) of one step's batches, each model's augmented with its own draws `aug`."""
-    xb = train.images(idx)  # (K, width, C, H, W)
+def _inputs(train: DeviceData, idx: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
+    """One step's batches of images (K, width, C, H, W), each model's augmented with its own draws `aug`."""
+    xb = train.images(idx)
     if aug is not None:  # (3, K, width): every entry at once; padding's draws leave it unchanged
         flip, dy, dx = (a.reshape(-1) for a in aug)
         xb = crop_flip(xb.flatten(0, 1), flip.bool(), dy, dx, AUG_PAD).view(xb.shape)
-    with _autocast(train.device, precision):
-        return models(xb)
+    return xb
+
+
+# The phases of a training step, in train_group's order, each ended by a call of its `phase` hook with the name
+# (benchmarks/roofline.py times them): the batch gathered from the resident data (and, at an epoch's start,
+# the epoch's draws), the forward pass and loss, the training signals recorded, the backward pass, the update
+# (gradient clipping included). "setup", before the first step, ends what train_group does before it trains.
+PHASES = ("gather", "forward", "signals", "backward", "update")
 
 
 def train_group(
@@ -790,6 +797,7 @@ def train_group(
     steps: int | None = None,
     recorder: SignalRecorder | None = None,
     update: str = "fused",
+    phase: Callable[[str], None] | None = None,
 ) -> None:
     """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
 
@@ -799,7 +807,7 @@ def train_group(
     when the epoch begins. Models with fewer batches in an epoch sit out the last
     steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
     A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early;
-    `update` is StackedOptimizer's (UPDATES).
+    `update` is StackedOptimizer's (UPDATES); `phase`, where given, is called as each of a step's `PHASES` ends.
     """
     dev = train.device
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
@@ -815,29 +823,35 @@ def train_group(
     done = 0
     # no step reads anything back from the device: the host queues steps ahead of the device (a test counts it)
     drawn = _epochs_drawn(generators, bounds, cfg.augment == "flip_crop", cfg.epochs, dev)
+    ended = phase or (lambda name: None)
+    ended("setup")
     for epoch, host in enumerate(drawn):
         index, aug = _epoch_batches(host, flat_subsets, dest, shape)
         for s in range(shape[0]):
             if steps is not None and done >= steps:
                 return
             idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
-            step_aug = None if aug is None else aug[:, s, :, : idx.shape[1]]
-            logits = _forward(models, train, idx, step_aug, precision)
+            xb = _inputs(train, idx, None if aug is None else aug[:, s, :, : idx.shape[1]])
+            yb = train.y[idx]
+            ended("gather")
+            with _autocast(dev, precision):
+                logits = models(xb)
             losses = F.cross_entropy(
-                logits.float().flatten(0, 1),
-                train.y[idx].flatten(),
-                reduction="none",
-                label_smoothing=cfg.label_smoothing,
+                logits.float().flatten(0, 1), yb.flatten(), reduction="none", label_smoothing=cfg.label_smoothing
             )
             loss = (losses.view(idx.shape) * w).sum()
+            ended("forward")
             if recorder is not None:
-                recorder.update(epoch, idx, logits, train.y[idx], valid=valid)
+                recorder.update(epoch, idx, logits, yb, valid=valid)
+            ended("signals")
             grads = models.gradients(loss)
+            ended("backward")
             if cfg.grad_clip is not None:
                 clip_grad_norms(grads, cfg.grad_clip)
             active = None if s < everyone else active_all[s]
             host_rates = rates[0, epoch, s], rates[1, epoch, s], takes[s]
             opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], active, host_rates)
+            ended("update")
             done += 1
 
 
