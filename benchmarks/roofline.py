@@ -25,8 +25,10 @@ counts: on a shared machine, the less disturbed). FLOPs count the matrix product
 must read and write at least (each operand once: weights, activations, gradients, momentum; an ideal update
 reads weight, gradient and momentum and writes weight and momentum, plus a working copy where there is one).
 The step's roofline is the sum of its phases'; the last lines give the whole loop's time per step
-(`train_group` itself, untimed inside) and the fraction of the roofline it reaches. Compare within one run:
-the machine may be shared.
+(`train_group` itself, untimed inside) and the fraction of the roofline it reaches, and the forward and backward
+products alone (one batch held in cache, nothing else in the loop) against their part of the roofline: the most
+the products reach on these shapes, so the ceiling of any step built on them. Compare within one run: the
+machine may be shared.
 """
 
 from __future__ import annotations
@@ -46,7 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import memlib  # noqa: E402
 from memlib.train.design import subset_jobs  # noqa: E402
-from memlib.train.engine import PHASES, UPDATES, NeuralLearner, StackedMLP, mlp_layers, train_group  # noqa: E402
+from memlib.train.engine import (  # noqa: E402
+    PHASES,
+    UPDATES,
+    NeuralLearner,
+    StackedMLP,
+    _autocast,
+    mlp_layers,
+    train_group,
+)
 from memlib.train.layouts import Layout  # noqa: E402
 from memlib.train.signals import SignalRecorder  # noqa: E402
 
@@ -199,6 +209,27 @@ def loop_step(learner: NeuralLearner, runs, steps: int, update: str, layout: Lay
     return (time.perf_counter() - start) / steps
 
 
+def products_alone(learner: NeuralLearner, runs, layout: Layout, rounds: int = 5, reps: int = 20) -> dict[str, float]:
+    """Seconds of the group's forward products (and ReLUs) and of its backward products alone, on one batch held
+    in cache: no gather, loss, signals or update. What a step's products reach on these shapes at best."""
+    models = _stacked(learner, runs, layout)
+    k, dims = len(runs), models.weights[0].shape[1]
+    x = torch.randn(k, learner.cfg.batch_size, dims, device=learner.device)
+    spent = {"forward": np.inf, "backward": np.inf}
+    for _ in range(rounds + 1):  # the first round warms up
+        fwd = bwd = 0.0
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with _autocast(learner.device, learner.precision):
+                out = models(x)
+            t1 = time.perf_counter()
+            models.gradients(out.float().sum())
+            t2 = time.perf_counter()
+            fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
+        spent = {"forward": min(spent["forward"], fwd / reps), "backward": min(spent["backward"], bwd / reps)}
+    return spent
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="fashion-mnist", help="whose MLP, data and recipe (default fashion-mnist)")
@@ -236,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             best[name] = {p: min(best[name][p], got[p]) for p in best[name]}
             print(f"  round {r + 1}: {name:14s} step {1e3 * got['loop']:7.2f} ms (phases "
                   + ", ".join(f"{p} {1e3 * got[p]:.2f}" for p in PHASES) + ")", flush=True)  # fmt: skip
+    alone = products_alone(learner, runs, ways[updates[-1]][1])
     peak = max(peak, matmul_rate(torch.bfloat16 if bf16 else torch.float32, dev))  # again: the better counts
     bandwidth = max(bandwidth, copy_rate(dev))
     print(
@@ -258,10 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'step':9s} {'':7s} {'':7s} {'':8s} {'':7s} {1e3 * total:8.3f}  "
           + "  ".join(f"{1e3 * best[u]['loop']:12.3f} {total / best[u]['loop']:11.1%}" for u in updates)
           + "   (train_group itself)")  # fmt: skip
+    products = sum(max(limits[p]) for p in alone)
+    print(f"{'products':9s} {'':7s} {'':7s} {'':8s} {'':7s} {1e3 * products:8.3f}  {1e3 * sum(alone.values()):12.3f} "
+          f"{products / sum(alone.values()):11.1%}   (forward and backward products alone, operands in cache, "
+          f"{updates[-1]}'s layout: the most its products reach on these shapes)")  # fmt: skip
     print(f"load average at the end: {os.getloadavg()[0]:.2f}; ways: "
           + ", ".join(f"{n} = {u} update, layout {lay.name}" for n, (u, lay) in ways.items()))  # fmt: skip
     print(
         f"profile={cfg.profile} K={len(runs)} precision={learner.precision} roofline_ms={1e3 * total:.3f} "
+        f"frac_products_alone={products / sum(alone.values()):.3f} "
         + " ".join(f"step_ms_{u}={1e3 * best[u]['loop']:.3f} frac_{u}={total / best[u]['loop']:.3f}" for u in updates)
     )
 

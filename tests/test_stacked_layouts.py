@@ -171,6 +171,6 @@ def test_the_roofline_benchmark_runs_the_engines_loop():
         [sys.executable, "benchmarks/roofline.py", *args], capture_output=True, text=True, timeout=600, check=True
     ).stdout
     headline = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
-    assert headline["profile"] == "smoke" and headline["K"] == "2"
+    assert headline["profile"] == "smoke" and headline["K"] == "2" and float(headline["frac_products_alone"]) > 0
     for way in ("today", "engine"):
         assert float(headline[f"step_ms_{way}"]) > 0 and float(headline[f"frac_{way}"]) > 0
