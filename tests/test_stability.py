@@ -285,6 +285,11 @@ def test_stage_five_takes_stage_twos_split_only_where_it_was_made_at_its_selecti
     assert written["pairs_fdr_both_halves"] > 0, "the case selects pairs in both halves"
     assert stage2.stored_pair_agreement(cfg, len(masks)) == pytest.approx(written, abs=1e-6)  # (JSON keeps 6 digits)
     assert stage2.stored_pair_agreement(cfg.replace(pair_fdr=0.2), len(masks)) is None
+    assert (
+        stage2.stored_pair_agreement(cfg, len(masks)).keys()
+        == written.keys()
+        == {key for name in (stability.FIXED, stage2.CONTROLLED) for key in stability.pair_keys(name)}
+    ), "exactly the figures of both pair sets"
     assert stage2.stored_pair_agreement(cfg, len(masks) - 2) is None
     # stage 5's figures: stage 2's where they match, a split of its own where they do not (sizes differ at 0.2)
     est = stage2.estimate(cfg, store, data)
@@ -302,6 +307,21 @@ def test_stage_five_takes_stage_twos_split_only_where_it_was_made_at_its_selecti
         data.y_test,
         0.15,
         0.25,
-        selectors={"fdr": stage2.controlled_selection(other, data)},
+        selectors=stage2.pair_selectors(other, data),
     ).pair_summary()
     assert_same({k: figures[k] for k in fresh}, fresh)
+
+
+def test_a_split_file_without_a_pair_sets_figures_is_not_taken(tmp_path):
+    """A split_half.json at this selection that lacks the controlled set's figures (written by another version, or
+    cut short by hand) is not taken in part: stage 5 splits again. Fails when its figures are picked by their
+    names' prefix, which takes whatever pair figures the file holds."""
+    from memlib.stages import estimate as stage2
+
+    masks, train, test, data = synthetic()
+    store = _Rows(masks=masks, train_correct=train, test_correct=test)
+    cfg = memlib.load_profile("smoke").replace(results_dir=str(tmp_path))
+    written = stage2.split_half_stage(cfg, store, data).pair_summary()
+    fixed_only = {k: v for k, v in written.items() if k in stability.pair_keys(stability.FIXED)}
+    write_json({**fixed_only, "selection": stage2.split_selection(cfg, len(masks))}, cfg.out_dir / SPLIT_HALF_FILE)
+    assert stage2.stored_pair_agreement(cfg, len(masks)) is None

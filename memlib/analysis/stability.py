@@ -55,13 +55,19 @@ HALVES = (slice(0, None, 2), slice(1, None, 2))
 
 # A way to select high-influence pairs from some runs: (masks, test outcomes, mem from those runs) -> pairs.
 PairSelector = Callable[[np.ndarray, np.ndarray, np.ndarray], Pairs]
+FIXED = "fixed"  # the name of the paper's pair set (its fixed cut-offs), which every split selects
+
+
+def pair_keys(name: str) -> tuple[str, str, str, str]:
+    """The names of a pair set's split-half figures: its size in half a, in half b, in both, and their Jaccard."""
+    return f"pairs_{name}_half_a", f"pairs_{name}_half_b", f"pairs_{name}_both_halves", f"pairs_jaccard_{name}"
 
 
 @dataclass
 class SplitHalf:
     """mem and the pair sets estimated from each half of the runs (`HALVES`), and how well the halves agree.
 
-    `pairs` maps a pair set's name to its keys from half a and from half b; `fixed` is the paper's cut-offs.
+    `pairs` maps a pair set's name to its keys from half a and from half b; FIXED is the paper's cut-offs.
     """
 
     mem_a: np.ndarray
@@ -104,13 +110,7 @@ class SplitHalf:
     def pair_summary(self) -> dict:
         """Each pair set's size in each half and in both, and its Jaccard: `pairs_<set>_half_a`, `pairs_<set>_half_b`,
         `pairs_<set>_both_halves`, `pairs_jaccard_<set>` (split_half.json's names, which stage 5 copies)."""
-        out = {}
-        for name in self.pairs:
-            a, b, both, jac = self.pair_agreement(name)
-            out[f"pairs_{name}_half_a"], out[f"pairs_{name}_half_b"] = a, b
-            out[f"pairs_{name}_both_halves"] = both
-            out[f"pairs_jaccard_{name}"] = jac
-        return out
+        return {key: value for name in self.pairs for key, value in zip(pair_keys(name), self.pair_agreement(name))}
 
 
 def split_half_from_arrays(
@@ -128,7 +128,7 @@ def split_half_from_arrays(
     Each half selects the paper's pairs at the fixed cut-offs (`fixed`) and, by name, any pair set of
     `selectors` (stage 5: the FDR-controlled ones), each from that half's mem.
     """
-    selectors = {"fixed": _fixed(tr_labels, tt_labels, infl_threshold, mem_threshold), **(selectors or {})}
+    selectors = {FIXED: _fixed(tr_labels, tt_labels, infl_threshold, mem_threshold), **(selectors or {})}
     mems, sets = [], {name: [] for name in selectors}
     for h in HALVES:
         m, ttc = masks[h], test_outcomes[h]

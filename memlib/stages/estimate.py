@@ -10,7 +10,7 @@ import numpy as np
 
 from ..analysis.estimation import Estimates, estimate_from_arrays
 from ..analysis.published import compare_published
-from ..analysis.stability import PairSelector, SplitHalf, replication_curve, split_half_from_arrays
+from ..analysis.stability import FIXED, PairSelector, SplitHalf, pair_keys, replication_curve, split_half_from_arrays
 from ..analysis.validation import fdr_pairs
 from ..config import Config
 from ..data.dataset import Dataset
@@ -41,12 +41,19 @@ def controlled_selection(cfg: Config, data: Dataset):
     return select
 
 
+CONTROLLED = "fdr"  # the name of the FDR-controlled pair set in every split (beside the paper's, FIXED)
+
+
+def pair_selectors(cfg: Config, data: Dataset) -> dict[str, PairSelector]:
+    """The pair sets a split selects beside the paper's fixed cut-offs (which split_half_from_arrays adds)."""
+    return {CONTROLLED: controlled_selection(cfg, data)}
+
+
 def _split_inputs(cfg: Config, store: Store, data: Dataset) -> tuple:
     """What split_half_from_arrays and replication_curve read, in their order: the runs, labels, cut-offs and the
     controlled selection (beside the fixed cut-offs, which they add themselves)."""
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
-    selectors: dict[str, PairSelector] = {"fdr": controlled_selection(cfg, data)}
-    return masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, selectors
+    return masks, trc, ttc, data.y_train, data.y_test, cfg.infl_threshold, cfg.mem_threshold, pair_selectors(cfg, data)
 
 
 def halves(cfg: Config, store: Store, data: Dataset) -> SplitHalf:
@@ -88,14 +95,15 @@ def split_selection(cfg: Config, num_models: int) -> dict:
 
 def stored_pair_agreement(cfg: Config, num_models: int) -> dict | None:
     """split_half.json's pair figures (`SplitHalf.pair_summary`) where stage 2 wrote them for this selection of
-    `num_models` models; None where it wrote none or wrote them at other cut-offs, rate or models."""
+    `num_models` models; None where it wrote none, wrote them at other cut-offs, rate or models, or lacks a set."""
     path = cfg.out_dir / SPLIT_HALF_FILE
     if not path.exists():
         return None
     sh = read_json(path)
     if sh.get("selection") != split_selection(cfg, num_models):
         return None
-    return {k: v for k, v in sh.items() if k.startswith("pairs_")}
+    keys = [key for name in (FIXED, CONTROLLED) for key in pair_keys(name)]
+    return {key: sh[key] for key in keys} if all(key in sh for key in keys) else None
 
 
 def split_half_stage(cfg: Config, store: Store, data: Dataset) -> SplitHalf:

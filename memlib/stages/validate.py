@@ -19,7 +19,7 @@ from ..data.dataset import Dataset
 from ..report import plots_validation
 from ..report.artifacts import SCORES_FILE, write_csv, write_json, write_output, write_parquet
 from ..runs.store import Store
-from .estimate import controlled_selection, estimate, stored_pair_agreement
+from .estimate import controlled_selection, estimate, pair_selectors, stored_pair_agreement
 from .train import train_subsets
 
 
@@ -112,9 +112,8 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
         controlled, p_values, tested = select(masks, ttc, est.mem.value, with_p=True)
     agreement = stored_pair_agreement(cfg, len(masks))  # stage 2's, where it selected at this config's cut-offs
     if agreement is None:
-        agreement = split_half_from_arrays(
-            masks, trc, ttc, *labels, *thresholds, selectors={"fdr": select}
-        ).pair_summary()
+        selectors = pair_selectors(cfg, data)
+        agreement = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors).pair_summary()
     figures = {
         "pair_fdr": cfg.pair_fdr,
         "pairs_fixed": len(est.pairs),
