@@ -4,12 +4,14 @@
         --recipe epochs=20 --recipe epochs=40,weight_decay=0 [--budget 840]
 
 Each `--recipe` is a list of profile overrides (key=value, YAML values). Every recipe trains the profile's
-design (its masks and seeds, `--models` of them) into its own store under results/regime/, and the script
-prints one row per recipe: seconds per model (wall clock, the profile's workers), how many models the stage-1
-`--budget` affords at that rate, in-sample accuracy on clean and flipped examples, held-out accuracy, the
-AUROC with which mem and the best peer score rank the flips, and the split-half Spearman of mem. A store
-already there is reused (rerun to resume), so its seconds are those of the run that trained it. The rows
-are measured in one run, one recipe after the other: compare them with each other, on a quiet machine.
+design (its masks and seeds, `--models` of them) into its own store under results/regime/, and the script prints
+one row per recipe: seconds per model at the steady rate (each model's share of its group's seconds, over the
+profile's workers side by side), the start-up the wall clock spent beyond that (paid once a run), how many
+models the stage-1 `--budget` affords (the budget less the start-up, at the steady rate), in-sample accuracy on
+clean and flipped examples, held-out accuracy, the AUROC with which mem and the best peer score rank the flips,
+and the split-half Spearman of mem. A store already there is reused (rerun to resume), so its seconds are those
+of the run that trained it. The rows are measured in one run, one recipe after the other: compare them with each
+other, on a quiet machine.
 """
 
 from __future__ import annotations
@@ -60,22 +62,25 @@ def fit_epochs(masks: np.ndarray, learned: np.ndarray, flipped: np.ndarray | Non
     return out
 
 
-def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> dict:
-    """Train one recipe (resuming its store) and read off its regime, flip recovery and stability."""
+def measure(base: memlib.Config, changes: dict, models: int, budget: float, under: str = "results/regime") -> dict:
+    """Train one recipe (resuming its store under `under`) and read off its regime, flip recovery and stability."""
     name = "-".join(f"{k}{v}" for k, v in changes.items()) or "as-shipped"
     spread = 0.9 if changes.get("mask_design", base.mask_design) == "balanced" else 0.6  # random masks scatter
     cfg = base.replace(
         **{"min_out": min(base.min_out, int(models * (1 - base.subset_ratio) * spread)), **changes},
         num_models=models,
         profile=f"{base.profile}-{name}".replace(".", "p"),
-        results_dir="results/regime",
+        results_dir=under,
     )
     data = memlib.load_dataset(cfg)
     start = time.perf_counter()
     store = memlib.train_subsets(cfg, data)
     wall = time.perf_counter() - start
     trained = getattr(store, "trained", 0)
-    per_model = wall / trained if trained else float(np.asarray(store["seconds"]).mean()) / cfg.workers
+    # the steady rate: each model's share of its group's seconds, over the workers that train side by side; the
+    # start-up (processes, data, the first group's warm-up) is what the wall clock spent beyond it, paid once
+    per_model = float(np.asarray(store["seconds"]).mean()) / cfg.workers
+    startup = max(0.0, wall - trained * per_model) if trained else float("nan")
     flips = data.flips
     flipped = flips.indicator(data.n_train) if flips is not None else None
     masks, trc, ttc = (np.asarray(store[k]) for k in ("masks", "train_correct", "test_correct"))
@@ -87,7 +92,8 @@ def measure(base: memlib.Config, changes: dict, models: int, budget: float) -> d
         "recipe": name,
         "models": models,
         "s_per_model": per_model,
-        "affordable": int(budget / per_model),
+        "startup_s": startup,
+        "affordable": int((budget - (0.0 if np.isnan(startup) else startup)) / per_model),
         "in_clean": fit["in_sample_acc_clean"],
         "in_flipped": fit["in_sample_acc_flipped"],
         "held_out": fit["held_out_acc"],

@@ -108,3 +108,28 @@ def test_proxy_agreement_on_scores_whose_agreement_is_known():
     assert summary["proxy_spearman_loss"] == pytest.approx(1.0) and summary["proxy_curve_models"][-1] == 32
     row = proxy_row(summary)
     assert row[0] == "cheap proxies of mem" and "best proxy loss" in row[1] and "from 8 models" in row[1]
+
+
+def test_the_recipe_benchmark_prices_models_at_the_steady_rate(tmp_path, monkeypatch):
+    """benchmarks/regime.py's row: seconds per model at the steady rate (the store's per-model seconds over the
+    workers), the start-up apart, and the models a budget affords after the start-up. Fault caught: the wall clock
+    over the models trained, which charges a short run's start-up to every model (64 models: 0.61 s a model where
+    the steady rate is 0.42) and prices a 20-minute study at two thirds of what it affords."""
+    import importlib.util
+
+    import numpy as np
+    from conftest import ROOT
+
+    import memlib
+
+    spec = importlib.util.spec_from_file_location("regime_bench", ROOT / "benchmarks" / "regime.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trained = []
+    train = memlib.train_subsets
+    monkeypatch.setattr(memlib, "train_subsets", lambda cfg, data: trained.append(train(cfg, data)) or trained[-1])
+    base = memlib.load_profile("smoke-noisy").replace(device="cpu", mask_design="balanced")
+    row = bench.measure(base, {"epochs": 2}, models=20, budget=100.0, under=str(tmp_path))
+    rate = float(np.asarray(trained[0]["seconds"]).mean()) / base.workers
+    assert row["s_per_model"] == rate and row["startup_s"] >= 0
+    assert row["affordable"] == int((100.0 - row["startup_s"]) / rate)
