@@ -213,8 +213,8 @@ def test_the_phase_hook_ends_every_phase_of_every_step_in_order_and_changes_noth
         generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         subsets = [torch.as_tensor(idx) for idx, _ in runs]
         rec = engine.SignalRecorder(len(runs), len(learner.train), cfg.epochs, learner.device)
-        phase = None if hook is None else hook.append
-        engine.train_group(models, learner.train, subsets, generators, cfg, learner.precision, 15, rec, phase=phase)
+        hooked = {} if hook is None else {"phase": hook.append}
+        engine.train_group(models, learner.train, subsets, generators, cfg, learner.precision, 15, rec, **hooked)
         trained.append(models.params)
     assert hook == ["setup", *engine.PHASES * 15]
     for a, b in zip(*trained):

@@ -275,8 +275,11 @@ class StackedOptimizer:
         `host` the same values and which models take the step, (K,) arrays each, on the host (for the fused update).
 
         Gradients may be bf16 (those of bf16 working copies of the weights): they are widened as they are read.
+        Where the config sets `grad_clip`, each model's gradients are first clipped to it (clip_grad_norms).
         """
         cfg = self.cfg
+        if cfg.grad_clip is not None:
+            clip_grad_norms(grads, cfg.grad_clip)
         self.steps += 1 if active is None else active
         nesterov = cfg.nesterov and cfg.momentum > 0
         fused = self.update == "fused" and self.fusable and host is not None and cfg.optimizer == "sgd"
@@ -797,17 +800,17 @@ def train_group(
     steps: int | None = None,
     recorder: SignalRecorder | None = None,
     update: str = "fused",
-    phase: Callable[[str], None] | None = None,
+    phase: Callable[[str], None] = lambda name: None,
 ) -> None:
     """Train K models in lockstep, model k on train examples subsets[k]: memlib's one training loop.
 
     `models` is a group: StackedMLP or VmapModels (K stacked models), or SingleModel (one nn.Module, K = 1).
-    Every model draws its shuffles and augmentation from its own generator, in the same order whatever its
-    group, so each takes the steps it would take alone; a whole epoch's draws are made, and copied to the device,
-    when the epoch begins. Models with fewer batches in an epoch sit out the last
-    steps of that epoch; in a group of more than one, a short last batch is padded and weighted out of the loss.
-    A `recorder` (for K models) gets each step's logits of the real (unpadded) entries; `steps` stops early;
-    `update` is StackedOptimizer's (UPDATES); `phase`, where given, is called as each of a step's `PHASES` ends.
+    Every model draws its shuffles and augmentation from its own generator, in the same order whatever its group,
+    so each takes the steps it would take alone; a whole epoch's draws are made, and copied to the device, when
+    the epoch begins. Models with fewer batches in an epoch sit out the last steps of that epoch; in a group of
+    more than one, a short last batch is padded and weighted out of the loss. A `recorder` (for K models) gets each
+    step's logits of the real (unpadded) entries; `steps` stops early; `update` is StackedOptimizer's (UPDATES);
+    `phase` is called as each of a step's `PHASES` ends (and with "setup" before the first).
     """
     dev = train.device
     bounds = [batch_bounds(len(sub), cfg.batch_size) for sub in subsets]
@@ -823,8 +826,7 @@ def train_group(
     done = 0
     # no step reads anything back from the device: the host queues steps ahead of the device (a test counts it)
     drawn = _epochs_drawn(generators, bounds, cfg.augment == "flip_crop", cfg.epochs, dev)
-    ended = phase or (lambda name: None)
-    ended("setup")
+    phase("setup")
     for epoch, host in enumerate(drawn):
         index, aug = _epoch_batches(host, flat_subsets, dest, shape)
         for s in range(shape[0]):
@@ -833,26 +835,29 @@ def train_group(
             idx, w, valid = _step_batch(index[s], weight[s], host_sizes[s], width)
             xb = _inputs(train, idx, None if aug is None else aug[:, s, :, : idx.shape[1]])
             yb = train.y[idx]
-            ended("gather")
+            phase("gather")
             with _autocast(dev, precision):
                 logits = models(xb)
-            losses = F.cross_entropy(
-                logits.float().flatten(0, 1), yb.flatten(), reduction="none", label_smoothing=cfg.label_smoothing
-            )
-            loss = (losses.view(idx.shape) * w).sum()
-            ended("forward")
+            loss = _weighted_loss(logits, yb, w, cfg.label_smoothing)
+            phase("forward")
             if recorder is not None:
                 recorder.update(epoch, idx, logits, yb, valid=valid)
-            ended("signals")
+            phase("signals")
             grads = models.gradients(loss)
-            ended("backward")
-            if cfg.grad_clip is not None:
-                clip_grad_norms(grads, cfg.grad_clip)
+            phase("backward")
             active = None if s < everyone else active_all[s]
             host_rates = rates[0, epoch, s], rates[1, epoch, s], takes[s]
             opt.step(grads, lr_all[epoch, s], mom_all[epoch, s], active, host_rates)
-            ended("update")
+            phase("update")
             done += 1
+
+
+def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """A step's loss: each entry's cross-entropy (in fp32) times its weight (0 for padding), summed over the group."""
+    losses = F.cross_entropy(
+        logits.float().flatten(0, 1), y.flatten(), reduction="none", label_smoothing=label_smoothing
+    )
+    return (losses.view(y.shape) * w).sum()
 
 
 def clip_grad_norms(grads, max_norm: float) -> None:
