@@ -257,13 +257,16 @@ def _place_numbers(fig: plt.Figure, ax: plt.Axes, numbers: list[tuple]) -> None:
 
 
 def training_overview(test_acc: np.ndarray, out_counts: np.ndarray, path=None) -> plt.Figure:
-    """Per-model test accuracy, and per-example number of models that left it out."""
+    """Per-model test accuracy, and per-example number of models that left it out (of the finished models)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    sns.histplot(test_acc, bins=30, ax=axes[0], color="#2c3e50")
     axes[0].set_xlabel("test accuracy of a subset model")
+    axes[1].set_xlabel("models that did not train on the example")
+    if not len(test_acc):
+        axes[0].set_title("no finished models yet")
+        return _save(fig, path)
+    sns.histplot(test_acc, bins=30, ax=axes[0], color="#2c3e50")
     axes[0].set_title(f"{len(test_acc):,} models: mean test accuracy {np.mean(test_acc):.3f}")
     sns.histplot(out_counts, bins=30, ax=axes[1], color="#7f8c8d")
-    axes[1].set_xlabel("models that did not train on the example")
     axes[1].set_title(f"Held-out models per training example (min {int(out_counts.min())})")
     fig.tight_layout()
     return _save(fig, path)

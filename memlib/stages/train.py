@@ -148,19 +148,24 @@ def record_environment(cfg: Config) -> dict[str, Any]:
 
 
 def training_overview(cfg: Config, store: Store) -> dict[str, str]:
-    """Stage 1: what the models learned, as (label, value) rows; draws figures/training_overview.png."""
-    masks = np.asarray(store["masks"])
-    test_acc = np.asarray(store["test_correct"]).mean(1)
-    fit = (np.asarray(store["train_correct"]) & masks).sum(1) / masks.sum(1)
-    plots.training_overview(test_acc, cfg.num_models - masks.sum(0), path=cfg.out_dir / "figures/training_overview.png")
+    """Stage 1: what the finished models learned, as (label, value) rows; draws figures/training_overview.png.
+
+    Only finished rows count: an unfinished row's arrays are still zeros, which read as a model at accuracy 0."""
+    done = np.flatnonzero(store.completed)
+    masks = np.asarray(store["masks"])[done]
+    test_acc = np.asarray(store["test_correct"])[done].mean(1)
+    fit = (np.asarray(store["train_correct"])[done] & masks).sum(1) / masks.sum(1)
+    plots.training_overview(test_acc, len(done) - masks.sum(0), path=cfg.out_dir / "figures/training_overview.png")
     design = " (every example in exactly the same number of models)" if cfg.mask_design == "balanced" else ""
+    rows = {"models finished": f"{store.done()} of {store.rows}", "mask design": cfg.mask_design + design}
+    if not len(done):
+        return rows
     return {
-        "models finished": f"{store.done()} of {store.rows}",
-        "mask design": cfg.mask_design + design,
+        **rows,
         "models per example, in (min-max)": f"{masks.sum(0).min()}-{masks.sum(0).max()}",
         "accuracy on own training subset (mean ± sd over models)": f"{fit.mean():.3f} ± {fit.std():.3f}",
         "test accuracy (mean ± sd over models)": f"{test_acc.mean():.3f} ± {test_acc.std():.3f}",
-        "seconds per model (mean, per worker)": f"{np.asarray(store['seconds']).mean():.3f}",
+        "seconds per model (mean, per worker)": f"{np.asarray(store['seconds'])[done].mean():.3f}",
     }
 
 
