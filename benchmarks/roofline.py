@@ -176,11 +176,6 @@ def _stacked(learner: NeuralLearner, runs, layout: Layout) -> StackedMLP:
 
 def timed_phases(learner: NeuralLearner, runs, steps: int, update: str, layout: Layout) -> dict[str, float]:
     """Seconds per step of each phase of `train_group` (signals recorded), timed by its `phase` hook."""
-    cfg, dev, train = learner.cfg, learner.device, learner.train_input()
-    models = _stacked(learner, runs, layout)
-    generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
-    subsets = [torch.as_tensor(idx, device=dev) for idx, _ in runs]
-    recorder = SignalRecorder(len(runs), len(train), cfg.epochs, dev)
     spent = dict.fromkeys(("setup", *PHASES), 0.0)
     last = [time.perf_counter()]
 
@@ -189,23 +184,26 @@ def timed_phases(learner: NeuralLearner, runs, steps: int, update: str, layout: 
         spent[name] += now - last[0]
         last[0] = now
 
-    train_group(models, train, subsets, generators, cfg, learner.precision, steps, recorder, update, ended)
-    last[0] = time.perf_counter()
-    recorder.flush()  # the last epoch's pass over its kept logits
-    ended("signals")
+    loop_step(learner, runs, steps, update, layout, ended)
     return {name: spent[name] / steps for name in PHASES}
 
 
-def loop_step(learner: NeuralLearner, runs, steps: int, update: str, layout: Layout) -> float:
-    """Seconds per step of `train_group` itself (signals recorded), the models built beforehand."""
+def loop_step(learner: NeuralLearner, runs, steps: int, update: str, layout: Layout, phase=None) -> float:
+    """Seconds per step of `train_group` itself (signals recorded), the models built beforehand; `phase`, where
+    given, is its hook, and also ends "signals" after the last epoch's pass over its kept logits."""
     cfg, dev = learner.cfg, learner.device
     models = _stacked(learner, runs, layout)
     generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
     subsets = [torch.as_tensor(idx, device=dev) for idx, _ in runs]
     recorder = SignalRecorder(len(runs), len(learner.train), cfg.epochs, dev)
+    hooked = {} if phase is None else {"phase": phase}
     start = time.perf_counter()
-    train_group(models, learner.train_input(), subsets, generators, cfg, learner.precision, steps, recorder, update)
+    train_group(
+        models, learner.train_input(), subsets, generators, cfg, learner.precision, steps, recorder, update, **hooked
+    )
     recorder.flush()
+    if phase is not None:
+        phase("signals")
     return (time.perf_counter() - start) / steps
 
 
@@ -213,8 +211,7 @@ def products_alone(learner: NeuralLearner, runs, layout: Layout, rounds: int = 5
     """Seconds of the group's forward products (and ReLUs) and of its backward products alone, on one batch held
     in cache: no gather, loss, signals or update. What a step's products reach on these shapes at best."""
     models = _stacked(learner, runs, layout)
-    k, dims = len(runs), models.weights[0].shape[1]
-    x = torch.randn(k, learner.cfg.batch_size, dims, device=learner.device)
+    x = torch.randn(len(runs), learner.cfg.batch_size, models.weights[0].shape[1], device=learner.device)
     spent = {"forward": np.inf, "backward": np.inf}
     for _ in range(rounds + 1):  # the first round warms up
         fwd = bwd = 0.0

@@ -155,14 +155,15 @@ def training_overview(cfg: Config, store: Store) -> dict[str, str]:
     masks = np.asarray(store["masks"])[done]
     test_acc = np.asarray(store["test_correct"])[done].mean(1)
     fit = (np.asarray(store["train_correct"])[done] & masks).sum(1) / masks.sum(1)
-    plots.training_overview(test_acc, len(done) - masks.sum(0), path=cfg.out_dir / "figures/training_overview.png")
+    models_in = masks.sum(0)
+    plots.training_overview(test_acc, len(done) - models_in, path=cfg.out_dir / "figures/training_overview.png")
     design = " (every example in exactly the same number of models)" if cfg.mask_design == "balanced" else ""
     rows = {"models finished": f"{store.done()} of {store.rows}", "mask design": cfg.mask_design + design}
     if not len(done):
         return rows
     return {
         **rows,
-        "models per example, in (min-max)": f"{masks.sum(0).min()}-{masks.sum(0).max()}",
+        "models per example, in (min-max)": f"{models_in.min()}-{models_in.max()}",
         "accuracy on own training subset (mean ± sd over models)": f"{fit.mean():.3f} ± {fit.std():.3f}",
         "test accuracy (mean ± sd over models)": f"{test_acc.mean():.3f} ± {test_acc.std():.3f}",
         "seconds per model (mean, per worker)": f"{np.asarray(store['seconds'])[done].mean():.3f}",

@@ -19,7 +19,7 @@ from ..data.dataset import Dataset
 from ..report import plots_validation
 from ..report.artifacts import SCORES_FILE, write_csv, write_json, write_output, write_parquet
 from ..runs.store import Store
-from .estimate import controlled_selection, estimate, pair_selectors, stored_pair_agreement
+from .estimate import CONTROLLED, estimate, pair_selectors, stored_pair_agreement
 from .train import train_subsets
 
 
@@ -105,14 +105,14 @@ def _pair_sets(cfg: Config, store: Store, data: Dataset, est: Estimates) -> tupl
     masks = np.asarray(store["masks"])
     trc, ttc = np.asarray(store["train_correct"]), np.asarray(store["test_correct"])
     labels, thresholds = (data.y_train, data.y_test), (cfg.infl_threshold, cfg.mem_threshold)
-    select = controlled_selection(cfg, data)  # stage 2's selection, at this config's cut-offs and rate
+    selectors = pair_selectors(cfg, data)  # stage 2's selections, at this config's cut-offs and rate
+    select = selectors[CONTROLLED]
     if est.controlled is not None and est.pair_fdr == cfg.pair_fdr:  # stage 2 selected them
         controlled, p_values, tested = est.controlled, est.controlled_p, est.pairs_tested
     else:
         controlled, p_values, tested = select(masks, ttc, est.mem.value, with_p=True)
     agreement = stored_pair_agreement(cfg, len(masks))  # stage 2's, where it selected at this config's cut-offs
     if agreement is None:
-        selectors = pair_selectors(cfg, data)
         agreement = split_half_from_arrays(masks, trc, ttc, *labels, *thresholds, selectors).pair_summary()
     figures = {
         "pair_fdr": cfg.pair_fdr,
