@@ -8,9 +8,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT
 from scipy import stats
 
+import memlib.analysis.exact as exact
 from memlib.analysis.exact import exceedance_p_exact, exceedance_table
 from memlib.analysis.validation import fdr_pairs
 
@@ -72,6 +74,18 @@ def test_its_size_never_exceeds_the_level_anywhere_on_the_null_boundary(n_in, n_
         )
         for alpha in (1e-6, 1e-3, 0.01, 0.05, 0.2):
             assert joint[table <= alpha].sum() <= alpha * (1 + 1e-3), (q, alpha)
+
+
+def test_chunked_running_sums_equal_one_long_sum_to_the_bit():
+    # the tails are summed a chunk of points at a time, each chunk carrying on from the last: the same additions
+    # in the same order as one cumulative sum over all the points (3.5 chunks here, so the carries matter)
+    rng = np.random.default_rng(0)
+    pmf_in, pmf_out = rng.random((40, 9)) / 40, rng.random((30, 9)) / 30
+    n = int(3.5 * exact._POINTS)
+    rows, cols = rng.integers(0, 40, n), rng.integers(0, 30, n)
+    want = np.cumsum(pmf_in[rows] * pmf_out[cols], axis=0).max(axis=1)
+    got = exact._largest_running_sums(*(torch.from_numpy(a) for a in (pmf_in, pmf_out, rows, cols)))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_p_values_are_looked_up_per_pair_of_run_counts():

@@ -20,10 +20,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 from scipy import stats
 
 GRID = 401  # values of the nuisance proportion p_out at which the tail is evaluated (the supremum's grid)
-_ROWS = 16  # grid values evaluated at once (memory: _ROWS x sample points)
+_POINTS = 256  # sample points summed at once over the whole grid (256 x GRID float64: 820 kB)
 
 
 @functools.lru_cache(maxsize=256)
@@ -48,16 +49,29 @@ def exceedance_table(n_in: int, n_out: int, delta: float, grid: int = GRID) -> n
     rows, cols, k = rows[order], cols[order], key[rows, cols][order]
     last_of_tie = np.r_[np.flatnonzero(k[1:] != k[:-1]), len(k) - 1]  # each point's tail ends its tie group
     tail_end = np.repeat(last_of_tie, np.diff(np.r_[-1, last_of_tie]))
-    best = np.zeros(len(k))
     q = np.linspace(0.0, 1.0 - delta, grid)
-    for s in range(0, grid, _ROWS):
-        qs = q[s : s + _ROWS, None]
-        p_in = stats.binom.pmf(y_in[None, :], n_in, np.minimum(qs + delta, 1.0))
-        p_out = stats.binom.pmf(y_out[None, :], n_out, qs)
-        tail = np.cumsum(p_in[:, rows] * p_out[:, cols], axis=1)[:, tail_end]
-        np.maximum(best, tail.max(axis=0), out=best)
+    pmf_in = stats.binom.pmf(y_in[:, None], n_in, np.minimum(q + delta, 1.0)[None, :])  # (n_in + 1, grid)
+    pmf_out = stats.binom.pmf(y_out[:, None], n_out, q[None, :])
+    peak = _largest_running_sums(*(torch.from_numpy(a) for a in (pmf_in, pmf_out, rows, cols)))
+    best = peak[tail_end]
     table[rows, cols] = np.minimum(best, 1.0)
     return table
+
+
+def _largest_running_sums(pmf_in, pmf_out, rows, cols) -> np.ndarray:
+    """For each point i (in the given order), max over the grid of sum_{j <= i} pmf_in[rows[j]] * pmf_out[cols[j]].
+
+    The running sums go down the points in chunks whose rows stay in cache, every grid value at once, each chunk
+    carrying on from the last one's sums: the additions happen in the same order as in one long cumulative sum.
+    """
+    peak, carry = torch.empty(len(rows), dtype=torch.float64), torch.zeros(pmf_in.shape[1], dtype=torch.float64)
+    for s in range(0, len(rows), _POINTS):
+        tail = pmf_in[rows[s : s + _POINTS]] * pmf_out[cols[s : s + _POINTS]]
+        tail[0] += carry
+        torch.cumsum(tail, dim=0, out=tail)
+        carry = tail[-1].clone()
+        peak[s : s + _POINTS] = tail.amax(dim=1)
+    return peak.numpy()
 
 
 def exceedance_p_exact(x_in: np.ndarray, n_in: np.ndarray, x_out: np.ndarray, n_out: np.ndarray, delta: float):
