@@ -116,7 +116,7 @@ class Config:
     dataset: str = trains("digits")
     data_dir: str | None = reads_data(None)  # folder of a named or torchvision dataset (an explicit folder must exist)
     data_path: str | None = trains(None)  # your own data: the .npz file (dataset: npz) or folder (dataset: imagefolder)
-    image_size: int | None = trains(None)  # imagefolder (and torchvision datasets of PIL images): resize to this square
+    image_size: int | None = trains(None)  # images resized to this square (area averaging for the built-in image sets)
     train_size: int | None = trains(None)
     download: bool = reads_data(False)
     label_noise: float = trains(0.0)  # fraction of the training pool whose label is flipped to another class (seeded)
@@ -223,10 +223,10 @@ MAX_IMAGE_SIZE = 4096  # image_size: a 4096 x 4096 RGB image is 200 MB as float3
 DATA_KEYS = ("data_dir", "data_path", "image_size", "download")
 READS = {
     "digits": (),
-    "fashion-mnist": ("data_dir", "download"),
-    "mnist": ("data_dir", "download"),
-    "cifar10": ("data_dir", "download"),
-    "cifar100": ("data_dir", "download"),
+    "fashion-mnist": ("data_dir", "download", "image_size"),
+    "mnist": ("data_dir", "download", "image_size"),
+    "cifar10": ("data_dir", "download", "image_size"),
+    "cifar100": ("data_dir", "download", "image_size"),
     "npz": ("data_path",),
     "imagefolder": ("data_path", "image_size"),
     "torchvision": ("data_dir", "download", "image_size"),

@@ -86,6 +86,26 @@ def test_train_size_draws_a_fixed_pool_in_original_order(tmp_path):
         load_idx_dataset("mnist", cfg_for("mnist", tmp_path, train_size=60))
 
 
+def block_means(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, size, size): the mean of each (H/size) x (W/size) block, divided by 255."""
+    n, h, w = images.shape
+    return images.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4)) / 255.0
+
+
+@pytest.mark.parametrize("size", [14, 7])
+def test_image_size_area_averages_the_idx_images(tmp_path, size):
+    arrays = make_idx_dir(tmp_path / "MNIST" / "raw", n_train=50)
+    data = load_idx_dataset("mnist", cfg_for("mnist", tmp_path, train_size=20, image_size=size))
+    full = load_idx_dataset("mnist", cfg_for("mnist", tmp_path, train_size=20))
+    assert data.x_train.shape == (20, 1, size, size) and data.x_test.shape == (12, 1, size, size)
+    assert data.x_train.dtype == np.float32
+    want = block_means(arrays["train-images-idx3-ubyte"][data.train_index], size)  # the pool's images, in order
+    np.testing.assert_allclose(data.x_train[:, 0], want, atol=1e-6)
+    np.testing.assert_allclose(data.x_test[:, 0], block_means(arrays["t10k-images-idx3-ubyte"], size), atol=1e-6)
+    np.testing.assert_array_equal(data.train_index, full.train_index)  # the same pool, only smaller images
+    assert load_idx_dataset("mnist", cfg_for("mnist", tmp_path, image_size=28)).x_train.shape[2:] == (28, 28)
+
+
 def test_truncated_idx_file_is_refused(tmp_path):
     make_idx_dir(tmp_path, gz=False)
     f = tmp_path / "train-images-idx3-ubyte"
@@ -154,6 +174,14 @@ def test_cifar_loader_reads_torchvision_python_layout(tmp_path, key):
     np.testing.assert_array_equal(data.y_train, np.concatenate([lab for _, lab in written["train"]]))
     np.testing.assert_array_equal(data.y_test, written["test"][0][1])
     assert len(data.classes) == (10 if key == "cifar10" else 100)  # fine labels for CIFAR-100
+
+
+def test_image_size_area_averages_cifar_images(tmp_path):
+    md5, written = write_cifar(tmp_path, "cifar10")
+    data = load_cifar_dataset("cifar10", cfg_for("cifar10", tmp_path, image_size=16), checksums=md5)
+    assert data.x_train.shape == (30, 3, 16, 16) and data.x_test.shape == (6, 3, 16, 16)
+    first = written["train"][0][0][0].reshape(3, 32, 32)
+    np.testing.assert_allclose(data.x_train[0], block_means(first, 16), atol=1e-6)  # each channel on its own
 
 
 def test_cifar_official_checksums_are_the_default(tmp_path):

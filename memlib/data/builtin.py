@@ -6,6 +6,7 @@ Each is found in the usual places (MEMLIB_DATA_DIR, data_dir, the Debian package
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config, ConfigError, display_path, resolve
-from .dataset import DataError, Dataset, check_arrays
+from .dataset import DataError, Dataset, check_arrays, resized
 
 DIGITS_TEST_SIZE = 500
 
@@ -221,7 +222,17 @@ def load_idx_dataset(key: str, cfg: Config | None = None) -> Dataset:
         arrays[split] = ((images.astype(np.float32) / 255.0)[:, None], labels)
     (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
     classes = IDX_SOURCES[key].classes
-    return _as_dataset(key, x_tr, y_tr, x_te, y_te, classes, cfg.train_size if cfg else None, display_path(d))
+    return _sized(
+        _as_dataset(key, x_tr, y_tr, x_te, y_te, classes, cfg.train_size if cfg else None, display_path(d)), cfg
+    )
+
+
+def _sized(data: Dataset, cfg: Config | None) -> Dataset:
+    """The dataset with its images area-averaged to image_size x image_size (the pool's and the test set's)."""
+    size = cfg.image_size if cfg else None
+    if size is None:
+        return data
+    return dataclasses.replace(data, x_train=resized(data.x_train, size), x_test=resized(data.x_test, size))
 
 
 CIFAR_LAYOUT = {
@@ -326,7 +337,9 @@ def load_cifar_dataset(key: str, cfg: Config | None = None, checksums: dict[str,
     x_te, y_te = split(lay["test"])
     names = load_checked_pickle(d / lay["meta"], checksums[lay["meta"]])[lay["names"]]
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return _as_dataset(key, x_tr, y_tr, x_te, y_te, names, cfg.train_size if cfg else None, display_path(d))
+    return _sized(
+        _as_dataset(key, x_tr, y_tr, x_te, y_te, names, cfg.train_size if cfg else None, display_path(d)), cfg
+    )
 
 
 CIFAR_MD5 = {

@@ -283,6 +283,18 @@ def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32) / np.float32(scale)
 
 
+def resized(x: np.ndarray, size: int | None) -> np.ndarray:
+    """(N, C, H, W) float32 images at size x size by area averaging (each output pixel the mean of the input
+    pixels it covers, as a 2 x 2 mean pools 28 -> 14); unchanged where size is None or already theirs."""
+    if size is None or x.shape[2:] == (size, size):
+        return x
+    import torch
+    import torch.nn.functional as F
+
+    out = F.interpolate(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), size=(size, size), mode="area")
+    return np.ascontiguousarray(out.numpy())
+
+
 def as_labels(y_train: np.ndarray, y_test: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """int64 labels of both splits and the class names; string labels are numbered in sorted order."""
     y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
