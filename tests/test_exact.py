@@ -20,6 +20,9 @@ from memlib.analysis.validation import fdr_pairs
 _spec = importlib.util.spec_from_file_location("null_pairs", ROOT / "benchmarks" / "null_pairs.py")
 null_pairs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(null_pairs)
+_spec = importlib.util.spec_from_file_location("exact_tables", ROOT / "benchmarks" / "exact_tables.py")
+exact_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(exact_tables)
 
 
 def test_the_most_extreme_outcome_has_its_closed_form_p_value():
@@ -86,6 +89,13 @@ def test_chunked_running_sums_equal_one_long_sum_to_the_bit():
     want = np.cumsum(pmf_in[rows] * pmf_out[cols], axis=0).max(axis=1)
     got = exact._largest_running_sums(*(torch.from_numpy(a) for a in (pmf_in, pmf_out, rows, cols)))
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_table_equals_the_plain_formulation_to_the_bit(capsys):
+    # 14,000 sample points above the margin: 55 chunks of running sums against one cumulative sum per grid value
+    np.testing.assert_array_equal(exceedance_table(179, 77, 0.15), exact_tables.plain_table(179, 77, 0.15))
+    assert exact_tables.main(["--runs", "22,10", "--repeats", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("True")
 
 
 def test_p_values_are_looked_up_per_pair_of_run_counts():
