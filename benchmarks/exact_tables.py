@@ -24,21 +24,15 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memlib.analysis.exact import GRID, exceedance_table  # noqa: E402
+from memlib.analysis.exact import GRID, exceedance_table, ordered_points  # noqa: E402
 
 
 def plain_table(n_in: int, n_out: int, delta: float, grid: int = GRID, rows_at_once: int = 16) -> np.ndarray:
     """The same table by one cumulative sum over all the sample points per grid value, rows_at_once at a time."""
     y_in, y_out = np.arange(n_in + 1), np.arange(n_out + 1)
-    key = y_in[:, None] * n_out - y_out[None, :] * n_in
-    above = key > delta * n_in * n_out
     table = np.ones((n_in + 1, n_out + 1))
-    rows, cols = np.nonzero(above)
-    order = np.argsort(-key[rows, cols], kind="stable")
-    rows, cols, k = rows[order], cols[order], key[rows, cols][order]
-    last_of_tie = np.r_[np.flatnonzero(k[1:] != k[:-1]), len(k) - 1]
-    tail_end = np.repeat(last_of_tie, np.diff(np.r_[-1, last_of_tie]))
-    best = np.zeros(len(k))
+    rows, cols, tail_end = ordered_points(n_in, n_out, delta)  # the same points in the same order: only the sums differ
+    best = np.zeros(len(rows))
     q = np.linspace(0.0, 1.0 - delta, grid)
     for s in range(0, grid, rows_at_once):
         qs = q[s : s + rows_at_once, None]

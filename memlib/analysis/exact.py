@@ -38,17 +38,10 @@ def exceedance_table(n_in: int, n_out: int, delta: float, grid: int = GRID) -> n
     if not 0 <= delta < 1:
         raise ValueError(f"the margin delta must lie in [0, 1), got {delta}")
     y_in, y_out = np.arange(n_in + 1), np.arange(n_out + 1)
-    # the difference of proportions, scaled by n_in * n_out to an exact integer: ties compare equal
-    key = y_in[:, None] * n_out - y_out[None, :] * n_in
-    above = key > delta * n_in * n_out
     table = np.ones((n_in + 1, n_out + 1))
-    if not above.any():
+    rows, cols, tail_end = ordered_points(n_in, n_out, delta)
+    if not len(rows):
         return table
-    rows, cols = np.nonzero(above)
-    order = np.argsort(-key[rows, cols], kind="stable")
-    rows, cols, k = rows[order], cols[order], key[rows, cols][order]
-    last_of_tie = np.r_[np.flatnonzero(k[1:] != k[:-1]), len(k) - 1]  # each point's tail ends its tie group
-    tail_end = np.repeat(last_of_tie, np.diff(np.r_[-1, last_of_tie]))
     q = np.linspace(0.0, 1.0 - delta, grid)
     pmf_in = stats.binom.pmf(y_in[:, None], n_in, np.minimum(q + delta, 1.0)[None, :])  # (n_in + 1, grid)
     pmf_out = stats.binom.pmf(y_out[:, None], n_out, q[None, :])
@@ -56,6 +49,18 @@ def exceedance_table(n_in: int, n_out: int, delta: float, grid: int = GRID) -> n
     best = peak[tail_end]
     table[rows, cols] = np.minimum(best, 1.0)
     return table
+
+
+def ordered_points(n_in: int, n_out: int, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sample points (x_in, x_out) whose difference of proportions is above delta, largest difference first,
+    as (rows, cols), and for each the position of the last point of its tie group (where its tail ends)."""
+    # the difference of proportions, scaled by n_in * n_out to an exact integer: ties compare equal
+    key = np.arange(n_in + 1)[:, None] * n_out - np.arange(n_out + 1)[None, :] * n_in
+    rows, cols = np.nonzero(key > delta * n_in * n_out)
+    order = np.argsort(-key[rows, cols], kind="stable")
+    rows, cols, k = rows[order], cols[order], key[rows, cols][order]
+    last_of_tie = np.r_[np.flatnonzero(k[1:] != k[:-1]), len(k) - 1]
+    return rows, cols, np.repeat(last_of_tie, np.diff(np.r_[-1, last_of_tie]))
 
 
 def _largest_running_sums(pmf_in, pmf_out, rows, cols) -> np.ndarray:
